@@ -1,0 +1,24 @@
+"""Where training finds its data and writes its caches (overridable by environment variables)."""
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """`MEMEGUARD_DATA_DIR`, default `<repo>/../shared/data` (the read-only shared data folder)."""
+    return Path(os.environ.get("MEMEGUARD_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+def semeval_dir() -> Path:
+    return data_dir() / "semeval2021_task6"
+
+
+def cache_dir() -> Path:
+    """`MEMEGUARD_CACHE_DIR`, default `<repo>/.cache` (git-ignored)."""
+    return Path(os.environ.get("MEMEGUARD_CACHE_DIR", REPO_ROOT / ".cache"))
+
+
+def feature_cache_dir() -> Path:
+    return cache_dir() / "features"

@@ -1,0 +1,28 @@
+"""Wire contracts of memeguard (pydantic v2). Imports nothing else of ours."""
+
+from schemas.dead_letter import DeadLetter, ErrorKind, Origin
+from schemas.events import MemeEvent
+from schemas.manifest import BundleManifest, FileDigest, ImagePreprocessing, InputSpec, TextPreprocessing
+from schemas.techniques import TECHNIQUES, TECHNIQUE_DESCRIPTIONS, Technique
+from schemas.verdict import Decision, ModelInfo, TechniqueScore, Verdict
+from schemas.version import SCHEMA_VERSION
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TECHNIQUES",
+    "TECHNIQUE_DESCRIPTIONS",
+    "BundleManifest",
+    "DeadLetter",
+    "Decision",
+    "ErrorKind",
+    "FileDigest",
+    "ImagePreprocessing",
+    "InputSpec",
+    "MemeEvent",
+    "ModelInfo",
+    "Origin",
+    "Technique",
+    "TechniqueScore",
+    "TextPreprocessing",
+    "Verdict",
+]

@@ -1,0 +1,56 @@
+"""A record the worker could not turn into a verdict, kept with its original bytes."""
+
+import base64
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+
+from schemas.version import SCHEMA_VERSION
+
+
+class ErrorKind(StrEnum):
+    INVALID_JSON = "invalid_json"
+    SCHEMA_VIOLATION = "schema_violation"
+    OVERSIZED = "oversized"
+    IMAGE_MISSING = "image_missing"
+    IMAGE_UNDECODABLE = "image_undecodable"
+    IMAGE_TOO_LARGE = "image_too_large"
+    PIXEL_BOMB = "pixel_bomb"
+    FORBIDDEN_URL = "forbidden_url"
+    FETCH_FAILED = "fetch_failed"
+    INFERENCE_FAILED = "inference_failed"
+    PUBLISH_FAILED = "publish_failed"
+
+
+class Origin(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class DeadLetter(BaseModel):
+    """Bytes are base64 in JSON so any payload (even non-UTF-8) survives the round trip."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: str = SCHEMA_VERSION
+    event_id: str | None = Field(default=None, description="When the record parsed far enough to have one.")
+    error_kind: ErrorKind
+    message: str
+    origin: Origin
+    original_key: bytes | None = None
+    original_value: bytes
+    attempts: int = 1
+    failed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_serializer("original_key", "original_value", when_used="json")
+    def _b64(self, v: bytes | None) -> str | None:
+        return None if v is None else base64.b64encode(v).decode("ascii")
+
+    @field_validator("original_key", "original_value", mode="before")
+    @classmethod
+    def _unb64(cls, v: object) -> object:
+        return base64.b64decode(v) if isinstance(v, str) else v
