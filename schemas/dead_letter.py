@@ -21,6 +21,7 @@ class ErrorKind(StrEnum):
     FETCH_FAILED = "fetch_failed"
     INFERENCE_FAILED = "inference_failed"
     PUBLISH_FAILED = "publish_failed"
+    INTERNAL_ERROR = "internal_error"
 
 
 class Origin(BaseModel):

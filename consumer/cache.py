@@ -1,0 +1,79 @@
+"""Redis verdict cache keyed by model version + content hash. An outage degrades to no cache, never blocks."""
+
+import logging
+import time
+from collections import Counter
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schemas import Verdict
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(model_version: str, content_hash: str) -> str:
+    return f"verdict:{model_version}:{content_hash}"
+
+
+class VerdictCache:
+    """`get_many` / `put_many` swallow Redis failures: they count them and skip Redis for a cool-down."""
+
+    def __init__(self, url: str, ttl_s: int, timeout_s: float, retry_after_s: float) -> None:
+        self.ttl_s = ttl_s
+        self.retry_after_s = retry_after_s
+        self.counts: Counter[str] = Counter()
+        self._down_until = 0.0
+        self._client = (
+            aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                              retry_on_timeout=False, health_check_interval=0)
+            if url else None
+        )
+
+    @property
+    def available(self) -> bool:
+        return self._client is not None and time.monotonic() >= self._down_until
+
+    def _outage(self, op: str, e: Exception) -> None:
+        self.counts["errors"] += 1
+        if time.monotonic() >= self._down_until:
+            log.warning("redis %s failed (%s); serving without cache for %.1fs", op, e, self.retry_after_s)
+        self._down_until = time.monotonic() + self.retry_after_s
+
+    async def get_many(self, keys: list[str]) -> list[Verdict | None]:
+        if not keys or not self.available:
+            if keys:
+                self.counts["skipped"] += len(keys)
+            return [None] * len(keys)
+        try:
+            raw = await self._client.mget(keys)
+        except (RedisError, OSError, TimeoutError) as e:
+            self._outage("MGET", e)
+            return [None] * len(keys)
+        found = []
+        for value in raw:
+            try:
+                found.append(Verdict.model_validate_json(value) if value is not None else None)
+            except ValueError:  # an entry written by an incompatible version is a miss, not an error
+                found.append(None)
+        hits = sum(v is not None for v in found)
+        self.counts["hits"] += hits
+        self.counts["misses"] += len(found) - hits
+        return found
+
+    async def put_many(self, items: dict[str, Verdict]) -> None:
+        if not items or not self.available:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, verdict in items.items():
+                    # NX: the first computation wins, so re-processed events keep identical scores.
+                    pipe.set(key, verdict.model_dump_json(), nx=True, ex=self.ttl_s)
+                await pipe.execute()
+            self.counts["stored"] += len(items)
+        except (RedisError, OSError, TimeoutError) as e:
+            self._outage("SET", e)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()

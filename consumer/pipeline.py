@@ -1,0 +1,217 @@
+"""One batch of raw records -> one outcome each (a verdict or a dead letter). Knows nothing of Faust.
+
+Stages: parse/validate -> fetch image bytes -> content hash -> cache lookup -> decode -> (enrich) ->
+one batched inference for the unique misses -> thresholds + policy -> cache store.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import ValidationError
+
+from consumer.cache import VerdictCache, cache_key
+from consumer.errors import InputError
+from consumer.fetch import ImageFetcher
+from consumer.hashing import content_hash
+from consumer.images import decode_image
+from consumer.policy import DecisionPolicy
+from consumer.runtime import BundleRuntime
+from schemas import DeadLetter, ErrorKind, MemeEvent, Origin, TechniqueScore, Verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Outcome:
+    record: RawRecord
+    verdict: Verdict | None = None
+    dead_letter: DeadLetter | None = None
+
+
+@dataclass
+class _Item:
+    """Working state of one record while the batch moves through the stages."""
+
+    record: RawRecord
+    event: MemeEvent | None = None
+    image_bytes: bytes = b""
+    image: Image.Image | None = None
+    text: str = ""
+    hash: str = ""
+    outcome: Outcome | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def dead_letter(record: RawRecord, kind: ErrorKind, message: str, event_id: str | None = None) -> DeadLetter:
+    return DeadLetter(
+        event_id=event_id, error_kind=kind, message=message,
+        origin=Origin(topic=record.topic, partition=record.partition, offset=record.offset),
+        original_key=record.key, original_value=record.value,
+    )
+
+
+def _schema_message(e: ValidationError) -> str:
+    parts = [f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in e.errors()[:5]]
+    return "event does not match MemeEvent: " + "; ".join(parts)
+
+
+class ModerationPipeline:
+    def __init__(self, runtime: BundleRuntime, cache: VerdictCache, fetcher: ImageFetcher,
+                 policy: DecisionPolicy, max_event_bytes: int, max_image_pixels: int,
+                 enricher: Callable[[Image.Image, str | None], Any] | None = None) -> None:
+        self.runtime = runtime  # swapped between batches on hot reload
+        self.cache = cache
+        self.fetcher = fetcher
+        self.policy = policy
+        self.max_event_bytes = max_event_bytes
+        self.max_image_pixels = max_image_pixels
+        self.enricher = enricher
+
+    def _fail(self, item: _Item, kind: ErrorKind, message: str) -> None:
+        event_id = item.event.event_id if item.event else None
+        item.outcome = Outcome(item.record, dead_letter=dead_letter(item.record, kind, message, event_id))
+
+    def _parse(self, item: _Item) -> None:
+        value = item.record.value
+        if len(value) > self.max_event_bytes:
+            return self._fail(item, ErrorKind.OVERSIZED, f"record is {len(value)} bytes, over {self.max_event_bytes}")
+        try:
+            payload = json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return self._fail(item, ErrorKind.INVALID_JSON, f"record value is not JSON: {e}")
+        try:
+            item.event = MemeEvent.model_validate(payload)
+        except ValidationError as e:
+            event_id = payload.get("event_id") if isinstance(payload, dict) else None
+            item.outcome = Outcome(item.record, dead_letter=dead_letter(
+                item.record, ErrorKind.SCHEMA_VIOLATION, _schema_message(e),
+                event_id if isinstance(event_id, str) else None))
+
+    async def _fetch(self, item: _Item) -> None:
+        try:
+            item.image_bytes = await self.fetcher.fetch(item.event)
+        except InputError as e:
+            self._fail(item, e.kind, str(e))
+
+    def _decode(self, item: _Item) -> None:
+        try:
+            item.image = decode_image(item.image_bytes, self.max_image_pixels)
+        except InputError as e:
+            self._fail(item, e.kind, str(e))
+
+    async def process(self, records: list[RawRecord]) -> list[Outcome]:
+        timings: dict[str, float] = {}
+        t0 = t = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            timings[stage] = round((now - t) * 1000, 3)
+            t = now
+
+        items = [_Item(r) for r in records]
+        for item in items:
+            self._parse(item)
+        lap("parse")
+        pending = [i for i in items if i.outcome is None]
+        await asyncio.gather(*(self._fetch(i) for i in pending))
+        lap("fetch")
+
+        pending = [i for i in pending if i.outcome is None]
+        version = self.runtime.version
+        for i in pending:
+            i.text = i.event.text or ""
+            i.hash = content_hash(i.image_bytes, i.text)
+        cached = await self.cache.get_many([cache_key(version, i.hash) for i in pending])
+        lap("cache_get")
+
+        hits = {i.hash: v for i, v in zip(pending, cached, strict=True) if v is not None}
+        misses: dict[str, _Item] = {}
+        for i in pending:
+            if i.hash not in hits:
+                misses.setdefault(i.hash, i)  # duplicates inside the batch are computed once
+        await asyncio.gather(*(asyncio.to_thread(self._decode, i) for i in misses.values()))
+        lap("decode")
+        misses = {h: i for h, i in misses.items() if i.outcome is None}
+
+        if self.enricher is not None and misses:
+            await asyncio.gather(*(self._enrich(i) for i in misses.values()))
+            lap("enrich")
+
+        computed = await self._infer(list(misses.values()), timings, lap)
+        await self.cache.put_many({cache_key(version, h): v for h, v in computed.items()})
+        lap("cache_put")
+        timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
+
+        for i in pending:
+            if i.outcome is not None:
+                continue
+            first = misses.get(i.hash)
+            source = computed.get(i.hash) or hits.get(i.hash)
+            if source is None:  # its first occurrence in this batch failed to decode or infer
+                dl = first.outcome.dead_letter if first is not None and first.outcome else None
+                kind = dl.error_kind if dl else ErrorKind.INFERENCE_FAILED
+                self._fail(i, kind, dl.message if dl else "no verdict could be computed for this content")
+                continue
+            is_copy = first is not i
+            i.outcome = Outcome(i.record, verdict=source.model_copy(update={
+                "event_id": i.event.event_id, "post_id": i.event.post_id, "author_id": i.event.author_id,
+                "cached": is_copy or i.hash in hits, "timings_ms": dict(timings),
+            }))
+        return [i.outcome for i in items]
+
+    async def _enrich(self, item: _Item) -> None:
+        item.extra["enrichment"] = await asyncio.to_thread(self.enricher, item.image, item.event.text)
+        ocr_text = getattr(item.extra["enrichment"], "ocr_text", None)
+        if not item.text and ocr_text:
+            item.text = ocr_text
+
+    async def _infer(self, items: list[_Item], timings: dict[str, float], lap) -> dict[str, Verdict]:
+        if not items:
+            return {}
+        runtime = self.runtime
+        try:
+            prediction = await asyncio.to_thread(runtime.predict, [i.image for i in items], [i.text for i in items])
+        except Exception as e:  # an ONNX Runtime failure must dead-letter the batch, not kill the worker
+            log.exception("inference failed for a batch of %d", len(items))
+            for i in items:
+                self._fail(i, ErrorKind.INFERENCE_FAILED, f"inference failed: {type(e).__name__}: {e}")
+            return {}
+        lap("infer")
+        labels = runtime.manifest.labels
+        verdicts = {}
+        for row, i in enumerate(items):
+            probs = prediction.technique_probs[row]
+            if not np.isfinite(probs).all():
+                self._fail(i, ErrorKind.INFERENCE_FAILED, "the model produced non-finite scores for this meme")
+                continue
+            probs = np.clip(probs, 0.0, 1.0)
+            techniques = [
+                TechniqueScore(technique=name, score=float(p), threshold=float(th), flagged=bool(p >= th))
+                for name, p, th in zip(labels, probs, runtime.thresholds, strict=True)
+            ]
+            harmful = float(prediction.harmful_probs[row]) if prediction.harmful_probs is not None else None
+            decision, reasons = self.policy.decide(techniques, harmful)
+            verdicts[i.hash] = Verdict(
+                event_id=i.event.event_id, post_id=i.event.post_id, author_id=i.event.author_id,
+                content_hash=i.hash, model=runtime.model_info, harmful_score=harmful, techniques=techniques,
+                decision=decision, reasons=reasons, timings_ms=dict(timings),
+                **({"enrichment": i.extra["enrichment"]} if "enrichment" in i.extra else {}),
+            )
+        return verdicts

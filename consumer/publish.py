@@ -1,0 +1,60 @@
+"""Publish outcomes and wait for the broker's acknowledgement before the batch counts as done."""
+
+import logging
+from collections import Counter
+from typing import Any
+
+from consumer.pipeline import Outcome, dead_letter
+from schemas import ErrorKind
+
+log = logging.getLogger(__name__)
+
+
+class OutcomePublisher:
+    """Verdicts keyed by post id to the output topic; dead letters keyed by the original key to the DLQ.
+
+    A verdict the broker refuses (e.g. larger than the topic allows) becomes a dead letter. If even the
+    dead letter cannot be written the error propagates: the batch's offsets must not be committed.
+    """
+
+    def __init__(self, verdict_topic: Any, dlq_topic: Any) -> None:
+        self.verdict_topic = verdict_topic
+        self.dlq_topic = dlq_topic
+        self.counts: Counter[str] = Counter()
+
+    async def _send(self, topic: Any, key: bytes | None, value: bytes) -> Any:
+        return await topic.send(key=key, value=value)
+
+    async def publish(self, outcomes: list[Outcome]) -> None:
+        sent = []
+        for outcome in outcomes:
+            try:
+                if outcome.verdict is not None:
+                    fut = await self._send(self.verdict_topic, outcome.verdict.post_id.encode(),
+                                           outcome.verdict.model_dump_json().encode())
+                else:
+                    fut = await self._send(self.dlq_topic, outcome.record.key,
+                                           outcome.dead_letter.model_dump_json().encode())
+                sent.append((outcome, fut, None))
+            except Exception as e:  # the client can refuse a record before it is sent (size limits)
+                sent.append((outcome, None, e))
+        retry = []
+        for outcome, fut, error in sent:
+            if error is None:
+                try:
+                    await fut
+                except Exception as e:
+                    error = e
+            if error is None:
+                self.counts["verdicts" if outcome.verdict is not None else "dead_letters"] += 1
+            elif outcome.verdict is not None:
+                log.warning("publishing verdict %s failed: %s; dead-lettering it", outcome.verdict.event_id, error)
+                retry.append(outcome)
+            else:
+                raise error
+        for outcome in retry:
+            dl = dead_letter(outcome.record, ErrorKind.PUBLISH_FAILED,
+                             f"verdict could not be published to {self.verdict_topic.get_topic_name()}",
+                             outcome.verdict.event_id)
+            await (await self._send(self.dlq_topic, outcome.record.key, dl.model_dump_json().encode()))
+            self.counts["dead_letters"] += 1
