@@ -5,6 +5,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.enrichment import Enrichment
 from schemas.version import SCHEMA_VERSION
 
 
@@ -50,6 +51,7 @@ class Verdict(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     cached: bool = False
     explanation: str | None = None
+    enrichment: Enrichment | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

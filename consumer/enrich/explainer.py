@@ -1,0 +1,168 @@
+"""Ask a vision-language model, over an OpenAI-compatible `/v1/chat/completions` endpoint (vLLM,
+TGI, Ollama, hosted APIs), for a zero-shot verdict and a one-paragraph explanation.
+
+Only memes the fast model sends to review get here, so this is never on the hot path for `allow`.
+A slow or dead endpoint must not hold the worker up: each call has a deadline, concurrency is
+bounded (and callers beyond a small queue are turned away at once), and after repeated failures a
+circuit breaker stops calling until a cool-down has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import httpx
+from PIL import Image
+
+from consumer.enrich.base import StageConfig
+from consumer.enrich.breaker import BreakerState, CircuitBreaker
+from schemas.enrichment import Explanation
+
+log = logging.getLogger(__name__)
+
+PROMPT = (
+    "You are assisting a content moderator. Look at this meme (image and overlaid text) and decide "
+    "whether it is harmful: hateful, harassing, or using propaganda techniques against a person or group.\n"
+    "Caption text: {text}\n"
+    "An automatic classifier said: {summary}\n"
+    'Answer with JSON only: {{"verdict": "harmful" | "not_harmful" | "unsure", '
+    '"explanation": "<one paragraph: what the meme says, who it targets, and why>"}}'
+)
+VERDICTS = ("harmful", "not_harmful", "unsure")
+
+
+class ExplainerConfig(StageConfig):
+    url: str  # base URL up to and including /v1, e.g. http://127.0.0.1:8000/v1
+    model: str
+    api_key: str | None = None
+    timeout_s: float = 20.0
+    max_concurrency: int = 2
+    max_waiting: int = 16  # callers queued beyond this get None at once instead of piling up
+    failure_threshold: int = 3
+    cooldown_s: float = 30.0
+    max_tokens: int = 300
+    image_max_side: int = 768  # VLMs resize anyway; smaller uploads keep latency down
+
+
+@dataclass
+class ExplainerStats:
+    calls: int = 0
+    failures: int = 0
+    refused: int = 0  # breaker open or queue full
+
+
+def image_data_url(image: Image.Image, max_side: int) -> str:
+    img = image.convert("RGB")
+    img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def parse_reply(content: str) -> tuple[str, str]:
+    """Models wrap JSON in prose or code fences; take the first {...} that parses, else the text."""
+    match = re.search(r"\{.*\}", content, re.DOTALL)
+    if match:
+        try:
+            obj = json.loads(match.group(0))
+            verdict = str(obj.get("verdict", "unsure")).strip().lower().replace(" ", "_").replace("-", "_")
+            explanation = str(obj.get("explanation", "")).strip()
+            if explanation:
+                return (verdict if verdict in VERDICTS else "unsure"), explanation
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    lowered = content.lower()
+    verdict = "not_harmful" if "not harmful" in lowered or "not_harmful" in lowered else (
+        "harmful" if "harmful" in lowered else "unsure"
+    )
+    return verdict, content.strip()
+
+
+class Explainer:
+    def __init__(self, config: ExplainerConfig) -> None:
+        self.config = config
+        self.breaker = CircuitBreaker(config.failure_threshold, config.cooldown_s)
+        self.stats = ExplainerStats()
+        self._sem: asyncio.Semaphore | None = None
+        self._sem_loop: asyncio.AbstractEventLoop | None = None
+        self._waiting = 0
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        # asyncio primitives bind to the loop that first waits on them; make one per loop.
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._sem_loop is not loop:
+            self._sem, self._sem_loop = asyncio.Semaphore(self.config.max_concurrency), loop
+        return self._sem
+
+    def request_body(self, image: Image.Image, text: str | None, verdict_summary: str) -> dict:
+        url = image_data_url(image, self.config.image_max_side)
+        prompt = PROMPT.format(text=(text or "(none)").strip()[:2000], summary=verdict_summary)
+        return {
+            "model": self.config.model,
+            "temperature": 0.0,
+            "max_tokens": self.config.max_tokens,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": prompt},
+                        {"type": "image_url", "image_url": {"url": url}},
+                    ],
+                }
+            ],
+        }
+
+    async def explain(self, image: Image.Image, text: str | None, verdict_summary: str) -> Explanation | None:
+        """The model's verdict and explanation, or None when the endpoint is failing, slow or busy."""
+        if self._waiting >= self.config.max_waiting or not self.breaker.allow():
+            self.stats.refused += 1
+            return None
+        body = self.request_body(image, text, verdict_summary)
+        sem = self._semaphore()
+        self._waiting += 1
+        try:
+            await sem.acquire()
+        finally:
+            self._waiting -= 1  # also when cancelled while queued
+        try:
+            return await self._call(body)
+        finally:
+            sem.release()
+
+    async def _call(self, body: dict) -> Explanation | None:
+        c = self.config
+        headers = {"Authorization": f"Bearer {c.api_key}"} if c.api_key else {}
+        self.stats.calls += 1
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(c.timeout_s):
+                async with httpx.AsyncClient(timeout=c.timeout_s) as client:
+                    endpoint = f"{c.url.rstrip('/')}/chat/completions"
+                    resp = await client.post(endpoint, json=body, headers=headers)
+                    resp.raise_for_status()
+                    content = resp.json()["choices"][0]["message"]["content"]
+        except (TimeoutError, httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as e:
+            self.stats.failures += 1
+            self.breaker.record_failure()
+            log.warning(
+                "explainer call to %s failed (%s: %s); breaker %s",
+                c.url, type(e).__name__, e, self.breaker.state.value,
+            )
+            return None
+        self.breaker.record_success()
+        verdict, explanation = parse_reply(str(content))
+        return Explanation(
+            verdict=verdict, explanation=explanation, model=c.model,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+        )
+
+    @property
+    def state(self) -> BreakerState:
+        return self.breaker.state
