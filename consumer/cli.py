@@ -1,0 +1,166 @@
+"""The `memeguard` command. Training and export run in their own modules (`python -m models.cli`,
+`python -m exporters.cli`) so the serving side never imports torch."""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from consumer.errors import MemeguardError
+
+err = Console(stderr=True)
+
+# Commands that need the training environment; forwarded untouched.
+TRAINING_COMMANDS = {
+    "train": ("models.cli", "train"),
+    "evaluate-run": ("models.cli", "evaluate"),
+    "export": ("exporters.cli", "export"),
+    "bundle": ("exporters.cli", "build-default"),
+}
+
+
+def _forward(module: str, command: str, rest: list[str]) -> int:
+    return subprocess.call([sys.executable, "-m", module, command, *rest])
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from consumer.settings import WorkerSettings
+    from consumer.worker import run_worker
+
+    run_worker(WorkerSettings())
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from consumer import paths
+    from consumer.devinfra import DevStack
+
+    stack = DevStack.at(paths.cache_dir() / "dev", args.kafka_port, args.redis_port)
+    if args.action == "up":
+        stack.up()
+        print(f"MEMEGUARD_KAFKA_BOOTSTRAP={stack.bootstrap}\nMEMEGUARD_REDIS_URL={stack.redis_url}")
+    elif args.action == "down":
+        stack.down()
+        print("broker and redis stopped")
+    else:
+        for svc in (stack.kafka, stack.redis):
+            print(f"{svc.name}: {'running' if svc.running() else 'stopped'} on 127.0.0.1:{svc.port} (log {svc.log_file})")
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from consumer import paths
+    from consumer.produce import new_run_id, produce_events, read_folder, read_semeval, to_events
+    from consumer.settings import KafkaSettings
+
+    s = KafkaSettings()
+    if args.folder:
+        sources = read_folder(Path(args.folder))
+    else:
+        sources = read_semeval(Path(args.data or paths.semeval_dir() / "dev.json"),
+                               Path(args.images) if args.images else None)
+    events = list(to_events(sources[: args.limit], args.run_id or new_run_id(), args.inline, args.labels))
+    n = produce_events(s.kafka_bootstrap, args.topic or s.input_topic, events, rate=args.rate)
+    print(f"{n} events acknowledged by {s.kafka_bootstrap}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from rich.live import Live
+
+    from consumer.display import add_outcome, outcome_table
+    from consumer.outputs import read_outputs
+    from consumer.settings import KafkaSettings
+
+    s = KafkaSettings()
+    table = outcome_table(f"{s.output_topic} + {s.dlq_topic}")
+    with Live(table, console=Console(), refresh_per_second=4):
+        for n, out in enumerate(read_outputs(s.kafka_bootstrap, s.output_topic, s.dlq_topic,
+                                             idle_timeout_s=args.idle, deadline_s=args.deadline), 1):
+            add_outcome(table, out)
+            if args.max and n >= args.max:
+                break
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from consumer.demo import run_demo
+
+    return run_demo(limit=args.limit)
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.jsonschema import export_json_schemas
+
+    for path in export_json_schemas(Path(args.dir)):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memeguard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run the moderation worker (settings from MEMEGUARD_* variables)").set_defaults(
+        func=cmd_worker)
+
+    dev = sub.add_parser("dev", help="embedded broker + redis on loopback")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--kafka-port", type=int, default=19092)
+    dev.add_argument("--redis-port", type=int, default=16379)
+    dev.set_defaults(func=cmd_dev)
+
+    prod = sub.add_parser("produce", help="publish memes (SemEval-format file or an image folder) as MemeEvents")
+    prod.add_argument("--data", help="SemEval-format JSON (default: the shipped dev split)")
+    prod.add_argument("--images", help="images folder (default: images/ beside --data)")
+    prod.add_argument("--folder", help="publish every image in this folder instead (no text)")
+    prod.add_argument("--limit", type=int)
+    prod.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    prod.add_argument("--inline", action="store_true", help="embed images as base64 instead of file:// URLs")
+    prod.add_argument("--labels", action="store_true", help="carry gold labels (for replay evaluation)")
+    prod.add_argument("--run-id", help="event id prefix (default: random)")
+    prod.add_argument("--topic")
+    prod.set_defaults(func=cmd_produce)
+
+    tail = sub.add_parser("tail", help="print verdicts and dead letters as a table")
+    tail.add_argument("--max", type=int, help="stop after this many")
+    tail.add_argument("--idle", type=float, default=5.0, help="stop after this many seconds without news")
+    tail.add_argument("--deadline", type=float, default=3600.0)
+    tail.set_defaults(func=cmd_tail)
+
+    demo = sub.add_parser("demo", help="end to end: broker, redis, default bundle, 63 dev memes → verdicts")
+    demo.add_argument("--limit", type=int)
+    demo.set_defaults(func=cmd_demo)
+
+    schemas = sub.add_parser("schemas", help="JSON Schema of every wire contract")
+    schemas.add_argument("action", choices=["export"])
+    schemas.add_argument("dir")
+    schemas.set_defaults(func=cmd_schemas)
+
+    for name, (module, command) in TRAINING_COMMANDS.items():
+        p = sub.add_parser(name, help=f"(training env) python -m {module} {command} …", add_help=False)
+        p.set_defaults(forward=(module, command))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TRAINING_COMMANDS:
+        return _forward(*TRAINING_COMMANDS[argv[0]], argv[1:])
+    if argv and argv[0] == "evaluate":
+        from consumer.evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MemeguardError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""`memeguard produce`: publish real memes as MemeEvents (SemEval-format file or a folder of images)."""
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Producer
+from tqdm import tqdm
+
+from consumer.errors import ConfigError
+from schemas import MemeEvent
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
+
+
+@dataclass(frozen=True)
+class MemeSource:
+    record_id: str
+    image_path: Path
+    text: str | None
+    labels: list[str] | None
+
+
+def read_semeval(data_file: Path, images_dir: Path | None = None) -> list[MemeSource]:
+    """Records `{"id","text","image","labels"?}`; images resolved against `images_dir` (default: beside it)."""
+    try:
+        records = json.loads(data_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"Cannot read SemEval-format file {data_file}: {e}") from e
+    images_dir = images_dir or data_file.parent / "images"
+    return [MemeSource(str(r["id"]), images_dir / r["image"], r.get("text"), r.get("labels")) for r in records]
+
+
+def read_folder(folder: Path) -> list[MemeSource]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}.")
+    return [MemeSource(p.stem, p, None, None) for p in files]
+
+
+def to_events(sources: list[MemeSource], run_id: str, inline: bool, with_labels: bool) -> Iterator[MemeEvent]:
+    for s in sources:
+        image = ({"image_b64": base64.b64encode(s.image_path.read_bytes()).decode()} if inline
+                 else {"image_url": s.image_path.resolve().as_uri()})
+        yield MemeEvent(event_id=f"{run_id}:{s.record_id}", post_id=s.record_id, text=s.text,
+                        labels=s.labels if with_labels else None, metadata={"source": str(s.image_path.name)},
+                        **image)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def produce_events(bootstrap: str, topic: str, events: list[MemeEvent], rate: float | None = None,
+                   progress: bool = True) -> int:
+    """Publish keyed by post id; waits for every delivery report. Returns the number acknowledged."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
+                         "linger.ms": 5, "message.max.bytes": 16 * 1024 * 1024})
+    errors: list[str] = []
+    acked = 0
+
+    def on_delivery(err, _msg) -> None:
+        nonlocal acked
+        if err is not None:
+            errors.append(str(err))
+        else:
+            acked += 1
+
+    start = time.monotonic()
+    for n, event in enumerate(tqdm(events, desc=f"produce → {topic}", unit="meme", disable=not progress)):
+        if rate:
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        producer.produce(topic, key=event.post_id.encode(), value=event.model_dump_json().encode(),
+                         on_delivery=on_delivery)
+        producer.poll(0)
+    producer.flush(30)
+    if errors:
+        raise ConfigError(f"{len(errors)} events were not acknowledged by {bootstrap}: {errors[0]}")
+    return acked

@@ -1,0 +1,139 @@
+"""Shared fixtures: a real Tansu broker and a real redis-server on loopback, a tiny real model bundle,
+unique topics per test, and worker processes started the way production starts them."""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from consumer.devinfra import DevStack, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    home = tmp_path_factory.mktemp("home")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for var in ("MPLCONFIGDIR", "YOLO_CONFIG_DIR", "DEEPFACE_HOME"):
+        os.environ.setdefault(var, str(home / var.lower()))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> DevStack:
+    """Started once per session with the same code as `memeguard dev up`, on free ports."""
+    s = DevStack.at(tmp_path_factory.mktemp("dev"), free_port(), free_port())
+    s.up()
+    yield s
+    s.down()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from exporters.testing import write_tiny_bundle
+
+    return write_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny", seed=0)
+
+
+@dataclass
+class Topics:
+    input: str
+    output: str
+    dlq: str
+    group: str
+
+    @classmethod
+    def unique(cls) -> "Topics":
+        tag = uuid.uuid4().hex[:8]
+        return cls(f"raw-{tag}", f"verdicts-{tag}", f"dlq-{tag}", f"group-{tag}")
+
+
+@pytest.fixture
+def topics() -> Topics:
+    return Topics.unique()
+
+
+@dataclass
+class WorkerProcess:
+    """A real `memeguard worker` process (python -m consumer.cli worker)."""
+
+    env: dict[str, str]
+    log_path: Path
+    ready_file: Path
+    proc: subprocess.Popen | None = None
+    starts: int = field(default=0)
+
+    def start(self, wait_ready: bool = True, timeout_s: float = 90.0) -> "WorkerProcess":
+        self.ready_file.unlink(missing_ok=True)
+        self.starts += 1
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "consumer.cli", "worker"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
+        if wait_ready:
+            self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self, sig: int = 15, timeout_s: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+@pytest.fixture
+def worker_factory(stack: DevStack, tiny_bundle: Path, tmp_path: Path, topics: Topics):
+    started: list[WorkerProcess] = []
+
+    def make(**overrides: str) -> WorkerProcess:
+        n = len(started)
+        env = {
+            **os.environ,
+            "MEMEGUARD_KAFKA_BOOTSTRAP": stack.bootstrap,
+            "MEMEGUARD_REDIS_URL": stack.redis_url,
+            "MEMEGUARD_BUNDLE_PATH": str(tiny_bundle),
+            "MEMEGUARD_INPUT_TOPIC": topics.input,
+            "MEMEGUARD_OUTPUT_TOPIC": topics.output,
+            "MEMEGUARD_DLQ_TOPIC": topics.dlq,
+            "MEMEGUARD_GROUP_ID": topics.group,
+            "MEMEGUARD_TOPIC_PARTITIONS": "2",
+            "MEMEGUARD_MAX_BATCH": "16",
+            "MEMEGUARD_MAX_WAIT_S": "0.1",
+            "MEMEGUARD_INTRA_OP_THREADS": "1",
+            "MEMEGUARD_FILE_ROOT": str(REPO.parent / "shared" / "data"),
+            "MEMEGUARD_FETCH_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
+            "MEMEGUARD_FETCH_TIMEOUT_S": "2",
+            "MEMEGUARD_MAX_IMAGE_BYTES": "2000000",
+            "MEMEGUARD_MAX_IMAGE_PIXELS": "20000000",
+            "MEMEGUARD_REDIS_RETRY_AFTER_S": "0.5",
+            "MEMEGUARD_READY_FILE": str(tmp_path / f"worker{n}.ready"),
+            "MEMEGUARD_LOG_FORMAT": "json",
+            **overrides,
+        }
+        w = WorkerProcess(env=env, log_path=tmp_path / f"worker{n}.log", ready_file=tmp_path / f"worker{n}.ready")
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.stop(sig=9, timeout_s=5)
