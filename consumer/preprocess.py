@@ -12,10 +12,22 @@ from schemas import ImagePreprocessing, TextPreprocessing
 
 def image_to_tensor(image: Image.Image, spec: ImagePreprocessing) -> np.ndarray:
     """RGB PIL image -> float32 [3, S, S], normalised as the bundle's manifest says."""
-    resized = image.convert("RGB").resize((spec.size, spec.size), Image.BILINEAR)
+    resized = _resize(image.convert("RGB"), spec)
     x = np.asarray(resized, dtype=np.float32) / 255.0
     x = (x - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def _resize(image: Image.Image, spec: ImagePreprocessing) -> Image.Image:
+    if spec.resize_mode == "squash":
+        return image.resize((spec.size, spec.size), Image.BILINEAR)
+    # shorter_side_center_crop: keep the aspect ratio, scale the shorter side to `size`, crop the middle.
+    w, h = image.size
+    scale = spec.size / min(w, h)
+    nw, nh = max(spec.size, round(w * scale)), max(spec.size, round(h * scale))
+    resized = image.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - spec.size) // 2, (nh - spec.size) // 2
+    return resized.crop((left, top, left + spec.size, top + spec.size))
 
 
 def images_to_batch(images: Sequence[Image.Image], spec: ImagePreprocessing) -> np.ndarray:

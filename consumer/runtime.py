@@ -1,9 +1,11 @@
 """ONNX Runtime inference over a model bundle: provider choice, preprocessing, one batched call."""
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -12,11 +14,13 @@ from PIL import Image
 from consumer.bundle import ModelBundle
 from consumer.errors import BundleError
 from consumer.preprocess import TextEncoder, images_to_batch
-from schemas import ModelInfo
+from schemas import BundleManifest, ModelInfo
 
 log = logging.getLogger(__name__)
 
-PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+PROVIDER_PREFERENCE = (TENSORRT, CUDA, CPU)
+ProviderSpec = tuple[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -25,63 +29,147 @@ class Prediction:
     harmful_probs: np.ndarray | None  # [B] float32, when the bundle has a binary head
 
 
-def choose_providers(requested: str, engine_cache: Path | None, fp16: bool) -> list:
-    """`auto` takes the fastest provider this onnxruntime build offers; a name forces that one."""
-    available = ort.get_available_providers()
-    if requested != "auto":
+def profile_shapes(manifest: BundleManifest, max_batch: int | None = None) -> dict[str, str]:
+    """TensorRT optimisation-profile shapes (min/opt/max) for every input, in ORT's `name:AxBxC` syntax.
+
+    One profile spanning batch 1..max_batch and sequence 1..max_length means TensorRT builds its engine
+    once and every batch the worker sends fits it; without profiles it rebuilds for each new shape.
+    """
+    rt = manifest.runtime
+    top = max_batch or rt.max_batch
+    seq = manifest.text.max_length if manifest.text is not None else 1
+    sizes = {
+        "min": {"batch": rt.min_batch, "sequence": 1},
+        "opt": {"batch": min(rt.opt_batch, top), "sequence": seq},
+        "max": {"batch": top, "sequence": seq},
+    }
+    out: dict[str, str] = {}
+    for kind, dims in sizes.items():
+        parts = []
+        for spec in manifest.inputs:
+            try:
+                shape = [d if isinstance(d, int) else dims[d] for d in spec.shape]
+            except KeyError as e:
+                raise BundleError(
+                    f"Input {spec.name} has an axis {e} the runtime cannot size for TensorRT."
+                ) from e
+            parts.append(f"{spec.name}:{'x'.join(str(d) for d in shape)}")
+        out[f"trt_profile_{kind}_shapes"] = ",".join(parts)
+    return out
+
+
+def provider_plan(
+    requested: str,
+    available: Sequence[str],
+    manifest: BundleManifest,
+    engine_cache: Path,
+    max_batch: int | None = None,
+) -> list[ProviderSpec]:
+    """Pure: which execution providers to ask ONNX Runtime for, in order, with their options.
+
+    `auto` takes the fastest one this onnxruntime build offers (TensorRT > CUDA > CPU) and keeps the
+    slower ones behind it for nodes the faster one cannot run; a name (`tensorrt`, `cuda`, `cpu`)
+    forces that provider and fails if it is missing.
+    """
+    if requested == "auto":
+        names = [p for p in PROVIDER_PREFERENCE if p in available]
+    else:
         wanted = [p for p in PROVIDER_PREFERENCE if p.lower().startswith(requested.lower())]
         if not wanted or wanted[0] not in available:
-            raise BundleError(f"Execution provider {requested!r} is not available here (have: {available}).")
-        names = [wanted[0], "CPUExecutionProvider"] if wanted[0] != "CPUExecutionProvider" else [wanted[0]]
-    else:
-        names = [p for p in PROVIDER_PREFERENCE if p in available]
-    providers: list = []
-    for name in names:
-        if name == "TensorrtExecutionProvider" and engine_cache is not None:
-            engine_cache.mkdir(parents=True, exist_ok=True)
-            providers.append(
-                (name, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_cache),
-                        "trt_fp16_enable": fp16})
+            raise BundleError(
+                f"Execution provider {requested!r} is not available in this onnxruntime build "
+                f"(have: {list(available)}). Use providers='auto' or install onnxruntime-gpu."
             )
+        start = PROVIDER_PREFERENCE.index(wanted[0])
+        names = [p for p in PROVIDER_PREFERENCE[start:] if p in available]
+    plan: list[ProviderSpec] = []
+    for name in names:
+        if name == TENSORRT:
+            plan.append((name, {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(engine_cache),
+                # The timing cache makes rebuilding an engine for a new bundle much faster.
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(engine_cache),
+                "trt_fp16_enable": manifest.runtime.trt_fp16,
+                **profile_shapes(manifest, max_batch),
+            }))
+        elif name == CUDA:
+            # EXHAUSTIVE (the default) re-benchmarks cuDNN kernels for every new input shape, which
+            # stalls the first batch of each new size; HEURISTIC picks at once.
+            plan.append((name, {"cudnn_conv_algo_search": "HEURISTIC"}))
         else:
-            providers.append(name)
-    return providers
+            plan.append((name, {}))
+    return plan
+
+
+def engine_cache_dir(bundle: ModelBundle) -> Path:
+    """Engines are per bundle and per GPU: next to the bundle when writable, else in the user's cache."""
+    configured = Path(bundle.manifest.runtime.engine_cache_dir)
+    if configured.is_absolute():
+        return configured
+    if os.access(bundle.root, os.W_OK):
+        return bundle.root / configured
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "memeguard" / "trt" / bundle.fingerprint[:16]
 
 
 class BundleRuntime:
     """Everything the worker needs from a model: `predict(images, texts)` and its identity."""
 
-    def __init__(self, bundle: ModelBundle, providers: str = "auto", intra_op_threads: int = 0) -> None:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        providers: str = "auto",
+        intra_op_threads: int = 0,
+        max_batch: int | None = None,
+    ) -> None:
         self.bundle = bundle
         m = bundle.manifest
+        self.max_batch = max_batch or m.runtime.max_batch
         options = ort.SessionOptions()
+        # Export applied the portable optimisations; the provider-specific fusions happen here, online.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
-        chosen = choose_providers(providers, bundle.root / "trt_cache", fp16=m.precision == "fp16")
+        cache = engine_cache_dir(bundle)
+        plan = provider_plan(providers, ort.get_available_providers(), m, cache, max_batch)
+        if any(name == TENSORRT for name, _ in plan):
+            cache.mkdir(parents=True, exist_ok=True)
         try:
-            self.session = ort.InferenceSession(str(bundle.onnx_path), options, providers=chosen)
+            self.session = ort.InferenceSession(
+                str(bundle.onnx_path), options,
+                providers=[name for name, _ in plan], provider_options=[opts for _, opts in plan],
+            )
         except Exception as e:  # onnxruntime raises its own untyped errors
             raise BundleError(f"ONNX Runtime could not load {bundle.onnx_path}: {e}") from e
         # ORT silently falls back to CPU when CUDA libraries are missing: report what is really active.
         self.provider = self.session.get_providers()[0]
-        log.info("model %s %s loaded on %s", m.name, m.version, self.provider)
+        if self.provider != plan[0][0]:
+            log.warning("asked for %s but ONNX Runtime runs %s on %s", plan[0][0], m.name, self.provider)
+        log.info("model %s loaded on %s (precision %s)", self.version, self.provider, m.precision)
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._text = TextEncoder(bundle.root, m.text) if m.text is not None else None
-        self._float_type = np.float16 if m.precision == "fp16" and self._expects_fp16() else np.float32
+        self._float_type = np.float16 if self._expects_fp16() else np.float32
         self.thresholds = np.asarray(m.thresholds, dtype=np.float32)
 
     @classmethod
-    def load(cls, path: Path | str, providers: str = "auto", intra_op_threads: int = 0) -> "BundleRuntime":
-        return cls(ModelBundle.load(path), providers=providers, intra_op_threads=intra_op_threads)
+    def load(
+        cls, path: Path | str, providers: str = "auto", intra_op_threads: int = 0,
+        max_batch: int | None = None,
+    ) -> "BundleRuntime":
+        return cls(ModelBundle.load(path), providers=providers, intra_op_threads=intra_op_threads,
+                   max_batch=max_batch)
 
     @property
-    def manifest(self):
+    def manifest(self) -> BundleManifest:
         return self.bundle.manifest
 
     @property
     def version(self) -> str:
-        return f"{self.manifest.name}@{self.manifest.version}"
+        """`name@version+digest`: part of the de-duplication key. The digest of the ONNX file makes it
+        change with the bundle even when someone re-exports under the same semantic version."""
+        return f"{self.manifest.name}@{self.manifest.version}+{self.bundle.fingerprint[:8]}"
 
     @property
     def model_info(self) -> ModelInfo:
@@ -102,16 +190,32 @@ class BundleRuntime:
             feeds.update({k: v for k, v in self._text(texts).items() if k in self._input_names})
         return feeds
 
-    def predict(self, images: Sequence[Image.Image], texts: Sequence[str]) -> Prediction:
-        """One ONNX Runtime call for the whole batch."""
-        if len(images) != len(texts):
-            raise ValueError("images and texts must be the same length")
+    def run_feeds(self, feeds: dict[str, np.ndarray]) -> Prediction:
+        """One ONNX Runtime call on already preprocessed inputs (the exporter's parity check uses it)."""
         m = self.manifest
         outputs = [m.technique_output] + ([m.harmful_output] if m.harmful_output else [])
-        result = self.session.run(outputs, self.feeds(images, texts))
+        result = self.session.run(outputs, feeds)
         probs = np.asarray(result[0], dtype=np.float32)
         harmful = np.asarray(result[1], dtype=np.float32).reshape(-1) if m.harmful_output else None
         return Prediction(technique_probs=probs, harmful_probs=harmful)
+
+    def predict(self, images: Sequence[Image.Image], texts: Sequence[str]) -> Prediction:
+        """One ONNX Runtime call per `max_batch` memes (TensorRT's profile ends there)."""
+        if len(images) != len(texts):
+            raise ValueError("images and texts must be the same length")
+        if len(images) <= self.max_batch:
+            return self.run_feeds(self.feeds(images, texts))
+        parts = [self.predict(images[i:i + self.max_batch], texts[i:i + self.max_batch])
+                 for i in range(0, len(images), self.max_batch)]
+        harmful = [p.harmful_probs for p in parts]
+        return Prediction(
+            technique_probs=np.concatenate([p.technique_probs for p in parts]),
+            harmful_probs=None if harmful[0] is None else np.concatenate(harmful),  # type: ignore[arg-type]
+        )
+
+    def flags(self, prediction: Prediction) -> np.ndarray:
+        """bool [B, n_labels]: a technique is flagged when its probability reaches its threshold."""
+        return prediction.technique_probs >= self.thresholds
 
     def warmup(self) -> None:
         """One call on a blank meme so the first real batch does not pay for lazy initialisation."""

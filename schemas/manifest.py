@@ -48,6 +48,48 @@ class FileDigest(BaseModel):
     bytes: int
 
 
+class RuntimeSettings(BaseModel):
+    """How the worker should run the graph; TensorRT profiles cover these shapes so engines are built once."""
+
+    model_config = ConfigDict(frozen=True)
+
+    min_batch: int = Field(default=1, ge=1)
+    opt_batch: int = Field(default=16, ge=1, description="Batch size TensorRT tunes its kernels for.")
+    max_batch: int = Field(default=64, ge=1, description="Largest batch the worker sends in one call.")
+    trt_fp16: bool = Field(default=False, description="Let TensorRT build fp16 kernels (fp16 bundles do).")
+    engine_cache_dir: str = Field(
+        default="trt_cache", description="TensorRT engine cache, relative to the bundle unless absolute."
+    )
+
+
+class GoldenSet(BaseModel):
+    """A few real memes (image + text) inside the bundle with the outputs recorded at export time."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str = "golden/golden.json"
+    count: int
+    atol: float = Field(description="Largest |recorded - recomputed| probability a reload still accepts.")
+
+
+class PrecisionParity(BaseModel):
+    """ONNX Runtime (this bundle's precision) against PyTorch eager on the same preprocessed inputs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    split: str = Field(description="Data the check ran on, e.g. 'semeval2021_task6/dev.json (63 memes)'.")
+    n_memes: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    flag_agreement: float = Field(description="Share of (meme, technique) flags equal to PyTorch's.")
+    micro_f1_torch: float | None = None
+    micro_f1_onnx: float | None = None
+    micro_f1_change: float | None = None
+    max_abs_diff_limit: float | None = None
+    min_flag_agreement: float
+    passed: bool
+
+
 class BundleManifest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -68,4 +110,9 @@ class BundleManifest(BaseModel):
     opset: int = 17
     trained: bool = Field(description="False for a bundle exported from an untrained network (demo only).")
     metrics: dict[str, float] = Field(default_factory=dict, description="Figures measured at training time.")
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    golden: GoldenSet | None = None
+    parity: PrecisionParity | None = Field(
+        default=None, description="Export-time check against PyTorch; details in parity.json."
+    )
     files: list[FileDigest] = Field(default_factory=list)

@@ -1,0 +1,187 @@
+"""`memeguard evaluate`: run a bundle through the serving runtime on a SemEval-format file.
+
+Writes OUT/predictions.jsonl (`{"id", "labels", "scores"}` per record) and, when records carry labels,
+OUT/report.json (micro/macro F1 and per-technique precision, recall, F1, support). The F1 follows
+scikit-learn's `f1_score(..., zero_division=1)` on multi-hot vectors (the task's official metric), computed
+from counts here because the serving image does not ship scikit-learn.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from consumer.errors import ConfigError, MemeguardError
+from consumer.runtime import BundleRuntime
+
+log = logging.getLogger(__name__)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else 1.0  # zero_division=1
+
+
+def multilabel_report(gold: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """Micro/macro F1 and per-label figures for bool [N, K] arrays, as sklearn with zero_division=1."""
+    gold, pred = gold.astype(bool), pred.astype(bool)
+    tp = (gold & pred).sum(0).astype(float)
+    fp = (~gold & pred).sum(0).astype(float)
+    fn = (gold & ~pred).sum(0).astype(float)
+    per: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(labels):
+        per[name] = {
+            "precision": _ratio(tp[k], tp[k] + fp[k]),
+            "recall": _ratio(tp[k], tp[k] + fn[k]),
+            # sklearn >= 1.3: F1 = 2tp / (2tp + fp + fn); ill-defined only when all three are zero.
+            "f1": _ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]),
+            "support": int(tp[k] + fn[k]),
+        }
+    TP, FP, FN = tp.sum(), fp.sum(), fn.sum()
+    return {
+        "micro_f1": _ratio(2 * TP, 2 * TP + FP + FN),
+        "macro_f1": float(np.mean([v["f1"] for v in per.values()])) if per else 1.0,
+        "micro_precision": _ratio(TP, TP + FP),
+        "micro_recall": _ratio(TP, TP + FN),
+        "per_technique": per,
+    }
+
+
+def micro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
+    return float(multilabel_report(gold, pred, [str(k) for k in range(gold.shape[1])])["micro_f1"])
+
+
+def multi_hot(label_lists: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:
+    index = {name: k for k, name in enumerate(labels)}
+    out = np.zeros((len(label_lists), len(labels)), dtype=bool)
+    for i, names in enumerate(label_lists):
+        for name in names:
+            if name in index:
+                out[i, index[name]] = True
+    return out
+
+
+def load_records(data: Path) -> list[dict[str, Any]]:
+    """A JSON list of `{"id","text","image","labels"?}` records, or the same one per line (JSONL)."""
+    try:
+        raw = data.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(
+            f"Cannot read the data file {data}: {e.strerror}. Pass an existing --data file."
+        ) from e
+    try:
+        records = json.loads(raw) if raw.lstrip().startswith("[") else [
+            json.loads(line) for line in raw.splitlines() if line.strip()
+        ]
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{data} is not a JSON list or JSON lines of records: {e}.") from e
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or "id" not in r or "image" not in r:
+            raise ConfigError(f"{data}: record {i} needs at least an 'id' and an 'image' field.")
+    return records
+
+
+def _open_image(path: Path) -> Image.Image | None:
+    try:
+        with Image.open(path) as im:  # decoded by content: SemEval's '.png' files are mostly JPEG
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError):
+        return None
+
+
+def evaluate(
+    runtime: BundleRuntime, records: list[dict[str, Any]], images_dir: Path, out_dir: Path,
+    batch_size: int = 16, progress: bool = True,
+) -> dict[str, Any] | None:
+    """Predict every record, write predictions.jsonl and (with labels) report.json; return the report."""
+    labels = runtime.manifest.labels
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skipped: list[str] = []
+    kept: list[dict[str, Any]] = []
+    flags_all: list[np.ndarray] = []
+    bar = tqdm(total=len(records), desc="evaluate", unit="meme", disable=not progress, file=sys.stderr)
+    with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
+        for start in range(0, len(records), batch_size):
+            batch, images = [], []
+            for r in records[start:start + batch_size]:
+                image = _open_image(images_dir / str(r["image"]))
+                if image is None:
+                    log.warning("record %s: image %s missing or undecodable; skipped", r["id"], r["image"])
+                    skipped.append(str(r["id"]))
+                    continue
+                batch.append(r)
+                images.append(image)
+            if batch:
+                pred = runtime.predict(images, [str(r.get("text") or "") for r in batch])
+                flags = runtime.flags(pred)
+                for i, r in enumerate(batch):
+                    line = {
+                        "id": r["id"],
+                        "labels": [labels[k] for k in np.flatnonzero(flags[i])],
+                        "scores": {
+                            name: round(float(p), 6)
+                            for name, p in zip(labels, pred.technique_probs[i], strict=True)
+                        },
+                    }
+                    if pred.harmful_probs is not None:
+                        line["harmful_score"] = round(float(pred.harmful_probs[i]), 6)
+                    f.write(json.dumps(line, ensure_ascii=False) + "\n")
+                kept.extend(batch)
+                flags_all.append(flags)
+            bar.update(len(records[start:start + batch_size]))
+    bar.close()
+    labelled = [i for i, r in enumerate(kept) if isinstance(r.get("labels"), list)]
+    if not labelled:
+        return None
+    pred_flags = np.concatenate(flags_all)[labelled]
+    gold_lists = [kept[i]["labels"] for i in labelled]
+    unknown = sorted({name for names in gold_lists for name in names} - set(labels))
+    report = multilabel_report(multi_hot(gold_lists, labels), pred_flags, labels)
+    report.update({
+        "n_records": len(records), "n_evaluated": len(labelled), "skipped": skipped,
+        "unknown_labels": unknown, "model": runtime.version, "provider": runtime.provider,
+        "metric": "sklearn f1_score(average=micro|macro, zero_division=1) on multi-hot vectors",
+    })
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="memeguard evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", required=True, type=Path, help="model bundle directory (or symlink)")
+    p.add_argument("--data", required=True, type=Path, help="SemEval-format JSON (or JSONL) records")
+    p.add_argument("--images", required=True, type=Path, help="folder the records' 'image' names are in")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--providers", default="auto", help="auto | tensorrt | cuda | cpu")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if not args.images.is_dir():
+            raise ConfigError(f"--images {args.images} is not a folder. Pass the folder holding the images.")
+        records = load_records(args.data)
+        runtime = BundleRuntime.load(args.bundle, providers=args.providers)
+        report = evaluate(runtime, records, args.images, args.out, args.batch_size, not args.no_progress)
+    except MemeguardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"predictions: {args.out / 'predictions.jsonl'}")
+    if report is not None:
+        print(f"micro-F1 {report['micro_f1']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+              f"({report['n_evaluated']} labelled records)  report: {args.out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

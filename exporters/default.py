@@ -1,0 +1,44 @@
+"""`build-default`: the demo's "build the default bundle if absent" (train if needed, then export fp32)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from consumer.bundle import ModelBundle
+from consumer.errors import BundleError
+from exporters.cli import export_run
+from exporters.errors import ExportError
+
+
+def run_dir_for(config: Path, runs: Path) -> Path:
+    """`models.cli train CONFIG --out RUNS` writes its run to RUNS/<config file stem>/."""
+    return runs / config.stem
+
+
+def run_is_complete(run: Path) -> bool:
+    return (run / "tokenizer" / "tokenizer.json").is_file() and (run / "metrics.json").is_file()
+
+
+def build_default(out: Path, config: Path, runs: Path, force: bool = False) -> Path:
+    """Idempotent: an existing, verified bundle at `out` is kept; an existing finished run is reused."""
+    if not force and (out / "manifest.json").is_file():
+        try:
+            bundle = ModelBundle.load(out)
+            print(f"bundle already built: {bundle.root} ({bundle.manifest.name} {bundle.manifest.version}); "
+                  "pass --force to rebuild")
+            return out
+        except BundleError as e:
+            print(f"existing bundle at {out} is unusable ({e}); rebuilding it", file=sys.stderr)
+    run = run_dir_for(config, runs)
+    if not run_is_complete(run):
+        if not config.is_file():
+            raise ExportError(f"Config {config} not found; run from the repository root or pass --config.")
+        cmd = [sys.executable, "-m", "models.cli", "train", str(config), "--out", str(runs)]
+        print(f"[build-default] no finished run at {run}: training ({' '.join(cmd)})", file=sys.stderr)
+        if subprocess.run(cmd, check=False).returncode != 0:
+            raise ExportError(f"Training the default model failed (`{' '.join(cmd)}`); see the output above.")
+        if not run_is_complete(run):
+            raise ExportError(f"Training finished but {run} lacks tokenizer/tokenizer.json or metrics.json.")
+    else:
+        print(f"[build-default] reusing the finished run {run}", file=sys.stderr)
+    return export_run(run, out, precision="fp32")
