@@ -1,11 +1,23 @@
 """Publish outcomes and wait for the broker's acknowledgement before the batch counts as done."""
 
+import hashlib
 import logging
 from collections import Counter
 from typing import Any
 
 from consumer.pipeline import Outcome, dead_letter
-from schemas import ErrorKind
+from schemas import DeadLetter, ErrorKind
+
+TRUNCATED_ORIGINAL_BYTES = 64 * 1024
+
+
+def truncated(dl: DeadLetter) -> DeadLetter:
+    """A dead letter small enough for any broker; the full original stays at its origin offset."""
+    original = dl.original_value
+    return dl.model_copy(update={
+        "original_value": original[:TRUNCATED_ORIGINAL_BYTES], "original_truncated": True,
+        "original_size": len(original), "original_sha256": hashlib.sha256(original).hexdigest(),
+    })
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +37,18 @@ class OutcomePublisher:
     async def _send(self, topic: Any, key: bytes | None, value: bytes) -> Any:
         return await topic.send(key=key, value=value)
 
+    async def _send_dead_letter(self, key: bytes | None, dl: DeadLetter) -> None:
+        try:
+            await (await self._send(self.dlq_topic, key, dl.model_dump_json().encode()))
+        except Exception as e:
+            if dl.original_truncated:
+                raise
+            log.warning("dead letter for %s refused (%s); publishing it with the original truncated",
+                        dl.origin, e)
+            await (await self._send(self.dlq_topic, key, truncated(dl).model_dump_json().encode()))
+
     async def publish(self, outcomes: list[Outcome]) -> None:
+        """Send everything, then await every acknowledgement; failures are rerouted, never dropped."""
         sent = []
         for outcome in outcomes:
             try:
@@ -38,7 +61,6 @@ class OutcomePublisher:
                 sent.append((outcome, fut, None))
             except Exception as e:  # the client can refuse a record before it is sent (size limits)
                 sent.append((outcome, None, e))
-        retry = []
         for outcome, fut, error in sent:
             if error is None:
                 try:
@@ -47,14 +69,13 @@ class OutcomePublisher:
                     error = e
             if error is None:
                 self.counts["verdicts" if outcome.verdict is not None else "dead_letters"] += 1
-            elif outcome.verdict is not None:
+                continue
+            if outcome.verdict is not None:
                 log.warning("publishing verdict %s failed: %s; dead-lettering it", outcome.verdict.event_id, error)
-                retry.append(outcome)
+                dl = dead_letter(outcome.record, ErrorKind.PUBLISH_FAILED,
+                                 f"verdict could not be published to {self.verdict_topic.get_topic_name()}: "
+                                 f"{error}", outcome.verdict.event_id)
             else:
-                raise error
-        for outcome in retry:
-            dl = dead_letter(outcome.record, ErrorKind.PUBLISH_FAILED,
-                             f"verdict could not be published to {self.verdict_topic.get_topic_name()}",
-                             outcome.verdict.event_id)
-            await (await self._send(self.dlq_topic, outcome.record.key, dl.model_dump_json().encode()))
+                dl = outcome.dead_letter
+            await self._send_dead_letter(outcome.record.key, dl)
             self.counts["dead_letters"] += 1

@@ -46,5 +46,6 @@ class WorkerSettings(KafkaSettings):
     policy_file: Path | None = Field(None, description="YAML decision policy; built-in defaults otherwise.")
     ready_file: Path | None = Field(None, description="Touched once the worker is consuming (for scripts).")
     startup_timeout_s: float = Field(120.0, gt=0, description="How long to wait for the broker at start.")
+    shutdown_grace_s: float = Field(20.0, gt=0, description="On SIGTERM, time to finish the in-flight batch.")
     log_format: Literal["json", "text"] = "json"
     log_level: str = "info"

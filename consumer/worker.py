@@ -1,6 +1,8 @@
 """The Faust worker: one agent on the input topic, batches through the moderation pipeline."""
 
+import asyncio
 import logging
+import os
 from pathlib import Path
 
 import faust
@@ -17,6 +19,8 @@ from consumer.topics import ensure_topics, wait_for_broker
 from schemas import ErrorKind
 
 log = logging.getLogger(__name__)
+
+EXIT_ABANDONED = 75  # EX_TEMPFAIL: a supervisor should restart the worker
 
 
 def raw_topic(app: faust.App, name: str) -> faust.TopicT:
@@ -36,6 +40,8 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline) -> faust.
         topic_partitions=settings.topic_partitions,
         topic_disable_leader=True,
         producer_acks=-1,
+        # Room for dead letters that carry a large original; brokers with a smaller limit get a truncated one.
+        producer_max_request_size=2 * settings.max_event_bytes,
         # Faster group joins and failure detection than Faust's defaults (see DESIGN, Tansu notes).
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
@@ -44,12 +50,30 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline) -> faust.
     publisher = OutcomePublisher(raw_topic(app, settings.output_topic), raw_topic(app, settings.dlq_topic))
     app.memeguard_publisher = publisher  # for metrics and tests
 
+    async def handle(records: list[RawRecord]) -> None:
+        await publisher.publish(await process_isolating_failures(pipeline, records))
+
     @app.agent(source)
     async def moderate(stream: faust.StreamT) -> None:
+        # Faust's take_events() acks the whole batch whenever this loop body is left, even by an exception
+        # or a cancellation. So a batch is either finished (its outputs acknowledged) before we leave, or
+        # the process exits at once without committing, and the batch is re-delivered.
         async for events in stream.take_events(settings.max_batch, within=settings.max_wait_s):
             records = [RawRecord(key=e.message.key, value=e.message.value, topic=e.message.topic,
                                  partition=e.message.partition, offset=e.message.offset) for e in events]
-            await publisher.publish(await process_isolating_failures(pipeline, records))
+            task = asyncio.ensure_future(handle(records))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                log.info("stop requested mid-batch; finishing the %d in-flight events", len(records))
+                try:
+                    await asyncio.wait_for(task, timeout=settings.shutdown_grace_s)
+                except Exception:
+                    abandon("in-flight batch could not finish before shutdown; abandoning it uncommitted")
+                raise
+            except Exception:
+                log.exception("batch could not be published")
+                abandon("batch failed after its record-by-record retry; exiting so it is re-delivered")
 
     if settings.ready_file is not None:
         ready_file: Path = settings.ready_file
@@ -77,6 +101,13 @@ async def process_isolating_failures(pipeline: ModerationPipeline, records: list
             outcomes.append(Outcome(record, dead_letter=dead_letter(
                 record, ErrorKind.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")))
     return outcomes
+
+
+def abandon(reason: str) -> None:
+    """Exit without committing: the batch's offsets stay where they were and it is consumed again."""
+    log.critical(reason)
+    logging.shutdown()
+    os._exit(EXIT_ABANDONED)
 
 
 def build_pipeline(settings: WorkerSettings) -> ModerationPipeline:

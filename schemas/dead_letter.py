@@ -44,6 +44,11 @@ class DeadLetter(BaseModel):
     origin: Origin
     original_key: bytes | None = None
     original_value: bytes
+    original_truncated: bool = Field(
+        default=False, description="True when the original was too large to republish; see `origin` for it."
+    )
+    original_size: int | None = None
+    original_sha256: str | None = None
     attempts: int = 1
     failed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
