@@ -1,0 +1,237 @@
+"""Hot reload of the model bundle: watch, load and validate in the background, swap between batches.
+
+The worker keeps serving its current `BundleRuntime` the whole time. A new bundle (the watched path's
+target changed, or `request_reload()` from the control topic) is loaded on a background thread, checked
+on the golden set shipped inside it and handed over by `take_ready()`, which the worker calls between
+batches. A bundle that fails any check is logged and dropped; the old one keeps serving.
+
+    watcher = BundleWatcher(settings.bundle_path, providers="auto", current=runtime).start()
+    ...  # between batches:
+    if (new := watcher.take_ready()) is not None:
+        runtime = new  # runtime.version (the de-duplication key's model part) changes with it
+"""
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from consumer.bundle import MANIFEST, ModelBundle
+from consumer.errors import BundleError, MemeguardError
+from consumer.runtime import BundleRuntime
+
+log = logging.getLogger(__name__)
+
+
+def bundle_key(path: Path) -> str | None:
+    """Cheap identity of what `path` points at now: target, manifest bytes, size+mtime of listed files.
+
+    Including the files' stats means a bundle copied in place file by file (manifest first) is retried
+    once the copy completes instead of staying rejected. None when there is no manifest (yet).
+    """
+    root = path.resolve()
+    try:
+        manifest_bytes = (root / MANIFEST).read_bytes()
+    except OSError:
+        return None
+    digest = hashlib.sha256(str(root).encode() + b"\0" + manifest_bytes)
+    try:
+        manifest = ModelBundle.load(root, verify=False).manifest
+        for f in manifest.files:
+            st = (root / f.path).stat()
+            digest.update(f"{f.path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    except (BundleError, OSError):
+        digest.update(b"incomplete")
+    return digest.hexdigest()
+
+
+def validate_runtime(runtime: BundleRuntime, compare_recorded: bool = True, atol: float | None = None) -> int:
+    """Run the bundle's golden set; raise BundleError unless outputs are finite (and match, if asked).
+
+    Returns how many golden memes were checked. A bundle without a golden set gets a blank-meme call.
+    """
+    records = runtime.bundle.golden_records()
+    if not records:
+        log.warning("bundle %s ships no golden set; only checking that it runs", runtime.version)
+        pred = runtime.predict([Image.new("RGB", (64, 64))], ["golden set missing"])
+        if not np.isfinite(pred.technique_probs).all():
+            raise BundleError(f"Bundle {runtime.bundle.root} produces non-finite outputs.")
+        return 0
+    images = []
+    for r in records:
+        try:
+            with Image.open(r.image_path) as im:
+                images.append(im.convert("RGB"))
+        except OSError as e:
+            raise BundleError(
+                f"Bundle {runtime.bundle.root}: golden image {r.image_path} is unreadable: {e}"
+            ) from e
+    pred = runtime.predict(images, [r.text for r in records])
+    outputs = [pred.technique_probs] + ([pred.harmful_probs] if pred.harmful_probs is not None else [])
+    if not all(np.isfinite(o).all() for o in outputs):
+        raise BundleError(f"Bundle {runtime.bundle.root} produces non-finite outputs on its golden set.")
+    if compare_recorded:
+        golden = runtime.manifest.golden
+        tol = atol if atol is not None else (golden.atol if golden is not None else 1e-3)
+        recorded = np.asarray([r.technique_probs for r in records], dtype=np.float32)
+        diff = float(np.abs(recorded - pred.technique_probs).max())
+        if pred.harmful_probs is not None and all(r.harmful_prob is not None for r in records):
+            harmful = np.asarray([r.harmful_prob for r in records], dtype=np.float32)
+            diff = max(diff, float(np.abs(harmful - pred.harmful_probs).max()))
+        if diff > tol:
+            raise BundleError(
+                f"Bundle {runtime.bundle.root} disagrees with its recorded golden outputs on "
+                f"{runtime.provider}: max |diff| {diff:.2e} > {tol:.0e}. Re-export it or raise the tolerance."
+            )
+    return len(records)
+
+
+@dataclass(frozen=True)
+class ReloadStatus:
+    serving_key: str | None
+    loading: bool
+    loaded: int
+    rejected: int
+    last_error: str | None
+
+
+class BundleWatcher:
+    """Watches a bundle path (a directory, or a symlink re-pointed at new versions) and reloads it."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        providers: str = "auto",
+        *,
+        current: BundleRuntime | None = None,
+        intra_op_threads: int = 0,
+        max_batch: int | None = None,
+        poll_interval_s: float = 2.0,
+        compare_recorded: bool = True,
+        atol: float | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.providers = providers
+        self.intra_op_threads = intra_op_threads
+        self.max_batch = max_batch
+        self.poll_interval_s = poll_interval_s
+        self.compare_recorded = compare_recorded
+        self.atol = atol
+        self._cond = threading.Condition()
+        self._pending: Path | None = None
+        self._loading = False
+        self._ready: BundleRuntime | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._loaded = self._rejected = 0
+        self._last_error: str | None = None
+        self._rejected_key: str | None = None
+        # What is serving now; a watched path that already points elsewhere gets loaded at start.
+        here = bundle_key(self.path)
+        same = current is not None and current.bundle.root == self.path.resolve()
+        self._serving_key = here if same else None
+
+    # --- control --------------------------------------------------------------------------------
+    def start(self) -> "BundleWatcher":
+        for target, name in ((self._load_loop, "bundle-loader"), (self._poll_loop, "bundle-poller")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+
+    def request_reload(self, path: Path | str | None = None) -> None:
+        """Load `path` (and watch it from now on), or the watched path again, even if unchanged."""
+        with self._cond:
+            if path is not None:
+                self.path = Path(path)
+            self._pending = self.path
+            self._rejected_key = None  # an explicit request retries a bundle rejected before
+            self._cond.notify_all()
+
+    def take_ready(self) -> BundleRuntime | None:
+        """The validated new runtime, once; None when there is nothing new. Call it between batches."""
+        with self._cond:
+            ready, self._ready = self._ready, None
+            return ready
+
+    def poll_once(self) -> bool:
+        """Compare the watched path with what serves; queue a load if it changed. True when queued."""
+        key = bundle_key(self.path)
+        with self._cond:
+            if key is None or key in (self._serving_key, self._rejected_key) or self._pending is not None:
+                return False
+            if self._loading and key == self._loading_key:
+                return False
+            self._pending = self.path
+            self._cond.notify_all()
+            return True
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until nothing is queued or loading (tests, shutdown). False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending is None and not self._loading, timeout)
+
+    @property
+    def status(self) -> ReloadStatus:
+        with self._cond:
+            return ReloadStatus(self._serving_key, self._loading or self._pending is not None,
+                                self._loaded, self._rejected, self._last_error)
+
+    # --- background threads --------------------------------------------------------------------
+    _loading_key: str | None = None
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            try:
+                self.poll_once()
+            except Exception:  # a poller that dies silently would stop reloads for good
+                log.exception("bundle watcher: polling %s failed; will retry", self.path)
+
+    def _load_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending is not None or self._stop.is_set())
+                if self._stop.is_set():
+                    return
+                path, self._pending = self._pending, None
+                self._loading = True
+                self._loading_key = key = bundle_key(path)
+            try:
+                runtime = self._load(path)
+            except Exception as e:  # anything wrong with a new bundle must never stop serving
+                msg = str(e) if isinstance(e, MemeguardError) else f"{type(e).__name__}: {e}"
+                log.error("bundle reload rejected, the current model keeps serving: %s", msg)
+                with self._cond:
+                    self._rejected += 1
+                    self._last_error = msg
+                    self._rejected_key = key
+                    self._loading = False
+                    self._cond.notify_all()
+                continue
+            with self._cond:
+                self._ready = runtime  # an untaken older one is simply replaced
+                self._serving_key = key
+                self._loaded += 1
+                self._last_error = None
+                self._loading = False
+                self._cond.notify_all()
+            log.info("bundle reload: %s validated on %s, ready to swap in", runtime.version, runtime.provider)
+
+    def _load(self, path: Path) -> BundleRuntime:
+        runtime = BundleRuntime.load(path, providers=self.providers, intra_op_threads=self.intra_op_threads,
+                                     max_batch=self.max_batch)
+        checked = validate_runtime(runtime, self.compare_recorded, self.atol)
+        log.info("bundle %s passed its golden set (%d memes)", runtime.version, checked)
+        return runtime

@@ -1,0 +1,89 @@
+"""Provider choice (pure, no GPU needed), TensorRT profiles, batching and the runtime's identity."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from consumer.bundle import ModelBundle
+from consumer.errors import BundleError
+from consumer.preprocess import image_to_tensor
+from consumer.runtime import CPU, CUDA, TENSORRT, BundleRuntime, profile_shapes, provider_plan
+from exporters.testing import synthetic_memes, write_tiny_bundle
+from schemas import ImagePreprocessing
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_bundle: Path):
+    return ModelBundle.load(tiny_bundle).manifest
+
+
+def test_tensorrt_plan_has_engine_cache_and_profiles(manifest, tmp_path: Path) -> None:
+    plan = provider_plan("auto", [TENSORRT, CUDA, CPU], manifest, tmp_path / "trt", max_batch=32)
+    assert [name for name, _ in plan] == [TENSORRT, CUDA, CPU]
+    trt = plan[0][1]
+    assert trt["trt_engine_cache_enable"] is True and trt["trt_engine_cache_path"] == str(tmp_path / "trt")
+    assert trt["trt_fp16_enable"] is False  # fp32 bundle
+    assert trt["trt_profile_min_shapes"] == "pixel_values:1x3x32x32,input_ids:1x1,attention_mask:1x1"
+    assert trt["trt_profile_opt_shapes"] == "pixel_values:16x3x32x32,input_ids:16x32,attention_mask:16x32"
+    assert trt["trt_profile_max_shapes"] == "pixel_values:32x3x32x32,input_ids:32x32,attention_mask:32x32"
+    assert plan[1][1] == {"cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def test_plan_falls_back_in_order(manifest, tmp_path: Path) -> None:
+    assert [n for n, _ in provider_plan("auto", [CUDA, CPU], manifest, tmp_path)] == [CUDA, CPU]
+    assert provider_plan("auto", [CPU], manifest, tmp_path) == [(CPU, {})]
+    assert [n for n, _ in provider_plan("cuda", [TENSORRT, CUDA, CPU], manifest, tmp_path)] == [CUDA, CPU]
+    assert [n for n, _ in provider_plan("cpu", [TENSORRT, CUDA, CPU], manifest, tmp_path)] == [CPU]
+
+
+def test_forcing_a_missing_provider_is_a_clear_error(manifest, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="'tensorrt' is not available"):
+        provider_plan("tensorrt", [CPU], manifest, tmp_path)
+
+
+def test_profile_defaults_come_from_the_manifest(manifest) -> None:
+    shapes = profile_shapes(manifest)
+    assert shapes["trt_profile_max_shapes"].startswith("pixel_values:64x3x32x32")
+
+
+def test_runtime_reports_provider_and_versions(tiny_bundle: Path) -> None:
+    runtime = BundleRuntime.load(tiny_bundle)
+    assert runtime.model_info.provider == CPU == runtime.provider
+    assert runtime.version.startswith("memeguard-tiny@0.1.0+")
+
+
+def test_version_changes_with_the_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    other = BundleRuntime.load(write_tiny_bundle(tmp_path / "seed1", seed=1))
+    assert other.version != BundleRuntime.load(tiny_bundle).version
+    assert other.manifest.version == "0.1.0"  # same semantic version, still a different cache key
+
+
+def test_scores_depend_on_image_and_text(tiny_bundle: Path) -> None:
+    runtime = BundleRuntime.load(tiny_bundle)
+    red, blue = Image.new("RGB", (40, 40), (255, 0, 0)), Image.new("RGB", (40, 40), (0, 0, 255))
+    p = runtime.predict([red, red, blue, red], ["vote now", "vote now", "vote now", "never again"])
+    assert np.array_equal(p.technique_probs[0], p.technique_probs[1])  # duplicates score the same
+    assert np.abs(p.technique_probs[0] - p.technique_probs[2]).max() > 1e-3  # image matters
+    assert np.abs(p.technique_probs[0] - p.technique_probs[3]).max() > 1e-3  # text matters
+    assert p.harmful_probs is not None and p.harmful_probs.shape == (4,)
+
+
+def test_batches_over_max_batch_are_split(tiny_bundle: Path) -> None:
+    memes = synthetic_memes(10, seed=5)
+    whole = BundleRuntime.load(tiny_bundle).predict([m.image for m in memes], [m.text for m in memes])
+    split = BundleRuntime.load(tiny_bundle, max_batch=4).predict([m.image for m in memes],
+                                                                 [m.text for m in memes])
+    np.testing.assert_allclose(split.technique_probs, whole.technique_probs, atol=1e-5)
+    np.testing.assert_allclose(split.harmful_probs, whole.harmful_probs, atol=1e-5)
+
+
+def test_center_crop_keeps_aspect_ratio() -> None:
+    im = Image.new("RGB", (200, 100), (0, 0, 0))
+    im.paste((255, 255, 255), (0, 0, 40, 100))  # white left fifth is cropped away
+    spec = ImagePreprocessing(size=50, resize_mode="shorter_side_center_crop", mean=(0, 0, 0), std=(1, 1, 1))
+    x = image_to_tensor(im, spec)
+    assert x.shape == (3, 50, 50) and x.max() < 0.05
+    squashed = image_to_tensor(im, spec.model_copy(update={"resize_mode": "squash"}))
+    assert squashed.max() > 0.9
