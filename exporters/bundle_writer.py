@@ -124,8 +124,9 @@ def export_bundle(
         manifest = manifest.model_copy(update={"files": digest_files(staging, files)})
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         ModelBundle.load(staging)  # the bundle must pass the same checks the worker applies
-        _say(show_progress, f"4/4 bundle written: {out_dir}")
+        staging.chmod(0o755)  # mkdtemp makes it private; the worker may run as another user
         _replace_dir(staging, out_dir)
+        _say(show_progress, f"4/4 bundle written: {out_dir}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest

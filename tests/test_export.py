@@ -104,3 +104,19 @@ def test_load_memes_decodes_jpeg_named_png() -> None:
 def test_missing_run_dir_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert cli.main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "b"), "--no-parity"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_build_default_keeps_an_existing_bundle(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    out = Path(shutil.copytree(tiny_bundle, tmp_path / "default"))
+    before = (out / "manifest.json").read_bytes()
+    assert cli.main(["build-default", "--out", str(out), "--runs", str(tmp_path / "no-runs")]) == 0
+    assert "bundle already built" in capsys.readouterr().out
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_build_default_without_config_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    rc = cli.main(["build-default", "--out", str(tmp_path / "b"), "--runs", str(tmp_path / "runs"),
+                   "--config", str(tmp_path / "missing.yaml")])
+    assert rc == 2 and "Config" in capsys.readouterr().err

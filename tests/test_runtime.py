@@ -87,3 +87,13 @@ def test_center_crop_keeps_aspect_ratio() -> None:
     assert x.shape == (3, 50, 50) and x.max() < 0.05
     squashed = image_to_tensor(im, spec.model_copy(update={"resize_mode": "squash"}))
     assert squashed.max() > 0.9
+
+
+def test_serving_modules_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, consumer.runtime, consumer.bundle, consumer.hot_reload, consumer.evaluate; "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('models', 'exporters'))]; "
+            "sys.exit(repr(bad) if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
