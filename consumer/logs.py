@@ -31,7 +31,7 @@ def logging_config(fmt: str, level: str) -> dict:
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": level.upper()},
         # Faust and aiokafka are chatty at info; their warnings still come through.
-        "loggers": {name: {"level": "WARNING"} for name in ("faust", "aiokafka", "mode", "kafka")},
+        "loggers": {name: {"level": "WARNING"} for name in ("faust", "aiokafka", "mode", "kafka", "httpx", "httpcore")},
     }
 
 
