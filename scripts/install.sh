@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything memeguard needs on a fresh Debian machine: redis-server (Debian package) and a
+# Python 3.11 virtual environment in .venv with the project and its training/test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  # Debian starts a system redis on 6379; memeguard runs its own on a loopback port, so leave it be.
+fi
+
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# torch==2.13.0 resolves to the CPU wheel these machines keep on local disk (see DESIGN.md).
+.venv/bin/pip install -q -e ".[train,enrich,review,dev]"
+touch .venv/.installed
+echo "memeguard installed in .venv ($(.venv/bin/python --version))"
