@@ -105,7 +105,7 @@ def to_int8(src: Path, dst: Path) -> Path:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         try:
-            quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=False)
+            quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         except Exception as e:  # symbolic shape inference fails on some graphs; quantising as-is still works
             log.warning("int8 pre-processing skipped (%s); quantising the graph as exported", e)
             prepared = src
