@@ -44,7 +44,7 @@ class ExplainerConfig(StageConfig):
     api_key: str | None = None
     timeout_s: float = 20.0
     max_concurrency: int = 2
-    max_waiting: int = 16  # callers queued beyond this get None at once instead of piling up
+    max_waiting: int = 16  # callers queued beyond those in flight; more get None at once, no pile-up
     failure_threshold: int = 3
     cooldown_s: float = 30.0
     max_tokens: int = 300
@@ -92,7 +92,7 @@ class Explainer:
         self.stats = ExplainerStats()
         self._sem: asyncio.Semaphore | None = None
         self._sem_loop: asyncio.AbstractEventLoop | None = None
-        self._waiting = 0
+        self._admitted = 0
 
     def _semaphore(self) -> asyncio.Semaphore:
         # asyncio primitives bind to the loop that first waits on them; make one per loop.
@@ -121,20 +121,18 @@ class Explainer:
 
     async def explain(self, image: Image.Image, text: str | None, verdict_summary: str) -> Explanation | None:
         """The model's verdict and explanation, or None when the endpoint is failing, slow or busy."""
-        if self._waiting >= self.config.max_waiting or not self.breaker.allow():
+        c = self.config
+        if self._admitted >= c.max_concurrency + c.max_waiting or not self.breaker.allow():
             self.stats.refused += 1
             return None
-        body = self.request_body(image, text, verdict_summary)
-        sem = self._semaphore()
-        self._waiting += 1
+        self._admitted += 1  # in flight or queued; counted before any await so a burst sees it
         try:
-            await sem.acquire()
+            # JPEG-encoding the image takes a few ms: keep it off the event loop.
+            body = await asyncio.to_thread(self.request_body, image, text, verdict_summary)
+            async with self._semaphore():
+                return await self._call(body)
         finally:
-            self._waiting -= 1  # also when cancelled while queued
-        try:
-            return await self._call(body)
-        finally:
-            sem.release()
+            self._admitted -= 1
 
     async def _call(self, body: dict) -> Explanation | None:
         c = self.config
@@ -148,6 +146,10 @@ class Explainer:
                     resp = await client.post(endpoint, json=body, headers=headers)
                     resp.raise_for_status()
                     content = resp.json()["choices"][0]["message"]["content"]
+        except asyncio.CancelledError:
+            # Free a half-open probe slot, else the breaker would wait forever for its outcome.
+            self.breaker.record_failure()
+            raise
         except (TimeoutError, httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as e:
             self.stats.failures += 1
             self.breaker.record_failure()
