@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,8 @@ def _schema_message(e: ValidationError) -> str:
 class ModerationPipeline:
     def __init__(self, runtime: BundleRuntime, cache: VerdictCache, fetcher: ImageFetcher,
                  policy: DecisionPolicy, max_event_bytes: int, max_image_pixels: int,
-                 enricher: Callable[[Image.Image, str | None], Any] | None = None) -> None:
+                 enricher: Callable[[Image.Image, str | None], Any] | None = None,
+                 explainer: Callable[[Image.Image, str | None, str], Awaitable[Any]] | None = None) -> None:
         self.runtime = runtime  # swapped between batches on hot reload
         self.cache = cache
         self.fetcher = fetcher
@@ -82,6 +83,7 @@ class ModerationPipeline:
         self.max_event_bytes = max_event_bytes
         self.max_image_pixels = max_image_pixels
         self.enricher = enricher
+        self.explainer = explainer  # only for memes sent to review; never on the hot path of `allow`
 
     def _fail(self, item: _Item, kind: ErrorKind, message: str) -> None:
         event_id = item.event.event_id if item.event else None
@@ -155,6 +157,9 @@ class ModerationPipeline:
             lap("enrich")
 
         computed = await self._infer(list(misses.values()), timings, lap)
+        if self.explainer is not None:
+            await self._explain(computed, misses)
+            lap("explain")
         await self.cache.put_many({cache_key(version, h): v for h, v in computed.items()})
         lap("cache_put")
         timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
@@ -177,10 +182,25 @@ class ModerationPipeline:
         return [i.outcome for i in items]
 
     async def _enrich(self, item: _Item) -> None:
-        item.extra["enrichment"] = await asyncio.to_thread(self.enricher, item.image, item.event.text)
-        ocr_text = getattr(item.extra["enrichment"], "ocr_text", None)
-        if not item.text and ocr_text:
-            item.text = ocr_text
+        enrichment = await asyncio.to_thread(self.enricher, item.image, item.event.text)
+        item.extra["enrichment"] = enrichment
+        if not item.text and enrichment.ocr is not None and enrichment.ocr.text:
+            item.text = enrichment.ocr.text  # memes posted without text are scored on what OCR read
+
+    async def _explain(self, computed: dict[str, Verdict], items: dict[str, _Item]) -> None:
+        review = [h for h, v in computed.items() if v.decision.value == "review"]
+
+        async def one(h: str) -> None:
+            v, item = computed[h], items[h]
+            summary = f"decision {v.decision.value}; " + "; ".join(v.reasons)
+            explanation = await self.explainer(item.image, item.text, summary)
+            if explanation is not None:
+                update: dict[str, Any] = {"explanation": explanation.explanation}
+                if v.enrichment is not None:
+                    update["enrichment"] = v.enrichment.model_copy(update={"explanation": explanation})
+                computed[h] = v.model_copy(update=update)
+
+        await asyncio.gather(*(one(h) for h in review))
 
     async def _infer(self, items: list[_Item], timings: dict[str, float], lap) -> dict[str, Verdict]:
         if not items:

@@ -43,6 +43,15 @@ class WorkerSettings(KafkaSettings):
         default_factory=list, description="CIDRs exempt from private-address blocking, e.g. 127.0.0.1/32."
     )
     file_root: Path = Field(default_factory=paths.data_dir, description="file:// references must lie under it.")
+    enrich_stages: list[str] = Field(
+        default_factory=list, description='Optional stages, e.g. ["ocr","faces","objects","attributes","explainer"].'
+    )
+    enrich_options_file: Path | None = Field(None, description="YAML: per-stage options (see docs/enrichment.md).")
+    explainer_url: str | None = Field(None, description="OpenAI-compatible base URL for the explainer stage.")
+    explainer_model: str | None = None
+    watch_bundle: bool = Field(True, description="Hot-reload the bundle when its path changes.")
+    bundle_poll_s: float = Field(2.0, gt=0)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     policy_file: Path | None = Field(None, description="YAML decision policy; built-in defaults otherwise.")
     ready_file: Path | None = Field(None, description="Touched once the worker is consuming (for scripts).")
     startup_timeout_s: float = Field(120.0, gt=0, description="How long to wait for the broker at start.")

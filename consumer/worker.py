@@ -6,9 +6,13 @@ import os
 from pathlib import Path
 
 import faust
+import yaml
 
 from consumer.cache import VerdictCache
+from consumer.control import ControlListener
+from consumer.enrich import EnrichmentPipeline
 from consumer.fetch import FetchPolicy, ImageFetcher
+from consumer.hot_reload import BundleWatcher
 from consumer.logs import configure_logging, logging_config
 from consumer.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter
 from consumer.policy import DecisionPolicy
@@ -27,7 +31,8 @@ def raw_topic(app: faust.App, name: str) -> faust.TopicT:
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
-def create_app(settings: WorkerSettings, pipeline: ModerationPipeline) -> faust.App:
+def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
+               watcher: BundleWatcher | None = None) -> faust.App:
     app = faust.App(
         settings.group_id,
         broker=";".join(f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")),
@@ -40,6 +45,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline) -> faust.
         topic_partitions=settings.topic_partitions,
         topic_disable_leader=True,
         producer_acks=-1,
+        processing_guarantee=settings.processing_guarantee,
         # Room for dead letters that carry a large original; brokers with a smaller limit get a truncated one.
         producer_max_request_size=2 * settings.max_event_bytes,
         # Faster group joins and failure detection than Faust's defaults (see DESIGN, Tansu notes).
@@ -51,6 +57,10 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline) -> faust.
     app.memeguard_publisher = publisher  # for metrics and tests
 
     async def handle(records: list[RawRecord]) -> None:
+        if watcher is not None and (new := watcher.take_ready()) is not None:
+            # Swapped between batches; the model version in the cache key changes with it.
+            log.info("model swapped", extra={"old": pipeline.runtime.version, "new": new.version})
+            pipeline.runtime = new
         await publisher.publish(await process_isolating_failures(pipeline, records))
 
     @app.agent(source)
@@ -114,6 +124,7 @@ def build_pipeline(settings: WorkerSettings) -> ModerationPipeline:
     runtime = BundleRuntime.load(settings.bundle_path, providers=settings.providers,
                                  intra_op_threads=settings.intra_op_threads)
     runtime.warmup()
+    enrichment = build_enrichment(settings)
     return ModerationPipeline(
         runtime=runtime,
         cache=VerdictCache(settings.redis_url, settings.cache_ttl_s, settings.redis_timeout_s,
@@ -122,7 +133,24 @@ def build_pipeline(settings: WorkerSettings) -> ModerationPipeline:
         policy=DecisionPolicy.from_file(settings.policy_file),
         max_event_bytes=settings.max_event_bytes,
         max_image_pixels=settings.max_image_pixels,
+        enricher=enrichment.enrich if enrichment and enrichment.stages else None,
+        explainer=enrichment.explain if enrichment and enrichment.explainer else None,
     )
+
+
+def build_enrichment(settings: WorkerSettings) -> EnrichmentPipeline | None:
+    if not settings.enrich_stages:
+        return None
+    options = {}
+    if settings.enrich_options_file is not None:
+        options = yaml.safe_load(settings.enrich_options_file.read_text()) or {}
+    if settings.explainer_url:
+        options.setdefault("explainer", {}).update(
+            {"url": settings.explainer_url, **({"model": settings.explainer_model} if settings.explainer_model else {})})
+    pipe = EnrichmentPipeline.from_names(settings.enrich_stages, options)
+    pipe.warmup()
+    log.info("enrichment stages: %s", pipe.stage_names)
+    return pipe
 
 
 def run_worker(settings: WorkerSettings) -> None:
@@ -134,7 +162,15 @@ def run_worker(settings: WorkerSettings) -> None:
     pipeline = build_pipeline(settings)
     log.info("worker starting", extra={"group": settings.group_id, "model": pipeline.runtime.version,
                                        "provider": pipeline.runtime.provider, "max_batch": settings.max_batch})
-    app = create_app(settings, pipeline)
+    watcher = None
+    if settings.watch_bundle:
+        watcher = BundleWatcher(settings.bundle_path, settings.providers, current=pipeline.runtime,
+                                intra_op_threads=settings.intra_op_threads, max_batch=settings.max_batch,
+                                poll_interval_s=settings.bundle_poll_s).start()
+        ensure_topics(settings.kafka_bootstrap, [settings.control_topic], 1)
+        ControlListener(settings.kafka_bootstrap, settings.control_topic,
+                        lambda c: watcher.request_reload(c.bundle_path)).start()
+    app = create_app(settings, pipeline, watcher)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), redirect_stdouts=False,
                           logging_config=logging_config(settings.log_format, settings.log_level))
     worker.execute_from_commandline()
