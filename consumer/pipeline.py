@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ class Outcome:
     record: RawRecord
     verdict: Verdict | None = None
     dead_letter: DeadLetter | None = None
+    event_time: datetime | None = None  # the event's created_at, for end-to-end latency metrics
 
 
 @dataclass
@@ -178,7 +180,7 @@ class ModerationPipeline:
             i.outcome = Outcome(i.record, verdict=source.model_copy(update={
                 "event_id": i.event.event_id, "post_id": i.event.post_id, "author_id": i.event.author_id,
                 "cached": is_copy or i.hash in hits, "timings_ms": dict(timings),
-            }))
+            }), event_time=i.event.created_at)
         return [i.outcome for i in items]
 
     async def _enrich(self, item: _Item) -> None:

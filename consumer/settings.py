@@ -58,3 +58,4 @@ class WorkerSettings(KafkaSettings):
     shutdown_grace_s: float = Field(20.0, gt=0, description="On SIGTERM, time to finish the in-flight batch.")
     log_format: Literal["json", "text"] = "json"
     log_level: str = "info"
+    metrics_port: int = Field(0, ge=0, le=65535, description="/metrics, /healthz, /readyz port; 0 = off.")

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
 import faust
@@ -14,6 +15,8 @@ from consumer.enrich import EnrichmentPipeline
 from consumer.fetch import FetchPolicy, ImageFetcher
 from consumer.hot_reload import BundleWatcher
 from consumer.logs import configure_logging, logging_config
+from consumer.metrics import PipelineMetrics
+from consumer.ops_http import Health, OpsServer, broker_probe, redis_probe
 from consumer.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter
 from consumer.policy import DecisionPolicy
 from consumer.publish import OutcomePublisher
@@ -32,7 +35,8 @@ def raw_topic(app: faust.App, name: str) -> faust.TopicT:
 
 
 def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
-               watcher: BundleWatcher | None = None) -> faust.App:
+               watcher: BundleWatcher | None = None, metrics: PipelineMetrics | None = None,
+               health: Health | None = None) -> faust.App:
     app = faust.App(
         settings.group_id,
         broker=";".join(f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")),
@@ -61,7 +65,14 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
             # Swapped between batches; the model version in the cache key changes with it.
             log.info("model swapped", extra={"old": pipeline.runtime.version, "new": new.version})
             pipeline.runtime = new
-        await publisher.publish(await process_isolating_failures(pipeline, records))
+            if metrics is not None:
+                set_model_metrics(metrics, pipeline)
+        outcomes = await process_isolating_failures(pipeline, records)
+        published = time.perf_counter()
+        await publisher.publish(outcomes)
+        if metrics is not None:
+            metrics.observe_stage("publish", time.perf_counter() - published)
+            metrics.observe_batch(outcomes)
 
     @app.agent(source)
     async def moderate(stream: faust.StreamT) -> None:
@@ -85,6 +96,14 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
                 log.exception("batch could not be published")
                 abandon("batch failed after its record-by-record retry; exiting so it is re-delivered")
 
+    if health is not None:
+        @app.timer(1.0)
+        async def _heartbeat() -> None:  # a blocked event loop stops this and fails /healthz
+            health.heartbeat()
+
+    if metrics is not None:
+        metrics.watch_lag(lambda: consumer_lag(app))
+
     if settings.ready_file is not None:
         ready_file: Path = settings.ready_file
 
@@ -94,6 +113,36 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
             ready_file.touch()
 
     return app
+
+
+def consumer_lag(app: faust.App) -> dict[tuple[str, int], int]:
+    """High watermark (from fetch responses, which Tansu gets right) minus the committed offset."""
+    consumer = app.consumer
+    lags = {}
+    for tp in consumer.assignment():
+        committed = consumer._committed_offset.get(tp)  # Faust keeps no public accessor for it
+        lags[(tp.topic, tp.partition)] = max(0, consumer.highwater(tp) - (committed or 0))
+    return lags
+
+
+def set_model_metrics(metrics: PipelineMetrics, pipeline: ModerationPipeline) -> None:
+    rt = pipeline.runtime
+    info = rt.model_info
+    metrics.set_model(rt.version, info.name, info.version, rt.provider, info.precision)
+
+
+def start_ops_server(settings: WorkerSettings, pipeline: ModerationPipeline) -> tuple[PipelineMetrics, Health]:
+    """Metrics are collected whether or not a port is configured; the HTTP server only when it is."""
+    metrics = PipelineMetrics("worker")
+    set_model_metrics(metrics, pipeline)
+    metrics.watch_counts("memeguard_cache_ops", "Verdict cache hits, misses, errors, skipped, stored.", "result",
+                         lambda: dict(pipeline.cache.counts))
+    health = Health(bundle=lambda: None if pipeline.runtime is not None else "no bundle loaded",
+                    broker=broker_probe(settings.kafka_bootstrap), redis=redis_probe(settings.redis_url),
+                    metrics=metrics)
+    if settings.metrics_port:
+        OpsServer(metrics, health, settings.metrics_port).start()
+    return metrics, health
 
 
 async def process_isolating_failures(pipeline: ModerationPipeline, records: list[RawRecord]) -> list:
@@ -170,7 +219,8 @@ def run_worker(settings: WorkerSettings) -> None:
         ensure_topics(settings.kafka_bootstrap, [settings.control_topic], 1)
         ControlListener(settings.kafka_bootstrap, settings.control_topic,
                         lambda c: watcher.request_reload(c.bundle_path)).start()
-    app = create_app(settings, pipeline, watcher)
+    metrics, health = start_ops_server(settings, pipeline)
+    app = create_app(settings, pipeline, watcher, metrics, health)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), redirect_stdouts=False,
                           logging_config=logging_config(settings.log_format, settings.log_level))
     worker.execute_from_commandline()
