@@ -91,6 +91,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(limit=args.limit)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from consumer.logs import configure_logging
+    from consumer.replay.run import ReplayOptions, replay
+    from consumer.settings import WorkerSettings
+
+    s = WorkerSettings()
+    configure_logging("text" if args.log_format is None else args.log_format, s.log_level)
+    opts = ReplayOptions(
+        topic=args.topic, out_dir=Path(args.out), bundle=Path(args.bundle) if args.bundle else None,
+        compare_bundle=Path(args.compare_bundle) if args.compare_bundle else None,
+        labels_file=Path(args.labels_file) if args.labels_file else None, verdicts_topic=args.verdicts_topic,
+        batch_size=args.batch_size, use_cache=not args.no_cache, progress=not args.no_progress,
+        metrics_port=args.metrics_port, idle_timeout_s=args.idle_timeout)
+    doc = asyncio.run(replay(s, opts))
+    for name, r in ([("", doc)] if "a" not in doc else [("A ", doc["a"]), ("B ", doc["b"])]):
+        f1 = (f"micro-F1 {r['micro_f1']:.4f}  macro-F1 {r['macro_f1']:.4f}  " if "micro_f1" in r
+              else "no labelled events  ")
+        print(f"{name}{r['model']}: {r['n_verdicts']} verdicts, {r['n_dead_letters']} dead letters, {f1}"
+              f"cache hit rate {r['cache_hit_rate']}")
+    if "comparison" in doc:
+        print(f"{doc['comparison']['n_disagreements']} disagreements")
+    print(f"report: {Path(args.out) / 'report.json'}  page: {Path(args.out) / 'report.html'}")
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.jsonschema import export_json_schemas
 
@@ -132,6 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="end to end: broker, redis, default bundle, 63 dev memes → verdicts")
     demo.add_argument("--limit", type=int)
     demo.set_defaults(func=cmd_demo)
+
+    rp = sub.add_parser("replay", help="evaluate a bundle on a labelled topic: verdicts, report.json, report.html")
+    rp.add_argument("--topic", required=True, help="topic of labelled MemeEvents (memeguard produce --labels)")
+    rp.add_argument("--out", required=True, help="output folder")
+    rp.add_argument("--bundle", help="bundle to evaluate (default: MEMEGUARD_BUNDLE_PATH)")
+    rp.add_argument("--compare-bundle", help="a second bundle, replayed on the same events and compared")
+    rp.add_argument("--labels-file", help="JSON/JSONL {id, labels} joined by event id or post id")
+    rp.add_argument("--verdicts-topic", help="also publish the verdicts to this topic")
+    rp.add_argument("--batch-size", type=int, default=32)
+    rp.add_argument("--no-cache", action="store_true", help="do not read or write the Redis verdict cache")
+    rp.add_argument("--no-progress", action="store_true")
+    rp.add_argument("--metrics-port", type=int, default=0, help="serve /metrics while replaying (0 = off)")
+    rp.add_argument("--idle-timeout", type=float, default=60.0, help="give up after this long without records")
+    rp.add_argument("--log-format", choices=["text", "json"])
+    rp.set_defaults(func=cmd_replay)
 
     schemas = sub.add_parser("schemas", help="JSON Schema of every wire contract")
     schemas.add_argument("action", choices=["export"])
