@@ -18,6 +18,7 @@ from exporters.memes import DEFAULT_DATA, load_memes
 from models.errors import ModelsError
 
 DEFAULT_LOADER = "models.inference:load_for_export"
+REPO = Path(__file__).resolve().parents[1]
 GOLDEN_COUNT = 8
 
 
@@ -74,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true")
     d = sub.add_parser("build-default", help="train the offline default model if needed, export it (fp32)")
     d.add_argument("--out", type=Path, default=Path("bundles/default"))
-    d.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
-    d.add_argument("--runs", type=Path, default=Path("runs"))
+    d.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
+    d.add_argument("--runs", type=Path, default=REPO / "runs", help="runs folder (default: <repo>/runs)")
     d.add_argument("--force", action="store_true", help="rebuild the bundle even if it exists")
     return parser
 

@@ -9,14 +9,18 @@ from consumer.errors import BundleError
 from exporters.cli import export_run
 from exporters.errors import ExportError
 
+RUN_FILES = ("tokenizer/tokenizer.json", "metrics.json", "thresholds.json", "checkpoint.pt")
+
 
 def run_dir_for(config: Path, runs: Path) -> Path:
-    """`models.cli train CONFIG --out RUNS` writes its run to RUNS/<config file stem>/."""
-    return runs / config.stem
+    """`models.cli train CONFIG --out RUNS` writes its run to RUNS/<the config's `name`>/."""
+    from models.config import load_config
+
+    return runs / load_config(config).name
 
 
 def run_is_complete(run: Path) -> bool:
-    return (run / "tokenizer" / "tokenizer.json").is_file() and (run / "metrics.json").is_file()
+    return all((run / name).is_file() for name in RUN_FILES)
 
 
 def build_default(out: Path, config: Path, runs: Path, force: bool = False) -> Path:
@@ -29,16 +33,16 @@ def build_default(out: Path, config: Path, runs: Path, force: bool = False) -> P
             return out
         except BundleError as e:
             print(f"existing bundle at {out} is unusable ({e}); rebuilding it", file=sys.stderr)
+    if not config.is_file():
+        raise ExportError(f"Config {config} not found; run from the repository root or pass --config.")
     run = run_dir_for(config, runs)
     if not run_is_complete(run):
-        if not config.is_file():
-            raise ExportError(f"Config {config} not found; run from the repository root or pass --config.")
         cmd = [sys.executable, "-m", "models.cli", "train", str(config), "--out", str(runs)]
         print(f"[build-default] no finished run at {run}: training ({' '.join(cmd)})", file=sys.stderr)
         if subprocess.run(cmd, check=False).returncode != 0:
             raise ExportError(f"Training the default model failed (`{' '.join(cmd)}`); see the output above.")
         if not run_is_complete(run):
-            raise ExportError(f"Training finished but {run} lacks tokenizer/tokenizer.json or metrics.json.")
+            raise ExportError(f"Training finished but {run} lacks one of {', '.join(RUN_FILES)}.")
     else:
         print(f"[build-default] reusing the finished run {run}", file=sys.stderr)
     return export_run(run, out, precision="fp32")
