@@ -124,6 +124,7 @@ class BundleWatcher:
         self._cond = threading.Condition()
         self._pending: Path | None = None
         self._loading = False
+        self._loading_key: str | None = None
         self._ready: BundleRuntime | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -190,8 +191,6 @@ class BundleWatcher:
                                 self._loaded, self._rejected, self._last_error)
 
     # --- background threads --------------------------------------------------------------------
-    _loading_key: str | None = None
-
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_interval_s):
             try:
