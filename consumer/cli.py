@@ -118,6 +118,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alert(args: argparse.Namespace) -> int:
+    from consumer.alert.run import run_alerter
+    from consumer.logs import configure_logging
+    from consumer.settings import AlertSettings
+
+    overrides = {"alert_rules_file": Path(args.rules)} if args.rules else {}
+    s = AlertSettings(**overrides)
+    configure_logging(s.log_format, s.log_level)
+    run_alerter(s, exit_when_idle_s=args.exit_when_idle)
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.jsonschema import export_json_schemas
 
@@ -174,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--idle-timeout", type=float, default=60.0, help="give up after this long without records")
     rp.add_argument("--log-format", choices=["text", "json"])
     rp.set_defaults(func=cmd_replay)
+
+    al = sub.add_parser("alert", help="raise alerts from verdicts (YAML rules) to a topic and webhooks")
+    al.add_argument("--rules", help="rules YAML (default: MEMEGUARD_ALERT_RULES_FILE)")
+    al.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without verdicts")
+    al.set_defaults(func=cmd_alert)
 
     schemas = sub.add_parser("schemas", help="JSON Schema of every wire contract")
     schemas.add_argument("action", choices=["export"])

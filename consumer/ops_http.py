@@ -15,14 +15,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 import redis
 from confluent_kafka.admin import AdminClient
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumer.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
+
+
+class HasRegistry(Protocol):
+    registry: CollectorRegistry
 
 
 def broker_probe(bootstrap: str, timeout_s: float = 2.0) -> Callable[[], str | None]:
@@ -98,7 +103,7 @@ class Health:
 
 
 class OpsServer:
-    def __init__(self, metrics: PipelineMetrics, health: Health, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(self, metrics: HasRegistry, health: Health, port: int, host: str = "0.0.0.0") -> None:
         self.metrics, self.health = metrics, health
         handler = self._handler()
         self.httpd = ThreadingHTTPServer((host, port), handler)

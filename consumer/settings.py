@@ -59,3 +59,27 @@ class WorkerSettings(KafkaSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "info"
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics, /healthz, /readyz port; 0 = off.")
+
+
+class AlertSettings(KafkaSettings):
+    """`memeguard alert`: reads MEMEGUARD_OUTPUT_TOPIC (verdicts)."""
+
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Alert windows and de-duplication.")
+    alert_rules_file: Path | None = Field(None, description="YAML rules and webhook destinations.")
+    alerts_topic: str = "memeguard.alerts"
+    alerts_dlq_topic: str = Field("memeguard.alerts.dlq", description="Alerts a webhook never accepted.")
+    alert_group_id: str = Field("memeguard-alert", description="Group whose committed offsets the alerter keeps.")
+    alert_dedup_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long a post+rule alert is remembered.")
+    metrics_port: int = Field(0, ge=0, le=65535)
+    startup_timeout_s: float = Field(120.0, gt=0)
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "info"
+
+
+class ReviewSettings(WorkerSettings):
+    """`memeguard review`: the worker's fetch policy (file root, allowed networks) applies to images too."""
+
+    reviews_topic: str = Field("memes.reviews", description="Moderator decisions (labelled data).")
+    review_group_id: str = Field("memeguard-review", description="Group whose committed offsets the page keeps.")
+    review_host: str = "127.0.0.1"
+    review_port: int = Field(8080, ge=1, le=65535)

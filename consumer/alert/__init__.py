@@ -1,0 +1,1 @@
+"""`memeguard alert`: rules over verdicts, alerts to a topic and webhooks."""
