@@ -11,8 +11,13 @@ from consumer.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 3000})
+def admin(bootstrap: str, quiet: bool = False) -> AdminClient:
+    config: dict[str, object] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": 3000}
+    if quiet:
+        # librdkafka prints every refused reconnect (a dozen lines per attempt) to stderr, drowning our one
+        # warning per attempt; only its critical messages remain.
+        config["log_level"] = 2
+    return AdminClient(config)
 
 
 def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
@@ -23,7 +28,7 @@ def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
     while True:
         attempt += 1
         try:
-            admin(bootstrap).list_topics(timeout=3)
+            admin(bootstrap, quiet=True).list_topics(timeout=3)
             if attempt > 1:
                 log.info("broker %s reachable after %d attempts", bootstrap, attempt)
             return

@@ -1,0 +1,1 @@
+"""Helpers for the fault-injection suite (tests/test_faults_*.py) and the streaming benchmarks."""

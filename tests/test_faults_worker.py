@@ -1,0 +1,152 @@
+"""Fault injection on the worker process itself: SIGKILL mid-batch, rebalance, late broker, exactly-once.
+
+Each scenario produces a known mixed set (unique memes, duplicate content under new ids, poison),
+injects one fault, lets the system recover and audits the output topics (tests/faults/audit.py).
+"""
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from consumer.devinfra import Service, free_port
+from consumer.topics import ensure_topics
+from tests.faults.audit import OutputReader, audit, rate_per_s, report
+from tests.faults.records import mixed
+from tests.faults.transactions import broker_hides_aborted_records
+from tests.faults.workers import fault_worker
+from tests.kafka_helpers import committed_offsets, produce_raw
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+N_EVENTS = 1500  # ~20-40 s of work for the tiny bundle on 2 shared cores; enough for several kills mid-stream
+
+
+def test_sigkill_mid_batch_at_random_points_loses_nothing(stack, worker_factory, topics, tmp_path: Path):
+    rng = random.Random(8)
+    records = mixed(N_EVENTS, "kill", seed=1)
+    worker = fault_worker(worker_factory, tmp_path).start()
+    reader = OutputReader(stack.bootstrap, topics.output, topics.dlq)
+    produce_raw(stack.bootstrap, topics.input, records.records)
+    kills = []
+    for _ in range(3):
+        # Kill after some outputs appear, at a random moment: mostly mid-batch, as batches take most of the time.
+        reader.poll(rng.uniform(1.0, 4.0))
+        kills.append(len(reader.seen()))
+        assert worker.stop(sig=9) == -9
+        worker.start()
+    reader.wait_for(records.ids, timeout_s=180, log=worker.log)
+    counts = audit("sigkill_restart", records, reader.outputs)
+    counts.extra = {"kills": 3, "outputs_seen_at_each_kill": kills, "starts": worker.starts}
+    report(counts)
+    reader.close()
+    assert worker.stop() == 0, worker.log()
+
+
+def test_rebalance_kill_one_of_two_then_add_one(stack, worker_factory, topics, tmp_path: Path):
+    ensure_topics(stack.bootstrap, [topics.input], 4)  # four partitions: something to move between members
+    records = mixed(N_EVENTS, "rebalance", seed=2)
+    env = {"MEMEGUARD_TOPIC_PARTITIONS": "4"}
+    a = fault_worker(worker_factory, tmp_path, **env).start()
+    b = fault_worker(worker_factory, tmp_path, **env).start()
+    reader = OutputReader(stack.bootstrap, topics.output, topics.dlq)
+    produce_raw(stack.bootstrap, topics.input, records.records)
+    reader.poll(4.0)
+    killed_ms = int(time.time() * 1000)
+    seen_at_kill = len(reader.seen())
+    assert a.stop(sig=9) == -9
+    c = fault_worker(worker_factory, tmp_path, **env).start()
+    joined_ms = int(time.time() * 1000)
+    reader.wait_for(records.ids, timeout_s=180, log=lambda: b.log() + c.log())
+    counts = audit("rebalance_kill_and_add", records, reader.outputs)
+    first_ms = min(o.timestamp_ms for o in reader.outputs)
+    last_ms = max(o.timestamp_ms for o in reader.outputs)
+    after = [o for o in reader.outputs if o.timestamp_ms >= joined_ms]
+    counts.extra = {
+        "outputs_seen_at_kill": seen_at_kill,
+        "outputs_per_s_two_workers": rate_per_s(reader.outputs, first_ms, killed_ms),
+        "outputs_per_s_during_rebalance": rate_per_s(reader.outputs, killed_ms, joined_ms),
+        "outputs_per_s_after_join": rate_per_s(reader.outputs, joined_ms, last_ms + 1),
+        "outputs_after_join": len(after),
+    }
+    report(counts)
+    reader.close()
+    # Throughput recovers: the survivor and the newcomer kept producing outputs after the group re-formed.
+    assert after, "no output after the new member joined"
+    assert b.stop() == 0 and c.stop() == 0, b.log() + c.log()
+
+
+def test_broker_unreachable_at_start_waits_with_backoff_then_serves(stack, worker_factory, topics, tmp_path: Path):
+    broker = Service("kafka", free_port(), tmp_path / "late-broker")
+    bootstrap = f"127.0.0.1:{broker.port}"
+    worker = fault_worker(worker_factory, tmp_path, MEMEGUARD_KAFKA_BOOTSTRAP=bootstrap,
+                          MEMEGUARD_STARTUP_TIMEOUT_S="60").start(wait_ready=False)
+    try:
+        deadline = time.monotonic() + 40
+        while full_log(worker).count("unreachable (attempt") < 3:  # a few backoff rounds with nobody listening
+            assert worker.proc.poll() is None and time.monotonic() < deadline, worker.log()
+            time.sleep(0.2)
+        broker.start()
+        worker.wait_ready(90)
+        log = full_log(worker)
+        assert f"broker {bootstrap} unreachable (attempt 1), retrying in 0.2s" in log, log
+        assert "retrying in 0.5s" in log and "retrying in 1.0s" in log, log  # the delay doubles
+        assert f"broker {bootstrap} reachable after" in log, log
+        records = mixed(1000, "late-broker", seed=4)
+        reader = OutputReader(bootstrap, topics.output, topics.dlq)
+        produce_raw(bootstrap, topics.input, records.records)
+        reader.wait_for(records.ids, timeout_s=180, log=worker.log)
+        counts = audit("broker_unreachable_at_start", records, reader.outputs)
+        waiting = log[: log.index("reachable after")]
+        counts.extra = {"backoff_attempts_logged": log.count("unreachable (attempt"),
+                        "client_noise_lines_while_waiting": waiting.count("rdkafka")}
+        report(counts)
+        reader.close()
+        assert worker.stop() == 0, worker.log()
+    finally:
+        worker.stop(sig=9, timeout_s=5)
+        broker.stop()
+
+
+def test_broker_wait_is_not_drowned_by_client_reconnect_noise(worker_factory, topics, tmp_path: Path):
+    """Bug: each wait attempt's admin client printed every refused reconnect (hundreds of lines in 30 s)."""
+    worker = fault_worker(worker_factory, tmp_path, MEMEGUARD_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
+                          MEMEGUARD_STARTUP_TIMEOUT_S="8").start(wait_ready=False)
+    assert worker.proc.wait(60) != 0
+    log = full_log(worker)
+    assert log.count("unreachable (attempt") >= 2, log
+    assert "unreachable for 8s" in log, log  # one sentence saying what to do
+    assert log.count("rdkafka") == 0, log
+
+
+def test_exactly_once_mode_needs_no_deduplication(stack, worker_factory, topics, tmp_path: Path):
+    records = mixed(1000, "eos", seed=5)
+    worker = fault_worker(worker_factory, tmp_path, MEMEGUARD_PROCESSING_GUARANTEE="exactly_once").start()
+    reader = OutputReader(stack.bootstrap, topics.output, topics.dlq)  # read_committed: librdkafka's default
+    last = produce_raw(stack.bootstrap, topics.input, records.records)
+    reader.poll(3.0)
+    assert worker.stop(sig=9) == -9  # its open transactions are aborted; their outputs must never be read
+    worker.start()
+    reader.wait_for(records.ids, timeout_s=180, log=worker.log)
+    counts = audit("exactly_once_sigkill", records, reader.outputs)  # everything else holds in this mode too
+    filters = broker_hides_aborted_records(stack.bootstrap)
+    counts.extra = {"broker_hides_aborted_records": filters}
+    report(counts)
+    reader.close()
+    # Input offsets are committed through the transactions: all of them, once the work is done.
+    expected = {p: off + 1 for p, off in last.items()}
+    deadline = time.monotonic() + 30
+    while committed_offsets(stack.bootstrap, topics.group, topics.input) != expected:
+        assert time.monotonic() < deadline, committed_offsets(stack.bootstrap, topics.group, topics.input)
+        time.sleep(0.5)
+    assert worker.stop() == 0, worker.log()
+    if counts.duplicates_before_dedup and not filters:
+        pytest.xfail(f"{counts.duplicates_before_dedup} duplicates: this broker returns records of aborted "
+                     "transactions to read_committed consumers (probe in tests/faults/transactions.py), so "
+                     "exactly-once output cannot be shown on it; run against Apache Kafka")
+    assert counts.duplicates_before_dedup == 0
+
+
+def full_log(worker) -> str:
+    return worker.log_path.read_text(errors="replace")
