@@ -130,6 +130,30 @@ def cmd_alert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from consumer.logs import configure_logging, logging_config
+    from consumer.review.app import create_app
+    from consumer.review.ingest import ReviewIngest
+    from consumer.review.store import ReviewStore
+    from consumer.settings import ReviewSettings
+    from consumer.topics import ensure_topics, wait_for_broker
+
+    s = ReviewSettings()
+    configure_logging(s.log_format, s.log_level)
+    wait_for_broker(s.kafka_bootstrap, s.startup_timeout_s)
+    ensure_topics(s.kafka_bootstrap, [s.reviews_topic], s.topic_partitions)
+    store = ReviewStore(s.redis_url)
+    ingest = ReviewIngest(s.kafka_bootstrap, s.review_group_id, s.input_topic, s.output_topic, store).start()
+    try:
+        uvicorn.run(create_app(s, store), host=args.host or s.review_host, port=args.port or s.review_port,
+                    log_config=logging_config(s.log_format, s.log_level))
+    finally:
+        ingest.stop()
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.jsonschema import export_json_schemas
 
@@ -191,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--rules", help="rules YAML (default: MEMEGUARD_ALERT_RULES_FILE)")
     al.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without verdicts")
     al.set_defaults(func=cmd_alert)
+
+    rv = sub.add_parser("review", help="moderator review page for verdicts with decision `review`")
+    rv.add_argument("--host", help="default: MEMEGUARD_REVIEW_HOST (127.0.0.1)")
+    rv.add_argument("--port", type=int, help="default: MEMEGUARD_REVIEW_PORT (8080)")
+    rv.set_defaults(func=cmd_review)
 
     schemas = sub.add_parser("schemas", help="JSON Schema of every wire contract")
     schemas.add_argument("action", choices=["export"])

@@ -1,0 +1,1 @@
+"""`memeguard review`: the moderator review page."""
