@@ -119,3 +119,19 @@ def test_two_bundles_side_by_side_with_labels_joined_from_a_file(stack, topics, 
 def test_replay_of_a_missing_topic_is_one_clear_error(stack, replay_env, tmp_path, capsys):
     assert main(["replay", "--topic", "no-such-topic-xyz", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_records_produced_after_the_start_are_not_replayed(stack, topics):
+    from consumer.replay.source import TopicSnapshot
+    from tests.kafka_helpers import produce_raw
+
+    produce_raw(stack.bootstrap, topics.input, [(f"k{i}".encode(), f"before-{i}".encode()) for i in range(10)])
+    snapshot = TopicSnapshot(stack.bootstrap, topics.input)
+    batches = snapshot.batches(max_batch=2)
+    seen = [r.value for r in next(batches)]
+    while snapshot.total is None:  # ends are fixed by the first fetch responses
+        seen += [r.value for r in next(batches)]
+    assert snapshot.total == 10
+    produce_raw(stack.bootstrap, topics.input, [(f"k{i}".encode(), f"after-{i}".encode()) for i in range(6)])
+    seen += [r.value for batch in batches for r in batch]
+    assert sorted(seen) == sorted(f"before-{i}".encode() for i in range(10))
