@@ -117,9 +117,11 @@ class Alerter:
                     self.metrics.suppressed.labels(rule=rule.name).inc()
                     continue
                 raised[(rule.name, subject)] = (rule, alert)
+        # Sent together, acknowledged together: one broker round trip per batch rather than per alert.
+        await asyncio.gather(*(self._produce(self.s.alerts_topic, subject, alert)
+                               for (_, subject), (_, alert) in raised.items()))
         pending = []
-        for (_, subject), (rule, alert) in raised.items():
-            await self._produce(self.s.alerts_topic, subject, alert)
+        for rule, alert in raised.values():
             self.metrics.alerts.labels(rule=rule.name).inc()
             log.info("alert %s: %s", rule.name, alert["reason"],
                      extra={"alert_id": alert["alert_id"], "post_id": alert["post_id"], "event_id": alert["event_id"]})
