@@ -137,10 +137,10 @@ def start_ops_server(settings: WorkerSettings, pipeline: ModerationPipeline) -> 
     set_model_metrics(metrics, pipeline)
     metrics.watch_counts("memeguard_cache_ops", "Verdict cache hits, misses, errors, skipped, stored.", "result",
                          lambda: dict(pipeline.cache.counts))
-    health = Health(bundle=lambda: None if pipeline.runtime is not None else "no bundle loaded",
-                    broker=broker_probe(settings.kafka_bootstrap), redis=redis_probe(settings.redis_url),
-                    metrics=metrics)
-    if settings.metrics_port:
+    health = Health(bundle=lambda: None if pipeline.runtime is not None else "no bundle loaded", metrics=metrics)
+    if settings.metrics_port:  # the probes hold a broker and a Redis connection: only when someone asks
+        health.broker = broker_probe(settings.kafka_bootstrap)
+        health.redis = redis_probe(settings.redis_url)
         OpsServer(metrics, health, settings.metrics_port).start()
     return metrics, health
 
