@@ -63,7 +63,7 @@ def redis_probe(url: str, timeout_s: float = 0.5) -> Callable[[], str | None] | 
 class Health:
     """What the probes report. Callables are evaluated at request time; each returns None when fine."""
 
-    bundle: Callable[[], str | None] = lambda: None
+    bundle: Callable[[], str | None] | None = None  # only the processes that serve a model check one
     broker: Callable[[], str | None] | None = None
     redis: Callable[[], str | None] | None = None
     stale_after_s: float = 60.0
@@ -80,9 +80,10 @@ class Health:
     def ready(self) -> tuple[bool, dict]:
         checks: dict[str, str] = {}
         ok = True
-        bundle_problem = self.bundle()
-        checks["bundle"] = bundle_problem or "loaded"
-        ok &= bundle_problem is None
+        if self.bundle is not None:
+            bundle_problem = self.bundle()
+            checks["bundle"] = bundle_problem or "loaded"
+            ok &= bundle_problem is None
         if self.broker is not None:
             problem = self.broker()
             checks["broker"] = problem or "reachable"

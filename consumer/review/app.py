@@ -92,9 +92,14 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
             raise HTTPException(404, "No meme with this event id is waiting for review.")
         if action not in ACTIONS:
             raise HTTPException(400, "action must be confirm or overturn")
-        if item.decision is None:  # a double submit (or a second tab) must not publish twice
+        # A double submit (or a second tab) must not publish twice: decided items and claimed ones are skipped.
+        if item.decision is None and store.claim(event_id):
             message = review_message(item, action, moderator[:100])
-            await asyncio.to_thread(publish, producer, settings.reviews_topic, item.verdict.post_id, message)
+            try:
+                await asyncio.to_thread(publish, producer, settings.reviews_topic, item.verdict.post_id, message)
+            except Exception:
+                store.release(event_id)  # not published: the next attempt may publish
+                raise
             store.decide(event_id, message)
         nxt = store.pending(1)
         return RedirectResponse(f"/item/{nxt[0]}" if nxt else "/", status_code=303)

@@ -66,6 +66,13 @@ class ReviewStore:
     def pending_count(self) -> int:
         return int(self.r.zcard(f"{self.p}queue"))
 
+    def claim(self, event_id: str, ttl_s: int = 30) -> bool:
+        """One moderator at a time publishes a decision for a meme (two tabs, a double click)."""
+        return bool(self.r.set(f"{self.p}claim:{event_id}", "1", nx=True, ex=ttl_s))
+
+    def release(self, event_id: str) -> None:
+        self.r.delete(f"{self.p}claim:{event_id}")
+
     def decide(self, event_id: str, decision: dict[str, Any]) -> None:
         with self.r.pipeline(transaction=True) as pipe:
             pipe.set(f"{self.p}decision:{event_id}", json.dumps(decision))
