@@ -41,6 +41,9 @@ def specs(model: MemeClassifier) -> tuple[ImagePreprocessing, TextPreprocessing,
         text_spec, tok = model.text_encoder.text_spec, model.text_encoder.tokenizer_file
     else:
         # Image-only: ship MiniLM's tokenizer so serving can still build the (ignored) text inputs.
-        text_spec, tok, unused = TextPreprocessing(max_length=8), minilm_dir() / "tokenizer.json", [
-            *unused, "input_ids", "attention_mask"]
+        text_spec, tok, unused = (
+            TextPreprocessing(max_length=8),
+            minilm_dir() / "tokenizer.json",
+            [*unused, "input_ids", "attention_mask"],
+        )
     return image_spec, text_spec, tok, unused

@@ -32,8 +32,10 @@ class Inputs:
 
 def _param_groups(model: MemeClassifier, cfg: RunConfig) -> list[dict[str, object]]:
     """Pretrained encoders move at `encoder_lr` (small steps keep their knowledge); the rest at `lr`."""
-    pretrained = {"image_encoder": cfg.image_encoder.kind in ("hf", "efficientnet_lite0"),
-                  "text_encoder": cfg.text_encoder.kind == "hf"}
+    pretrained = {
+        "image_encoder": cfg.image_encoder.kind in ("hf", "efficientnet_lite0"),
+        "text_encoder": cfg.text_encoder.kind == "hf",
+    }
     groups: list[dict[str, object]] = [{"params": list(model.heads.parameters())}]
     for name in ("image_encoder", "text_encoder"):
         enc = getattr(model, name)

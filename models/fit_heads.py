@@ -15,6 +15,7 @@ def make_head(cfg: RunConfig, image_dim: int, text_dim: int, n_labels: int, harm
         text_dim,
         n_labels,
         harmful,
+        image_weight=h.image_weight,
         kind=h.fusion,
         hidden=h.hidden,
         proj_dim=h.proj_dim,
@@ -84,8 +85,7 @@ def _fit_full_batch(
     """
     head.eval()
     weights = [p for name, p in head.named_parameters() if name.endswith("weight")]
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=iterations, history_size=20,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()

@@ -74,9 +74,20 @@ class FusionHead(nn.Module):
     carries them and serving needs nothing beyond the ONNX file.
     """
 
-    def __init__(self, image_dim: int, text_dim: int, n_labels: int, harmful: bool, **fusion_kw: object) -> None:
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        n_labels: int,
+        harmful: bool,
+        image_weight: float = 1.0,
+        **fusion_kw: object,
+    ) -> None:
         super().__init__()
         self.n_labels, self.harmful = n_labels, harmful
+        # <1 shrinks standardised image features so a shared L2 penalty regularises them harder:
+        # ImageNet features are weak evidence for persuasion techniques (see docs/models.md).
+        self.image_weight = image_weight
         self.register_buffer("img_mean", torch.zeros(image_dim))
         self.register_buffer("img_std", torch.ones(image_dim))
         self.register_buffer("txt_mean", torch.zeros(text_dim))
@@ -90,4 +101,5 @@ class FusionHead(nn.Module):
                 std.copy_(x.std(0).clamp_min(1e-3))
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        return self.fusion((img - self.img_mean) / self.img_std, (txt - self.txt_mean) / self.txt_std)
+        img = (img - self.img_mean) / self.img_std * self.image_weight
+        return self.fusion(img, (txt - self.txt_mean) / self.txt_std)

@@ -34,9 +34,7 @@ def out_of_fold(fit: Fitter, n: int, n_outputs: int, folds: int, seed: int) -> t
     return oof, splits
 
 
-def cross_validate(
-    fit: Fitter, y: np.ndarray, n_outputs: int, folds: int, seed: int, objective: Objective
-) -> CVResult:
+def cross_validate(fit: Fitter, y: np.ndarray, n_outputs: int, folds: int, seed: int, objective: Objective) -> CVResult:
     n_labels = y.shape[1]
     oof, splits = out_of_fold(fit, len(y), n_outputs, folds, seed)
     probs = oof[:, :n_labels]

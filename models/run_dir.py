@@ -56,8 +56,11 @@ def save_run(
     write_json(run_dir / METRICS, {k: round(float(v), 4) for k, v in metrics.items()})
     write_json(
         run_dir / PREPROCESSING,
-        {"image": image_spec.model_dump(mode="json"), "text": text_spec.model_dump(mode="json"),
-         "unused_inputs": unused_inputs},
+        {
+            "image": image_spec.model_dump(mode="json"),
+            "text": text_spec.model_dump(mode="json"),
+            "unused_inputs": unused_inputs,
+        },
     )
     write_json(run_dir / RUN_INFO, info)
     if tokenizer_file is not None:

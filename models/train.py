@@ -88,8 +88,9 @@ def train(cfg: RunConfig, out_root: Path, epochs: int | None = None, limit: int 
     final = source.fit_final(np.arange(len(memes)))
     if thresholds is None:
         thresholds = source.validation_thresholds(objective)
-    info["thresholds_protocol"] = "tuned on out-of-fold probabilities over the pool" if folds >= 2 else (
-        "tuned on the internal validation split")
+    info["thresholds_protocol"] = (
+        "tuned on out-of-fold probabilities over the pool" if folds >= 2 else ("tuned on the internal validation split")
+    )
     elapsed = time.perf_counter() - started
     metrics["train_seconds"] = elapsed
     metrics["feature_seconds"] = t_features

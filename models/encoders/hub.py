@@ -29,6 +29,8 @@ def load_pretrained(cls: Any, name_or_path: str, role: str) -> Any:
 def export_fast_tokenizer(name_or_path: str, role: str) -> Path:
     """The `tokenizer.json` of a hub model (saved once under the cache) — serving needs that one file."""
     local = Path(name_or_path).expanduser()
+    if local.is_file() and local.name.endswith(".json"):  # a tokenizer.json given directly
+        return local
     if (local / "tokenizer.json").is_file():
         return local / "tokenizer.json"
     from transformers import AutoTokenizer

@@ -39,9 +39,7 @@ def build_text_encoder(
     if cfg.kind == "hf":
         from models.encoders.hf_text import HFTextEncoder
 
-        return HFTextEncoder(
-            cfg.name_or_path, cfg.arch, cfg.pooling, cfg.max_length, cfg.tiny, cfg.tokenizer, cfg.layers
-        )
+        return HFTextEncoder(cfg.name_or_path, cfg.arch, cfg.pooling, cfg.max_length, cfg.tiny, cfg.tokenizer, cfg.layers)
     if cfg.kind == "bilstm":
         from models.encoders.small import BiLSTMText, build_word_tokenizer
 
