@@ -68,8 +68,13 @@ def export(model: nn.Module, out: Path, imgsz: int = 640, names: list[str] | Non
     dummy = torch.zeros(1, 3, imgsz, imgsz)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        wrapped, (dummy,), str(out), dynamo=False, opset_version=17,
-        input_names=["images"], output_names=["output0"],
+        wrapped,
+        (dummy,),
+        str(out),
+        dynamo=False,
+        opset_version=17,
+        input_names=["images"],
+        output_names=["output0"],
         dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
     )
     proto = onnx.load(str(out))

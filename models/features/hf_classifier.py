@@ -38,7 +38,9 @@ def from_pretrained(model_dir: Path) -> Classifier:
         raise SystemExit(f"{model_dir} holds no config.json; point --model-dir at a checkpoint on disk.")
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=len(TECHNIQUES), problem_type="multi_label_classification",
+        model_dir,
+        num_labels=len(TECHNIQUES),
+        problem_type="multi_label_classification",
         local_files_only=True,
     )
     return prepare(model, tok)
@@ -68,8 +70,15 @@ def batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarr
 
 
 def train(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, texts: Sequence[str], y: np.ndarray,
-    epochs: int = 5, lr: float = 2e-5, batch_size: int = 16, max_length: int = 128, seed: int = 0,
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    y: np.ndarray,
+    epochs: int = 5,
+    lr: float = 2e-5,
+    batch_size: int = 16,
+    max_length: int = 128,
+    seed: int = 0,
 ) -> list[float]:
     """AdamW with weight decay 0.01 (the published settings); returns the mean loss per epoch."""
     torch.manual_seed(seed)
@@ -80,8 +89,7 @@ def train(
     for _ in range(epochs):
         total = 0.0
         for idx in batches(len(texts), batch_size, rng):
-            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
+            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             out = model(**enc, labels=torch.as_tensor(y[idx], dtype=torch.float32))
             opt.zero_grad()
             out.loss.backward()
@@ -92,13 +100,13 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: PreTrainedModel, tok: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 32,
-            max_length: int = 128) -> np.ndarray:
+def predict(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 32, max_length: int = 128
+) -> np.ndarray:
     model.eval()
     out = []
     for idx in batches(len(texts), batch_size, None):
-        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                  return_tensors="pt")
+        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         out.append(torch.sigmoid(model(**enc).logits).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(TECHNIQUES)), np.float32)
 
@@ -121,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     losses = train(model, tok, list(texts[~is_dev]), data.y[~is_dev], epochs=args.epochs, lr=args.lr)
     pred = predict(model, tok, list(texts[is_dev])) >= args.threshold
     report = {
-        "model_dir": str(args.model_dir), "view": args.view, "losses": losses,
+        "model_dir": str(args.model_dir),
+        "view": args.view,
+        "losses": losses,
         "dev_micro_f1": float(f1_score(data.y[is_dev], pred, average="micro", zero_division=1)),
         "dev_macro_f1": float(f1_score(data.y[is_dev], pred, average="macro", zero_division=1)),
     }

