@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 
@@ -67,15 +67,18 @@ class Health:
     broker: Callable[[], str | None] | None = None
     redis: Callable[[], str | None] | None = None
     stale_after_s: float = 60.0
-    _beat: float = field(default_factory=time.monotonic)
+    _beat: float | None = None  # None until the event loop runs: start-up is not a hang
     metrics: PipelineMetrics | None = None
 
     def heartbeat(self) -> None:
         self._beat = time.monotonic()
 
     def live(self) -> tuple[bool, dict]:
+        if self._beat is None:
+            return True, {"status": "starting"}
         age = time.monotonic() - self._beat
-        return age < self.stale_after_s, {"heartbeat_age_s": round(age, 3)}
+        return age < self.stale_after_s, {"status": "alive" if age < self.stale_after_s else "stalled",
+                                          "heartbeat_age_s": round(age, 3)}
 
     def ready(self) -> tuple[bool, dict]:
         checks: dict[str, str] = {}

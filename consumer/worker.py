@@ -131,18 +131,23 @@ def set_model_metrics(metrics: PipelineMetrics, pipeline: ModerationPipeline) ->
     metrics.set_model(rt.version, info.name, info.version, rt.provider, info.precision)
 
 
-def start_ops_server(settings: WorkerSettings, pipeline: ModerationPipeline) -> tuple[PipelineMetrics, Health]:
-    """Metrics are collected whether or not a port is configured; the HTTP server only when it is."""
+def start_ops_server(settings: WorkerSettings) -> tuple[PipelineMetrics, Health]:
+    """Started before the bundle loads (a TensorRT engine build can take minutes): /readyz says `loading`
+    meanwhile. Metrics are collected whether or not a port is configured; the HTTP server only when it is."""
     metrics = PipelineMetrics("worker")
-    set_model_metrics(metrics, pipeline)
-    metrics.watch_counts("memeguard_cache_ops", "Verdict cache hits, misses, errors, skipped, stored.", "result",
-                         lambda: dict(pipeline.cache.counts))
-    health = Health(bundle=lambda: None if pipeline.runtime is not None else "no bundle loaded", metrics=metrics)
+    health = Health(bundle=lambda: "loading the model bundle", metrics=metrics)
     if settings.metrics_port:  # the probes hold a broker and a Redis connection: only when someone asks
         health.broker = broker_probe(settings.kafka_bootstrap)
         health.redis = redis_probe(settings.redis_url)
         OpsServer(metrics, health, settings.metrics_port).start()
     return metrics, health
+
+
+def watch_pipeline(metrics: PipelineMetrics, health: Health, pipeline: ModerationPipeline) -> None:
+    set_model_metrics(metrics, pipeline)
+    metrics.watch_counts("memeguard_cache_ops", "Verdict cache hits, misses, errors, skipped, stored.", "result",
+                         lambda: dict(pipeline.cache.counts))
+    health.bundle = lambda: None if pipeline.runtime is not None else "no bundle loaded"
 
 
 async def process_isolating_failures(pipeline: ModerationPipeline, records: list[RawRecord]) -> list:
@@ -208,7 +213,9 @@ def run_worker(settings: WorkerSettings) -> None:
     wait_for_broker(settings.kafka_bootstrap, settings.startup_timeout_s)
     ensure_topics(settings.kafka_bootstrap, [settings.input_topic, settings.output_topic, settings.dlq_topic],
                   settings.topic_partitions)
+    metrics, health = start_ops_server(settings)
     pipeline = build_pipeline(settings)
+    watch_pipeline(metrics, health, pipeline)
     log.info("worker starting", extra={"group": settings.group_id, "model": pipeline.runtime.version,
                                        "provider": pipeline.runtime.provider, "max_batch": settings.max_batch})
     watcher = None
@@ -219,7 +226,6 @@ def run_worker(settings: WorkerSettings) -> None:
         ensure_topics(settings.kafka_bootstrap, [settings.control_topic], 1)
         ControlListener(settings.kafka_bootstrap, settings.control_topic,
                         lambda c: watcher.request_reload(c.bundle_path)).start()
-    metrics, health = start_ops_server(settings, pipeline)
     app = create_app(settings, pipeline, watcher, metrics, health)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), redirect_stdouts=False,
                           logging_config=logging_config(settings.log_format, settings.log_level))

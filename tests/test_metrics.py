@@ -79,6 +79,9 @@ def test_readiness_states_degraded_redis_and_fails_without_broker(stack):
         assert r.status_code == 503 and "unreachable" in json.loads(r.text)["checks"]["broker"]
         found = samples(httpx.get(f"http://127.0.0.1:{server.port}/metrics").text)
         assert value(found, "memeguard_redis_up") == 0 and value(found, "memeguard_broker_up") == 0
+        starting = httpx.get(f"http://127.0.0.1:{server.port}/healthz")
+        assert starting.status_code == 200 and starting.json()["status"] == "starting"  # no loop yet: not a hang
+        health.heartbeat()
         health.stale_after_s = 0.0  # a stale heartbeat (blocked loop) fails liveness
         assert httpx.get(f"http://127.0.0.1:{server.port}/healthz").status_code == 503
     finally:
