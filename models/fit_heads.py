@@ -33,6 +33,24 @@ def fit_heads(
     epochs: int | None = None,
 ) -> list[FusionHead]:
     """One head per seed in `training.seeds` (an ensemble when there are several)."""
+    threads = torch.get_num_threads()
+    # Heads are small matmuls: extra threads only add synchronisation, which on a shared, loaded CPU
+    # made a 10 s fit take minutes. Encoders (feature extraction) keep `training.threads`.
+    torch.set_num_threads(1)
+    try:
+        return _fit_heads(cfg, img, txt, y, harmful, epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_heads(
+    cfg: RunConfig,
+    img: np.ndarray,
+    txt: np.ndarray,
+    y: np.ndarray,
+    harmful: np.ndarray | None,
+    epochs: int | None,
+) -> list[FusionHead]:
     t = cfg.training
     x_img, x_txt, y_t = (torch.as_tensor(a, dtype=torch.float32) for a in (img, txt, y))
     h_t = None if harmful is None else torch.as_tensor(harmful, dtype=torch.float32)

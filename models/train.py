@@ -51,7 +51,8 @@ def train(cfg: RunConfig, out_root: Path, epochs: int | None = None, limit: int 
     t_features = time.perf_counter() - started
     objective = cfg.evaluation.threshold_objective
     metrics: dict[str, float] = {}
-    info: dict[str, Any] = {"config": cfg.name, "pool": cfg.data.pool, "n_pool": len(memes)}
+    run_id = f"{cfg.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    info: dict[str, Any] = {"run_id": run_id, "config": cfg.name, "pool": cfg.data.pool, "n_pool": len(memes)}
 
     folds = min(cfg.evaluation.folds, len(memes))
     if folds >= 2:
