@@ -43,7 +43,7 @@ class HeadConfig:
     cross_dim: int = 32
     dropout: float = 0.3
     image_weight: float = 1.0  # scale of standardised image features (stronger effective L2 when < 1)
-    harmful: bool = False  # add a binary harmful/hateful output (datasets with a binary label)
+    # A binary harmful/hateful output is added whenever the training data carries a binary label.
 
 
 @dataclass

@@ -45,7 +45,6 @@ class FeatureSource:
             self.txt = text_features(model.text_encoder, memes)
         else:
             self.txt = np.zeros((n, 0), dtype=np.float32)
-        self._val: tuple[np.ndarray, np.ndarray] | None = None
 
     def _fit(self, idx: np.ndarray) -> list[Any]:
         h = None if self.harmful is None else self.harmful[idx]
@@ -58,9 +57,9 @@ class FeatureSource:
         self.model.heads = torch.nn.ModuleList(self._fit(idx))
         return self.model.eval()
 
-    def validation_thresholds(self, objective: Objective) -> np.ndarray:
-        """Without CV: thresholds from a held-out 15% (fit on the rest)."""
-        tr, va = _split_validation(np.arange(len(self.y)), self.cfg.evaluation.seed)
+    def validation_thresholds(self, objective: Objective, idx: np.ndarray) -> np.ndarray:
+        """Without CV: thresholds from a held-out 15% of `idx` (fit on the rest of it)."""
+        tr, va = _split_validation(idx, self.cfg.evaluation.seed)
         probs = self.fit_predict(tr, va)[:, : self.y.shape[1]]
         return tune_thresholds(probs, self.y[va], objective)
 
@@ -91,28 +90,33 @@ class TensorSource:
         else:
             ids, mask = torch.zeros(len(memes), 1, dtype=torch.int64), torch.ones(len(memes), 1, dtype=torch.int64)
         self.inputs = Inputs(pixels, ids, mask)
-        self._val: tuple[np.ndarray, np.ndarray] | None = None
+        self._val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _new_model(self) -> MemeClassifier:
         return build_model(self.cfg, self.y.shape[1], self.harmful is not None, self.texts, self.tokenizer_file)
 
-    def _fit(self, idx: np.ndarray) -> tuple[MemeClassifier, np.ndarray]:
+    def _fit(self, idx: np.ndarray) -> MemeClassifier:
+        """Early stopping on 15% of `idx`; that split's probabilities are kept for threshold tuning."""
         tr, va = _split_validation(idx, self.cfg.evaluation.seed)
         model = fit_end_to_end(self.cfg, self._new_model, self.inputs, self.y, self.harmful, tr, va)
-        return model, va
-
-    def fit_predict(self, train_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
-        model, _ = self._fit(train_idx)
-        return predict_e2e(model, self.inputs, torch.as_tensor(test_idx))
-
-    def fit_final(self, idx: np.ndarray) -> MemeClassifier:
-        model, va = self._fit(idx)
-        self._val = (va, predict_e2e(model, self.inputs, torch.as_tensor(va))[:, : self.y.shape[1]])
+        if len(va):
+            probs = predict_e2e(model, self.inputs, torch.as_tensor(va))[:, : self.y.shape[1]]
+            self._val = (np.sort(idx), va, probs)
         return model
 
-    def validation_thresholds(self, objective: Objective) -> np.ndarray:
-        assert self._val is not None, "fit_final runs first"
-        va, probs = self._val
+    def fit_predict(self, train_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
+        return predict_e2e(self._fit(train_idx), self.inputs, torch.as_tensor(test_idx))
+
+    def fit_final(self, idx: np.ndarray) -> MemeClassifier:
+        return self._fit(idx)
+
+    def validation_thresholds(self, objective: Objective, idx: np.ndarray) -> np.ndarray:
+        """Thresholds tuned on the validation split of the last fit on `idx` (no extra training)."""
+        if self._val is None or not np.array_equal(self._val[0], np.sort(idx)):
+            self._fit(idx)
+        if self._val is None:  # too few memes for a validation split (smoke runs)
+            return np.full(self.y.shape[1], 0.5, dtype=np.float32)
+        _, va, probs = self._val
         return tune_thresholds(probs, self.y[va], objective)
 
     def checkpoint(self, model: MemeClassifier) -> dict[str, Any]:

@@ -74,21 +74,23 @@ def train(cfg: RunConfig, out_root: Path, epochs: int | None = None, limit: int 
 
     if len(dev_idx) and len(train_idx):
         dev_probs = source.fit_predict(train_idx, dev_idx)[:, :n_labels]
-        th_dev = thresholds if folds < 2 else tune_thresholds(cv.oof[train_idx, :n_labels], y[train_idx], objective)
-        if th_dev is None:
-            th_dev = np.full(n_labels, 0.5, dtype=np.float32)
+        if folds >= 2:
+            th_dev = tune_thresholds(cv.oof[train_idx, :n_labels], y[train_idx], objective)
+        else:
+            th_dev = source.validation_thresholds(objective, train_idx)
         metrics |= {f"dev_{k}": v for k, v in summary(y[dev_idx], binarize(dev_probs, th_dev)).items()}
         base = top_k_constant(y[train_idx], len(dev_idx))
         metrics["dev_baseline_top3_micro_f1"] = summary(y[dev_idx], base)["micro_f1"]
         metrics["dev_baseline_top3_macro_f1"] = summary(y[dev_idx], base)["macro_f1"]
-        info["dev_protocol"] = (
-            f"fit on {cfg.data.train} only, scored on {cfg.data.dev}; thresholds tuned on the out-of-fold "
-            f"probabilities of the {cfg.data.train} memes"
+        info["dev_protocol"] = f"fit on {cfg.data.train} only, scored on {cfg.data.dev}; thresholds tuned on " + (
+            f"the out-of-fold probabilities of the {cfg.data.train} memes"
+            if folds >= 2
+            else f"a 15% validation split of {cfg.data.train}"
         )
 
     final = source.fit_final(np.arange(len(memes)))
     if thresholds is None:
-        thresholds = source.validation_thresholds(objective)
+        thresholds = source.validation_thresholds(objective, np.arange(len(memes)))
     info["thresholds_protocol"] = (
         "tuned on out-of-fold probabilities over the pool" if folds >= 2 else ("tuned on the internal validation split")
     )

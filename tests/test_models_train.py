@@ -113,6 +113,32 @@ def test_tiny_scratch_multimodal_model_round_trips_through_onnx(tmp_path: Path) 
     _onnx_roundtrip(runs / "cnn-lstm", tmp_path)
 
 
+@pytest.mark.slow
+def test_hateful_memes_jsonl_trains_a_harmful_head_that_exports(tmp_path: Path) -> None:
+    """The Hateful Memes images are not shipped: a small generated set stands in for them."""
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(16):
+        Image.new("RGB", (48, 40), (200 * (i % 2), 60, 30 + i)).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"id": i, "img": f"img/{i}.png", "label": i % 2, "text": ["love all", "hate them"][i % 2]})
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = yaml.safe_load((REPO / "configs" / "cnn_lstm.yaml").read_text())
+    cfg["data"] = {"pool": [str(data)], "train": str(data), "dev": ""}
+    cfg["evaluation"]["folds"] = 2
+    cfg["training"]["downsample"] = True
+    runs = tmp_path / "runs"
+    assert cli.main(["train", str(_write(tmp_path, cfg)), "--out", str(runs), "--epochs", "1"]) == 0
+    model = load_for_export(runs / "cnn-lstm")
+    assert model.has_harmful_head and model.output_names == ["technique_probs", "harmful_prob"]
+    _onnx_roundtrip(runs / "cnn-lstm", tmp_path)
+    assert cli.main(["evaluate", str(runs / "cnn-lstm"), "--data", str(data), "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert 0.0 <= report["harmful_auroc"] <= 1.0
+
+
 def test_tfidf_svm_trains_and_refuses_export(tmp_path: Path) -> None:
     cfg = yaml.safe_load((REPO / "configs" / "tfidf_svm.yaml").read_text())
     cfg["evaluation"]["folds"] = 2
