@@ -61,7 +61,7 @@ def test_logistic_head_learns_a_separable_label() -> None:
     y = np.zeros((80, 22), np.int64)
     y[:, 0] = x[:, 0] > 0
     probs = fit_predict(x[:60], y[:60], x[60:])
-    assert probs.shape == (20, 22) and np.all(probs[:, 5] == 0)  # never-positive label -> 0
+    assert probs.shape == (20, 22) and np.all(probs[:, 5] < 0.05)  # never-positive label -> ~0
     t = choose_threshold(x[:60], y[:60], c=4.0)
     assert scores(y[60:], probs >= t)["micro_f1"] > 0.8
 
