@@ -40,7 +40,8 @@ def pr_curves(y: np.ndarray, probs: np.ndarray, labels: list[str], path: Path, t
         ax.plot(r, p, label=f"{_short(labels[i])} (n={int(y[:, i].sum())})")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
-    ax.legend(fontsize=7)
+    if order:  # a set without technique labels (Hateful Memes) has no curve to label
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -60,9 +61,11 @@ def tsne_map(features: np.ndarray, y: np.ndarray, labels: list[str], path: Path,
         if len(present):
             colour[n] = present[np.argmin(freq[present])]
     fig, ax = plt.subplots(figsize=(8, 7))
+    cmap = plt.get_cmap("tab20")  # 22 techniques: 20 colours, then a second marker shape
     for c in np.unique(colour):
         m = colour == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=10, label="(none)" if c < 0 else _short(labels[c]))
+        style = {"color": "black", "marker": "x"} if c < 0 else {"color": cmap(c % 20), "marker": "o^"[c // 20]}
+        ax.scatter(xy[m, 0], xy[m, 1], s=12, label="(none)" if c < 0 else _short(labels[c]), **style)
     ax.legend(fontsize=6, markerscale=1.5, ncol=2)
     ax.set_title("t-SNE of fused features, coloured by rarest technique")
     fig.tight_layout()
