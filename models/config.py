@@ -18,6 +18,7 @@ class ImageEncoderConfig:
     pretrained: bool = True
     tiny: dict[str, Any] | None = None  # hf: build the same class from this small random config
     inpaint_text: bool = False  # remove overlaid text (MSER boxes + OpenCV inpainting) before encoding
+    frozen: bool = False  # finetune mode: keep this tower fixed (the ResNet50 + ALBERT write-up)
 
 
 @dataclass

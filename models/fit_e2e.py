@@ -39,6 +39,9 @@ def _param_groups(model: MemeClassifier, cfg: RunConfig) -> list[dict[str, objec
     groups: list[dict[str, object]] = [{"params": list(model.heads.parameters())}]
     for name in ("image_encoder", "text_encoder"):
         enc = getattr(model, name)
+        if name == "image_encoder" and enc is not None and cfg.image_encoder.frozen:
+            enc.requires_grad_(False)
+            continue
         if enc is not None:
             lr = cfg.training.encoder_lr if pretrained[name] else cfg.training.lr
             groups.append({"params": list(enc.parameters()), "lr": lr})
@@ -84,6 +87,8 @@ def fit_end_to_end(
     best_score, best_state, stale = -1.0, None, 0
     for _ in tqdm(range(n_epochs), desc="epochs", unit="epoch", leave=False):
         model.train()
+        if cfg.image_encoder.frozen and model.image_encoder is not None:
+            model.image_encoder.eval()  # frozen also means BatchNorm statistics stay as pretrained
         idx = tr
         if t.downsample and h_t is not None:
             idx = tr[balanced_indices(h_t[tr], gen)]

@@ -123,6 +123,7 @@ def test_hub_config_offline_fails_with_one_sentence_naming_the_weights(path: Pat
     ("image_arch", "text_arch", "fusion"),
     [
         ("resnet", "albert", "concat"),
+        ("resnet-frozen", "albert", "concat"),
         ("clip", "clip", "cross"),
         ("dinov2", "t5", "align"),
         ("vit", "mpnet", "late"),
@@ -143,13 +144,16 @@ def test_tiny_random_configs_of_the_same_classes_train_a_step(image_arch: str | 
         "loss": {"kind": "focal"},
         "training": {"mode": "finetune", "epochs": 1, "batch_size": 4, "lr": 1e-2, "encoder_lr": 1e-3},
     }
+    frozen = bool(image_arch and image_arch.endswith("-frozen"))
     if image_arch:
+        arch = image_arch.removesuffix("-frozen")
         raw["image_encoder"] = {
             "kind": "hf",
-            "arch": image_arch,
+            "arch": arch,
             "name_or_path": "unused",
             "size": 32,
-            "tiny": TINY_IMAGE[image_arch],
+            "tiny": TINY_IMAGE[arch],
+            "frozen": frozen,
         }
     cfg = config_from_dict(raw)
     model = build_model(cfg, 22, harmful=False)
@@ -161,7 +165,8 @@ def test_tiny_random_configs_of_the_same_classes_train_a_step(image_arch: str | 
     changed = [k for k, v in trained.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])]
     assert any(k.startswith("text_encoder") for k in changed) and any(k.startswith("heads") for k in changed)
     if image_arch:
-        assert any(k.startswith("image_encoder") for k in changed)
+        # A frozen tower (the ResNet50 + ALBERT write-up) keeps its weights and BatchNorm statistics.
+        assert any(k.startswith("image_encoder") for k in changed) != frozen
     with torch.inference_mode():
         assert trained(inputs.pixels[:2], ids[:2], torch.ones_like(ids[:2])).shape == (2, 22)
 
