@@ -31,11 +31,16 @@ class RecordSet:
     records: list[tuple[bytes, bytes]] = field(default_factory=list)
     expected: dict[str, str] = field(default_factory=dict)  # event id -> VERDICT or an ErrorKind value
     content: dict[str, tuple[str, str]] = field(default_factory=dict)  # event id -> (image, text) of valid ones
+    values: dict[str, bytes] = field(default_factory=dict)  # event id -> the bytes produced
 
     def add(self, event_id: str, key: bytes, value: bytes, outcome: str) -> None:
         assert event_id not in self.expected, event_id
         self.records.append((key, value))
         self.expected[event_id] = outcome
+        self.values[event_id] = value
+
+    def shuffle(self, seed: int) -> None:
+        random.Random(seed).shuffle(self.records)
 
     @property
     def ids(self) -> set[str]:
