@@ -1,0 +1,114 @@
+"""Soak: 100,000 events through one worker; resident memory sampled every few seconds; zero lost events.
+
+On this CPU unique memes run at tens per second, so the soak repeats the 750 shipped memes: after the
+first pass every event is a cache hit (duplicate rate 1 - 750/n). Outputs are counted by event id.
+Run: `python -m bench.bench_soak [--n 100000 --max-minutes 15]`.
+"""
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from bench.common import bundle, dev_stack, event_records, flush_cache, now_ms, produce, start_worker, table, write_result
+from tests.conftest import Topics
+from tests.faults.records import memes
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def count_outputs(bootstrap: str, topics: Topics, n: int, deadline: float) -> tuple[Counter, int, int]:
+    """Reads both output topics until n distinct ids have been seen or the deadline passes."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "soak-reader", "enable.auto.commit": False})
+    counts: Counter[str] = Counter()
+    dead_letters = 0
+    last_ms = 0
+    try:
+        while time.monotonic() < deadline:
+            metadata = consumer.list_topics(timeout=10)
+            if topics.output in metadata.topics:
+                break
+            time.sleep(1)
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in (topics.output, topics.dlq)
+                         if t in metadata.topics for p in metadata.topics[t].partitions])
+        while len(counts) < n and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                if msg.error():
+                    continue
+                counts[json.loads(msg.value()).get("event_id")] += 1
+                dead_letters += msg.topic() == topics.dlq
+                last_ms = max(last_ms, msg.timestamp()[1])
+    finally:
+        consumer.close()
+    return counts, dead_letters, last_ms
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--sample-s", type=float, default=5.0)
+    parser.add_argument("--max-minutes", type=float, default=15.0)
+    args = parser.parse_args(argv)
+    bundle_path, bundle_name = bundle()
+    unique = len(memes())
+    samples: list[tuple[float, float]] = []
+    with dev_stack() as stack, tempfile.TemporaryDirectory() as tmp:
+        flush_cache(stack)
+        topics = Topics.unique()
+        records = event_records(0, args.n, topics.group, unique=unique)
+        worker = start_worker(stack, bundle_path, topics, Path(tmp), MEMEGUARD_MAX_BATCH=str(args.batch),
+                              MEMEGUARD_MAX_WAIT_S="0.5", MEMEGUARD_PROVIDERS="cpu")
+        pid = worker.proc.pid
+        start_ms, t0 = now_ms(), time.monotonic()
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set() and worker.proc.poll() is None:
+                samples.append((round(time.monotonic() - t0, 1), rss_mib(pid)))
+                stop.wait(args.sample_s)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            produce(stack, topics.input, records)
+            deadline = time.monotonic() + args.max_minutes * 60
+            counts, dead_letters, last_ms = count_outputs(stack.bootstrap, topics, args.n, deadline)
+        finally:
+            stop.set()
+            sampler.join()
+            exit_code = worker.stop()
+    ids = {r[0] for r in records}
+    lost = len(ids - set(counts))
+    unexpected = len(set(counts) - ids)
+    rss = [r for _, r in samples]
+    result = {
+        "bundle": bundle_name, "bundle_path": str(bundle_path), "events": args.n, "unique_contents": unique,
+        "duplicate_rate": round(1 - unique / args.n, 4), "max_batch": args.batch,
+        "verdicts_and_dead_letters_distinct": len(counts), "dead_letters": dead_letters,
+        "duplicates_before_dedup": sum(counts.values()) - len(counts), "lost": lost, "unexpected_ids": unexpected,
+        "finished": lost == 0, "worker_exit_code": exit_code,
+        "memes_per_s": round(len(counts) / max((last_ms - start_ms) / 1000, 1e-3), 1),
+        "duration_s": round((last_ms - start_ms) / 1000, 1),
+        "rss_mib": {"start": rss[0], "end": rss[-1], "peak": max(rss), "samples": len(rss),
+                    "after_warmup_min": min(rss[len(rss) // 10:]) if rss else None},
+        "rss_samples_s_mib": samples,
+    }
+    table(f"soak ({bundle_name} bundle)", ["events", "distinct outputs", "lost", "memes/s", "RSS start/end/peak MiB"],
+          [[args.n, len(counts), lost, result["memes_per_s"],
+            f"{result['rss_mib']['start']} / {result['rss_mib']['end']} / {result['rss_mib']['peak']}"]])
+    write_result("bench_soak", result)
+
+
+if __name__ == "__main__":
+    main()
