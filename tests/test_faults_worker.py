@@ -30,9 +30,11 @@ def test_sigkill_mid_batch_at_random_points_loses_nothing(stack, worker_factory,
     reader = OutputReader(stack.bootstrap, topics.output, topics.dlq)
     produce_raw(stack.bootstrap, topics.input, records.records)
     kills = []
-    for _ in range(3):
-        # Kill after some outputs appear, at a random moment: mostly mid-batch, as batches take most of the time.
-        reader.poll(rng.uniform(1.0, 4.0))
+    for low, high in ((0.1, 0.3), (0.35, 0.55), (0.6, 0.8)):
+        # Kill at a random point of the stream's progress; batches take most of the time, so mostly mid-batch.
+        target = int(N_EVENTS * rng.uniform(low, high))
+        while len(reader.seen()) < target:
+            assert reader.poll(0.2) or worker.proc.poll() is None, worker.log()
         kills.append(len(reader.seen()))
         assert worker.stop(sig=9) == -9
         worker.start()
@@ -46,13 +48,14 @@ def test_sigkill_mid_batch_at_random_points_loses_nothing(stack, worker_factory,
 
 def test_rebalance_kill_one_of_two_then_add_one(stack, worker_factory, topics, tmp_path: Path):
     ensure_topics(stack.bootstrap, [topics.input], 4)  # four partitions: something to move between members
-    records = mixed(N_EVENTS, "rebalance", seed=2)
+    records = mixed(N_EVENTS + 500, "rebalance", seed=2)  # room for work after the join
     env = {"MEMEGUARD_TOPIC_PARTITIONS": "4"}
     a = fault_worker(worker_factory, tmp_path, **env).start()
     b = fault_worker(worker_factory, tmp_path, **env).start()
     reader = OutputReader(stack.bootstrap, topics.output, topics.dlq)
     produce_raw(stack.bootstrap, topics.input, records.records)
-    reader.poll(4.0)
+    while len(reader.seen()) < N_EVENTS * 0.15:  # both members at work
+        reader.poll(0.2)
     killed_ms = int(time.time() * 1000)
     seen_at_kill = len(reader.seen())
     assert a.stop(sig=9) == -9

@@ -19,6 +19,14 @@ from tests.faults.records import VERDICT, RecordSet, id_of_dead_letter_original
 REPORT_ENV = "MEMEGUARD_FAULTS_REPORT"  # a JSON-lines file the scenarios append their counts to
 
 
+CONTENT_TOLERANCE = 1e-6
+
+
+def _spread(scores: set) -> float:
+    rows = [[x if x is not None else 0.0 for x in row] for row in scores]
+    return max(max(col) - min(col) for col in zip(*rows, strict=True))
+
+
 @dataclass
 class Output:
     event_id: str | None
@@ -119,7 +127,10 @@ def audit(scenario: str, records: RecordSet, outputs: list[Output], allow_duplic
             for o in outs:  # the dead letter names where its record lies and carries it unchanged
                 assert o.origin.topic and o.origin.offset >= 0, f"{scenario}: {event_id} lacks its origin"
                 assert o.original_truncated or o.original_value == records.values[event_id], event_id
-    differing = [c for c, s in scores_by_content.items() if len(s) != 1]
+    # Identical content under other ids: identical while the cache serves it (SET NX, first computation wins);
+    # recomputed in another batch (cache down) ONNX Runtime's results differ in the last float bits (~1e-7),
+    # so compare those within CONTENT_TOLERANCE.
+    differing = [c for c, s in scores_by_content.items() if _spread(s) > CONTENT_TOLERANCE]
     assert not differing, f"{scenario}: same content scored differently: {differing[:3]}"
     duplicates = len(outputs) - len(by_id)
     if not allow_duplicates:
