@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         "verdicts_and_dead_letters_distinct": len(counts), "dead_letters": dead_letters,
         "duplicates_before_dedup": sum(counts.values()) - len(counts), "lost": lost, "unexpected_ids": unexpected,
         "finished": lost == 0, "worker_exit_code": exit_code,
+        "note": "all events have a verdict" if lost == 0 else
+                f"stopped after --max-minutes {args.max_minutes}: {lost} events not yet processed (not lost: their "
+                "offsets were never committed)",
         "memes_per_s": round(len(counts) / max((last_ms - start_ms) / 1000, 1e-3), 1),
         "duration_s": round((last_ms - start_ms) / 1000, 1),
         "rss_mib": {"start": rss[0], "end": rss[-1], "peak": max(rss), "samples": len(rss),
