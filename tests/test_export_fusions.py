@@ -26,7 +26,7 @@ def _tiny_exportable(fusion: str, harmful: bool, tokenizer: Path):
         "name": f"tiny-{fusion}",
         "image_encoder": {"kind": "hf", "arch": "vit", "size": 32, "tiny": TINY_VIT},
         "text_encoder": {"kind": "hf", "name_or_path": "minilm", "tiny": TINY_BERT, "max_length": 24},
-        "head": {"fusion": fusion, "hidden": 16, "proj_dim": 16, "cross_dim": 4, "harmful": harmful},
+        "head": {"fusion": fusion, "hidden": 16, "proj_dim": 16, "cross_dim": 4},
         "training": {"mode": "finetune", "seeds": [0]},
     })
     model = assemble.build_model(cfg, len(TECHNIQUES), harmful, (), tokenizer).eval()
