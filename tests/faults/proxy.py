@@ -62,4 +62,17 @@ class TcpProxy:
                 w.close()
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        stop_loop(self._loop)
+
+
+def stop_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what still runs there (stalled handlers, open pipes), then stop: no 'Task was destroyed' noise."""
+    async def cancel_all() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)

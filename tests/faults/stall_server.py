@@ -6,6 +6,8 @@ asyncio-based, in a daemon thread: a stalled request costs a coroutine, not a th
 import asyncio
 import threading
 
+from tests.faults.proxy import stop_loop
+
 
 class StallServer:
     """GET /ok.png -> the image; /stall/* -> headers never come; /trickle/* -> one body byte every `trickle_s`."""
@@ -53,4 +55,4 @@ class StallServer:
             writer.close()
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        stop_loop(self._loop)
