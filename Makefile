@@ -14,7 +14,10 @@ install: $(VENV)/.installed  ## install redis-server and the Python environment 
 demo: install  ## end to end: embedded broker + redis, default bundle, 63 real memes -> verdicts
 	$(VENV)/bin/memeguard demo
 
-test: install  ## the whole test suite (real broker, real redis, real worker processes)
+browser:  ## Debian chromium + chromium-driver, for the review page's browser test
+	bash scripts/install_browser.sh
+
+test: install browser  ## the whole test suite (real broker, real redis, real worker processes)
 	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
@@ -27,4 +30,4 @@ bundle: install  ## train the offline default model and export its bundle
 down:  ## stop the embedded broker and redis
 	$(VENV)/bin/memeguard dev down
 
-.PHONY: help install demo test lint bundle down
+.PHONY: help install browser demo test lint bundle down

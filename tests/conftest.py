@@ -103,6 +103,11 @@ class WorkerProcess:
 
 @pytest.fixture
 def worker_factory(stack: DevStack, tiny_bundle: Path, tmp_path: Path, topics: Topics):
+    # The broker and Redis live for the whole session, but each test starts from an empty cache:
+    # otherwise a meme another test already scored with the same bundle comes back cached.
+    import redis
+
+    redis.Redis.from_url(stack.redis_url, socket_timeout=5).flushdb()
     started: list[WorkerProcess] = []
 
     def make(**overrides: str) -> WorkerProcess:
