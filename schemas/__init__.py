@@ -3,7 +3,7 @@
 from schemas.dead_letter import DeadLetter, ErrorKind, Origin
 from schemas.events import MemeEvent
 from schemas.manifest import BundleManifest, FileDigest, ImagePreprocessing, InputSpec, TextPreprocessing
-from schemas.techniques import TECHNIQUES, TECHNIQUE_DESCRIPTIONS, Technique
+from schemas.techniques import TECHNIQUE_DESCRIPTIONS, TECHNIQUES, Technique
 from schemas.verdict import Decision, ModelInfo, TechniqueScore, Verdict
 from schemas.version import SCHEMA_VERSION
 

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from consumer.cli import main
-from schemas import SCHEMA_VERSION, TECHNIQUES, TECHNIQUE_DESCRIPTIONS, DeadLetter, ErrorKind, MemeEvent, Origin
+from schemas import SCHEMA_VERSION, TECHNIQUE_DESCRIPTIONS, TECHNIQUES, DeadLetter, ErrorKind, MemeEvent, Origin
 from tests.memes import SEMEVAL
 
 
