@@ -3,6 +3,7 @@
 import base64
 import json
 import uuid
+from contextlib import ExitStack
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -55,7 +56,14 @@ def review(stack, topics):
     return s, store
 
 
-def test_queue_shows_the_meme_escapes_hostile_text_and_publishes_decisions(stack, topics, review):
+@pytest.fixture
+def open_app():
+    """TestClient entered as a context, so the app's lifespan runs and closes its Kafka producer."""
+    with ExitStack() as apps:
+        yield lambda settings, store: apps.enter_context(TestClient(create_app(settings, store)))
+
+
+def test_queue_shows_the_meme_escapes_hostile_text_and_publishes_decisions(stack, topics, review, open_app):
     s, store = review
     img = meme_bytes(4)
     hostile = event("ev-hostile", text=HOSTILE, image_b64=base64.b64encode(img).decode())
@@ -71,7 +79,7 @@ def test_queue_shows_the_meme_escapes_hostile_text_and_publishes_decisions(stack
     ReviewIngest(s.kafka_bootstrap, s.review_group_id, s.input_topic, s.output_topic, store).drain()
     assert sorted(store.pending()) == ["ev-hostile", "ev-plain", "ev-tampered"]  # `allow` is not queued
 
-    client = TestClient(create_app(s, store))
+    client = open_app(s, store)
     page = client.get("/item/ev-hostile")
     assert page.status_code == 200
     html = page.text
@@ -102,7 +110,7 @@ def test_queue_shows_the_meme_escapes_hostile_text_and_publishes_decisions(stack
     assert by_id["ev-plain"]["final_decision"] == "allow" and by_id["ev-plain"]["rejected_labels"] == ["Smears"]
 
     # A refresh, even of a new app process on the same Redis, keeps the decisions.
-    again = TestClient(create_app(s, ReviewStore(stack.redis_url, prefix=store.p)))
+    again = open_app(s, ReviewStore(stack.redis_url, prefix=store.p))
     assert store.pending() == ["ev-tampered"]
     shown = again.get("/item/ev-hostile").text
     assert 'id="decision"' in shown and "confirm" in shown and 'id="confirm"' not in shown
@@ -112,13 +120,13 @@ def test_queue_shows_the_meme_escapes_hostile_text_and_publishes_decisions(stack
     assert "ev-tampered" in again.get("/").text
 
 
-def test_verdict_before_its_event_waits_for_the_reference(stack, topics, review):
+def test_verdict_before_its_event_waits_for_the_reference(stack, topics, review, open_app):
     s, store = review
     e = event("ev-late", text="late event", image_url=(SEMEVAL / "images" / "nope.png").as_uri())
     store.put_verdict(verdict_for(e, "review", b""))
     assert store.pending() == []
     store.put_ref(e.event_id, {"text": e.text, "image_url": e.image_url})
     assert store.pending() == ["ev-late"]
-    client = TestClient(create_app(s, store))
+    client = open_app(s, store)
     assert client.get("/image/ev-late").status_code == 404  # missing file: a clear 404, not a crash
     assert client.get("/item/unknown").status_code == 404

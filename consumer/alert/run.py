@@ -182,6 +182,7 @@ class Alerter:
                     await hook.close()
                 self.consumer.close()
                 self.producer.flush(10)
+                self.producer.close()  # stops librdkafka's reconnects at once, not whenever GC runs
                 await self.state.close()
                 if server is not None:
                     server.stop()

@@ -157,6 +157,8 @@ async def replay(settings: WorkerSettings, opts: ReplayOptions) -> dict[str, Any
         bar.close()
         for f in files:
             f.close()
+        if producer is not None:
+            producer.close()
         if server is not None:
             server.stop()
     for r in results:

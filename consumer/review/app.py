@@ -8,6 +8,8 @@ the verdict's `content_hash` — the page shows exactly the content the model ju
 
 import asyncio
 import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,10 +50,18 @@ def review_message(item: Item, action: str, moderator: str) -> dict[str, Any]:
 
 
 def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer | None = None) -> FastAPI:
-    app = FastAPI(title="memeguard review", docs_url=None, redoc_url=None, openapi_url=None)
+    owns_producer = producer is None
+    producer = producer or Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_producer:  # every decision was flushed when it was made; close stops the client's reconnects
+            await asyncio.to_thread(producer.close)
+
+    app = FastAPI(title="memeguard review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     templates = Jinja2Templates(directory=str(HERE / "templates"))  # autoescape on for .html
     fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
-    producer = producer or Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # noqa: ANN001, ANN202 (Starlette signature)

@@ -23,6 +23,7 @@ def broker_hides_aborted_records(bootstrap: str) -> bool:
     producer.begin_transaction()
     producer.produce(topic, b"committed")
     producer.commit_transaction(30)
+    producer.close()
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "isolation.level": "read_committed",
                          "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
