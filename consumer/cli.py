@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from consumer.errors import MemeguardError
 
@@ -245,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except MemeguardError as e:
         err.print(f"[bold red]error:[/] {e}")
+        return 2
+    except ValidationError as e:  # a MEMEGUARD_* setting that does not parse: name it, no traceback
+        for problem in e.errors():
+            where = "_".join(str(part) for part in problem["loc"]).upper()
+            message = problem["msg"].removeprefix("Value error, ")
+            err.print("[bold red]invalid setting:[/] " + escape(f"MEMEGUARD_{where}: {message}" if where else message))
         return 2
     except KeyboardInterrupt:
         return 130

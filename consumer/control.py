@@ -13,6 +13,8 @@ from typing import Literal
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from pydantic import BaseModel, ValidationError
 
+from consumer.kafka_config import client_config
+
 log = logging.getLogger(__name__)
 
 
@@ -22,7 +24,7 @@ class ControlCommand(BaseModel):
 
 
 def send_command(bootstrap: str, topic: str, command: ControlCommand) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap})
+    producer = Producer(client_config(bootstrap))
     producer.produce(topic, value=command.model_dump_json().encode())
     if producer.flush(10):
         raise TimeoutError(f"control command not acknowledged by {bootstrap}")
@@ -44,8 +46,8 @@ class ControlListener:
         self._thread.join(5)
 
     def _run(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "memeguard-control",
-                             "enable.auto.commit": False})
+        consumer = Consumer(client_config(self.bootstrap, {"group.id": "memeguard-control",
+                                                              "enable.auto.commit": False}))
         try:
             parts = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])

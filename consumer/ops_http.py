@@ -21,6 +21,7 @@ import redis
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from consumer.kafka_config import client_config
 from consumer.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class HasRegistry(Protocol):
 
 def broker_probe(bootstrap: str, timeout_s: float = 2.0) -> Callable[[], str | None]:
     """Returns None when the broker answers a metadata request, else the reason it did not."""
-    client = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000)})
+    client = AdminClient(client_config(bootstrap, {"socket.timeout.ms": int(timeout_s * 1000)}))
 
     def probe() -> str | None:
         try:

@@ -10,12 +10,13 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from consumer.kafka_config import client_config
 from schemas import DeadLetter, Verdict
 
 
 def _consumer(bootstrap: str, topics: list[str]) -> Consumer:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "memeguard-reader",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(client_config(bootstrap, {"group.id": "memeguard-reader", "enable.auto.commit": False,
+                                                  "auto.offset.reset": "earliest"}))
     metadata = consumer.list_topics(timeout=10)
     assignment = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics if t in metadata.topics
                   for p in metadata.topics[t].partitions]

@@ -12,6 +12,7 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 
 from consumer.errors import ConfigError
+from consumer.kafka_config import client_config
 from schemas import MemeEvent
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
@@ -58,8 +59,8 @@ def new_run_id() -> str:
 def produce_events(bootstrap: str, topic: str, events: list[MemeEvent], rate: float | None = None,
                    progress: bool = True) -> int:
     """Publish keyed by post id; waits for every delivery report. Returns the number acknowledged."""
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
-                         "linger.ms": 5, "message.max.bytes": 16 * 1024 * 1024})
+    producer = Producer(client_config(bootstrap, {"acks": "all", "enable.idempotence": False, "linger.ms": 5,
+                                                  "message.max.bytes": 16 * 1024 * 1024}))
     errors: list[str] = []
     acked = 0
 

@@ -7,12 +7,13 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.errors import ConfigError
+from consumer.kafka_config import client_config
 
 log = logging.getLogger(__name__)
 
 
 def admin(bootstrap: str, quiet: bool = False) -> AdminClient:
-    config: dict[str, object] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": 3000}
+    config = client_config(bootstrap, {"socket.timeout.ms": 3000})
     if quiet:
         # librdkafka prints every refused reconnect (a dozen lines per attempt) to stderr, drowning our one
         # warning per attempt; only its critical messages remain.

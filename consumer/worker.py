@@ -14,6 +14,7 @@ from consumer.control import ControlListener
 from consumer.enrich import EnrichmentPipeline
 from consumer.fetch import FetchPolicy, ImageFetcher
 from consumer.hot_reload import BundleWatcher
+from consumer.kafka_config import KafkaSecurity
 from consumer.logs import configure_logging, logging_config
 from consumer.metrics import PipelineMetrics
 from consumer.ops_http import Health, OpsServer, broker_probe, redis_probe
@@ -34,12 +35,22 @@ def raw_topic(app: faust.App, name: str) -> faust.TopicT:
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
+def log_dead_letters(outcomes: list[Outcome]) -> None:
+    """One line per dead letter, so an operator can find a rejected event by its id or its offset."""
+    for outcome in outcomes:
+        if (dl := outcome.dead_letter) is not None:
+            log.info("dead letter", extra={"event_id": dl.event_id, "error_kind": dl.error_kind.value,
+                                           "origin": f"{dl.origin.topic}/{dl.origin.partition}@{dl.origin.offset}",
+                                           "error": dl.message})
+
+
 def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
                watcher: BundleWatcher | None = None, metrics: PipelineMetrics | None = None,
                health: Health | None = None) -> faust.App:
     app = faust.App(
         settings.group_id,
         broker=";".join(f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")),
+        broker_credentials=KafkaSecurity().faust_credentials(),  # TLS / SASL from MEMEGUARD_KAFKA_*
         store="memory://",
         autodiscover=False,
         web_enabled=False,
@@ -70,6 +81,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         outcomes = await process_isolating_failures(pipeline, records)
         published = time.perf_counter()
         await publisher.publish(outcomes)
+        log_dead_letters(outcomes)
         if metrics is not None:
             metrics.observe_stage("publish", time.perf_counter() - published)
             metrics.observe_batch(outcomes)

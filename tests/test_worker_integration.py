@@ -204,3 +204,33 @@ def test_sigterm_mid_batch_finishes_the_batch_and_loses_nothing(stack, worker_fa
         assert all(isinstance(o, Verdict) for o in outputs), [o.message for o in outputs if isinstance(o, DeadLetter)][:3]
     finally:
         server.shutdown()
+
+
+def test_hostile_text_and_ids_are_carried_through_without_breaking_json_or_logs(stack, worker_factory, topics):
+    worker = worker_factory().start()
+    nasty = "\u202eevil\u202c \x00\x07\x1b[31mred\x1b[0m \r\n\t \u2066iso\u2069 \ufeff\u200b" + '"}{\\'
+    hostile_id = "ev-\u202e\n\x1b[2J\"quoted\"-1"
+    long_text = (nasty * 400)[:10_000]  # exactly the schema's limit
+    accepted = [event(hostile_id, text=nasty, author_id="\u202eauthor\n"), event("ev-long", text=long_text),
+                event(hostile_id + "-dl", text=nasty, image_url="file:///etc/passwd")]
+    over = json.dumps({**json.loads(event("ev-over").model_dump_json()), "text": "x" * 10_001}).encode()
+    not_utf8 = b'{"event_id": "\xff\xfe", "post_id": "p"}'
+    produce_raw(stack.bootstrap, topics.input, [(e.post_id.encode(), e.model_dump_json().encode()) for e in accepted]
+                + [(b"over", over), (b"\xff-key", not_utf8)])
+
+    outputs = wait_outputs(stack.bootstrap, topics, {hostile_id, hostile_id + "-dl", "ev-long", "ev-over"})
+    by_id = {o.event_id: o for o in outputs}
+    assert isinstance(by_id[hostile_id], Verdict) and by_id[hostile_id].post_id == hostile_id
+    assert isinstance(by_id["ev-long"], Verdict)
+    assert by_id["ev-over"].error_kind == ErrorKind.SCHEMA_VIOLATION and len(by_id["ev-over"].message) < 400
+    assert by_id["ev-over"].original_value == over
+    undecodable = [o for o in outputs if isinstance(o, DeadLetter) and o.original_key == b"\xff-key"]
+    assert len(undecodable) == 1 and undecodable[0].error_kind == ErrorKind.INVALID_JSON
+    assert undecodable[0].original_value == not_utf8
+    assert worker.stop() == 0
+    # One JSON object per log line, even with ids full of newlines, escapes and bidi overrides.
+    lines = [line for line in worker.log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(r, dict) for r in records)
+    logged = [r for r in records if r.get("event_id") == hostile_id + "-dl"]
+    assert len(logged) == 1 and logged[0]["error_kind"] == "forbidden_url", records[-5:]

@@ -27,6 +27,7 @@ from consumer.alert.deliver import Webhook
 from consumer.alert.rules import AlertConfig, Destination, Rule
 from consumer.alert.state import AlertState
 from consumer.errors import ConfigError
+from consumer.kafka_config import client_config
 from consumer.ops_http import Health, OpsServer, broker_probe, redis_probe
 from consumer.settings import AlertSettings
 from consumer.topics import ensure_topics, wait_for_broker
@@ -68,9 +69,9 @@ class Alerter:
         self.config = config
         self.metrics = AlertMetrics()
         self.state = AlertState(settings.redis_url, settings.alert_dedup_ttl_s)
-        self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "linger.ms": 5})
-        self.consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.alert_group_id,
-                                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        self.producer = Producer(client_config(settings.kafka_bootstrap, {"acks": "all", "linger.ms": 5}))
+        self.consumer = Consumer(client_config(settings.kafka_bootstrap, {
+            "group.id": settings.alert_group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest"}))
         self.webhooks: list[Webhook] = []
 
     async def _produce(self, topic: str, key: str, value: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from consumer.errors import ConfigError
+from consumer.kafka_config import client_config
 from consumer.metrics import PipelineMetrics
 from consumer.ops_http import Health, OpsServer
 from consumer.pipeline import ModerationPipeline, RawRecord
@@ -119,7 +120,7 @@ async def replay(settings: WorkerSettings, opts: ReplayOptions) -> dict[str, Any
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     names = ["verdicts.jsonl"] if len(pipelines) == 1 else ["verdicts-a.jsonl", "verdicts-b.jsonl"]
     files = [(opts.out_dir / n).open("w", encoding="utf-8") for n in names]
-    producer = (Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "linger.ms": 20})
+    producer = (Producer(client_config(settings.kafka_bootstrap, {"acks": "all", "linger.ms": 20}))
                 if opts.verdicts_topic else None)
     events: dict[str, EventInfo] = {}
     raw_by_id: dict[str, bytes] = {}

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from consumer.errors import ConfigError
+from consumer.kafka_config import client_config
 from consumer.pipeline import RawRecord
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,11 @@ class TopicSnapshot:
         self.probe_s = probe_s
         self.idle_timeout_s = idle_timeout_s
         # librdkafka wants a group id even for assign(); a throwaway one guarantees nothing is ever shared.
-        self.consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"memeguard-replay-{uuid.uuid4().hex[:8]}",
+        self.consumer = Consumer(client_config(bootstrap, {
+            "group.id": f"memeguard-replay-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
             "fetch.message.max.bytes": 16 * 1024 * 1024,
-        })
+        }))
         metadata = self.consumer.list_topics(topic, timeout=10)
         meta = metadata.topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:

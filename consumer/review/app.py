@@ -25,6 +25,7 @@ from consumer.errors import InputError
 from consumer.fetch import FetchPolicy, ImageFetcher
 from consumer.hashing import content_hash
 from consumer.images import decode_image
+from consumer.kafka_config import client_config
 from consumer.review.store import Item, ReviewStore
 from consumer.settings import ReviewSettings
 from schemas import MemeEvent
@@ -51,7 +52,7 @@ def review_message(item: Item, action: str, moderator: str) -> dict[str, Any]:
 
 def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer | None = None) -> FastAPI:
     owns_producer = producer is None
-    producer = producer or Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+    producer = producer or Producer(client_config(settings.kafka_bootstrap, {"acks": "all"}))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ import threading
 
 from confluent_kafka import OFFSET_STORED, Consumer, TopicPartition
 
+from consumer.kafka_config import client_config
 from consumer.review.store import MAX_INLINE_IMAGE_CHARS, ReviewStore
 from schemas import Decision, Verdict
 
@@ -18,8 +19,9 @@ class ReviewIngest:
     def __init__(self, bootstrap: str, group_id: str, input_topic: str, verdict_topic: str, store: ReviewStore) -> None:
         self.store = store
         self.input_topic, self.verdict_topic = input_topic, verdict_topic
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False,
-                                  "auto.offset.reset": "earliest", "fetch.message.max.bytes": 16 * 1024 * 1024})
+        self.consumer = Consumer(client_config(bootstrap, {
+            "group.id": group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "fetch.message.max.bytes": 16 * 1024 * 1024}))
         meta = self.consumer.list_topics(timeout=10).topics
         self.consumer.assign([TopicPartition(t, p, OFFSET_STORED) for t in (input_topic, verdict_topic)
                               if t in meta for p in meta[t].partitions])
