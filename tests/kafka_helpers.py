@@ -4,7 +4,7 @@ import json
 import time
 from collections import Counter
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from consumer.outputs import read_outputs
 from consumer.topics import ensure_topics
@@ -69,3 +69,20 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int = 
 
 def decode(outputs) -> list[dict]:
     return [json.loads(o.model_dump_json()) for o in outputs]
+
+
+def read_json_topic(bootstrap: str, topic: str, idle_polls: int = 4) -> list[dict]:
+    """Every record of `topic` from the beginning, as JSON, until `idle_polls` polls of 0.25 s bring nothing."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False})
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    out, idle = [], 0
+    while idle < idle_polls:
+        m = c.poll(0.25)
+        if m is None or m.error():
+            idle += 1
+            continue
+        idle = 0
+        out.append(json.loads(m.value()))
+    c.close()
+    return out

@@ -19,7 +19,7 @@ from consumer.errors import ConfigError
 from consumer.settings import AlertSettings
 from consumer.topics import ensure_topics
 from schemas import TECHNIQUES, Decision, ModelInfo, TechniqueScore, Verdict
-from tests.kafka_helpers import produce_raw
+from tests.kafka_helpers import produce_raw, read_json_topic
 
 pytestmark = pytest.mark.integration
 
@@ -83,21 +83,7 @@ def short(post_id: str) -> str:
 
 
 def read_topic(stack, topic: str) -> list[dict]:
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "reader", "enable.auto.commit": False})
-    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-    out, idle = [], 0
-    while idle < 4:
-        m = c.poll(0.25)
-        if m is None or m.error():
-            idle += 1
-            continue
-        idle = 0
-        out.append(json.loads(m.value()))
-    c.close()
-    return out
+    return read_json_topic(stack.bootstrap, topic)
 
 
 def write_rules(path: Path, hooks: str, **dest) -> Path:

@@ -1,12 +1,10 @@
 """The review page with FastAPI's TestClient over a real broker and a real redis-server."""
 
 import base64
-import json
 import uuid
 from contextlib import ExitStack
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from fastapi.testclient import TestClient
 
 from consumer.hashing import content_hash
@@ -15,7 +13,7 @@ from consumer.review.ingest import ReviewIngest
 from consumer.review.store import ReviewStore
 from consumer.settings import ReviewSettings
 from schemas import TECHNIQUES, Decision, ModelInfo, TechniqueScore, Verdict
-from tests.kafka_helpers import produce_events, produce_raw
+from tests.kafka_helpers import produce_events, produce_raw, read_json_topic
 from tests.memes import SEMEVAL, event, meme_bytes
 
 pytestmark = pytest.mark.integration
@@ -31,20 +29,7 @@ def verdict_for(e, decision: str, image: bytes) -> Verdict:
                    reasons=["Smears above its review threshold"], harmful_score=0.73, explanation="It <b>smears</b>.")
 
 
-def read_topic(bootstrap: str, topic: str) -> list[dict]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False})
-    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-    out, idle = [], 0
-    while idle < 4:
-        m = c.poll(0.25)
-        if m is None or m.error():
-            idle += 1
-            continue
-        idle = 0
-        out.append(json.loads(m.value()))
-    c.close()
-    return out
+read_topic = read_json_topic
 
 
 @pytest.fixture
