@@ -13,6 +13,10 @@ from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
 class KafkaSecurity(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEMEGUARD_KAFKA_", frozen=True, extra="ignore")
 
@@ -51,22 +55,22 @@ class KafkaSecurity(BaseSettings):
         conf = {"security.protocol": self.security_protocol}
         if self.sasl:
             conf |= {"sasl.mechanism": self.sasl_mechanism, "sasl.username": self.sasl_username or "",
-                     "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else ""}
+                     "sasl.password": _reveal(self.sasl_password) or ""}
         if self.tls:
             for key, path in (("ssl.ca.location", self.ssl_cafile), ("ssl.certificate.location", self.ssl_certfile),
                               ("ssl.key.location", self.ssl_keyfile)):
                 if path is not None:
                     conf[key] = str(path)
             if self.ssl_key_password is not None:
-                conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+                conf["ssl.key.password"] = _reveal(self.ssl_key_password)
         return conf
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
                                              cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
         if self.ssl_certfile is not None and self.ssl_keyfile is not None:
-            password = self.ssl_key_password.get_secret_value() if self.ssl_key_password else None
-            context.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile), password=password)
+            context.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile),
+                                    password=_reveal(self.ssl_key_password))
         return context
 
     def faust_credentials(self) -> Any:
@@ -79,7 +83,7 @@ class KafkaSecurity(BaseSettings):
         if self.sasl:
             return faust.SASLCredentials(
                 username=self.sasl_username,
-                password=self.sasl_password.get_secret_value() if self.sasl_password else None,
+                password=_reveal(self.sasl_password),
                 ssl_context=context, mechanism=self.sasl_mechanism,
             )
         return faust.SSLCredentials(context)

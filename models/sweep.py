@@ -8,6 +8,7 @@ on the other folds' out-of-fold probabilities — the same figure as the compari
 """
 
 import argparse
+import copy
 import itertools
 import json
 import shlex
@@ -77,14 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         return {"cv_micro_f1": round(r["micro_f1"], 4), "cv_macro_f1": round(r["macro_f1"], 4)}
 
     def head_fitter(c: RunConfig):
-        def fit(train_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
-            source.cfg = c
-            try:
-                return source.fit_predict(train_idx, test_idx)
-            finally:
-                source.cfg = cfg
-
-        return fit
+        variant = copy.copy(source)  # shares the cached features; only the head settings differ
+        variant.cfg = c
+        return variant.fit_predict
 
     rows = [{"variant": "default", **score(source.fit_predict)}]
     print(rows[-1], flush=True)

@@ -82,8 +82,6 @@ def short(post_id: str) -> str:
     return post_id.removeprefix(f"{TAG}-")
 
 
-def read_topic(stack, topic: str) -> list[dict]:
-    return read_json_topic(stack.bootstrap, topic)
 
 
 def write_rules(path: Path, hooks: str, **dest) -> Path:
@@ -107,7 +105,7 @@ def test_delivery_retry_and_dead_letter(stack, topics, hooks, tmp_path):
     publish(stack, topics, [verdict("p1", "block", author="x-first"), verdict("p2", "allow", author="y"),
                             verdict("p3", "review", author="z", smears=0.93)])
     run(s)
-    alerts = read_topic(stack, s.alerts_topic)
+    alerts = read_json_topic(stack.bootstrap, s.alerts_topic)
     assert sorted((a["rule"], short(a["post_id"])) for a in alerts) == [("blocked", "p1"), ("smears", "p3")]
     smears = next(a for a in alerts if a["rule"] == "smears")
     assert "Smears scored 0.930" in smears["reason"] and smears["flagged"] == {"Smears": 0.93}
@@ -115,7 +113,7 @@ def test_delivery_retry_and_dead_letter(stack, topics, hooks, tmp_path):
     assert sorted(short(a["post_id"]) for a in Hooks.received["/flaky"]) == ["p1", "p3"]  # after two 500s each
     assert all(Hooks.attempts[("/flaky", a["alert_id"])] == 3 for a in alerts)
     assert Hooks.received["/down"] == [] and all(Hooks.attempts[("/down", a["alert_id"])] == 3 for a in alerts)
-    letters = read_topic(stack, s.alerts_dlq_topic)
+    letters = read_json_topic(stack.bootstrap, s.alerts_dlq_topic)
     assert sorted(short(d["alert"]["post_id"]) for d in letters) == ["p1", "p3"]
     assert {d["destination"] for d in letters} == {"down"} and {d["error"] for d in letters} == {"HTTP 500"}
     assert all(d["attempts"] == 3 for d in letters)
@@ -143,7 +141,7 @@ def test_no_duplicate_after_restart_and_author_window_survives_it(stack, topics,
     # A fresh group re-reads every verdict from the start: Redis still knows what was sent.
     run(s.model_copy(update={"alert_group_id": f"again-{topics.group}"}))
     assert len(Hooks.received["/ok"]) == 3
-    assert len(read_topic(stack, s.alerts_topic)) == 3
+    assert len(read_json_topic(stack.bootstrap, s.alerts_topic)) == 3
 
 
 def test_bad_rules_are_one_clear_error(tmp_path, capsys):

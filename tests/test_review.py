@@ -29,7 +29,6 @@ def verdict_for(e, decision: str, image: bytes) -> Verdict:
                    reasons=["Smears above its review threshold"], harmful_score=0.73, explanation="It <b>smears</b>.")
 
 
-read_topic = read_json_topic
 
 
 @pytest.fixture
@@ -87,7 +86,7 @@ def test_queue_shows_the_meme_escapes_hostile_text_and_publishes_decisions(stack
     assert r.status_code == 303 and r.headers["location"].startswith("/item/")
     client.post("/item/ev-hostile/decision", data={"action": "overturn"})  # a double submit changes nothing
     client.post("/item/ev-plain/decision", data={"action": "overturn"})
-    reviews = read_topic(stack.bootstrap, s.reviews_topic)
+    reviews = read_json_topic(stack.bootstrap, s.reviews_topic)
     by_id = {m["event_id"]: m for m in reviews}
     assert len(reviews) == 2
     assert by_id["ev-hostile"]["action"] == "confirm" and by_id["ev-hostile"]["final_decision"] == "block"

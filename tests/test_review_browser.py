@@ -19,9 +19,9 @@ from consumer.review.app import create_app
 from consumer.review.ingest import ReviewIngest
 from consumer.review.store import ReviewStore
 from consumer.settings import ReviewSettings
-from tests.kafka_helpers import produce_events, produce_raw
+from tests.kafka_helpers import produce_events, produce_raw, read_json_topic
 from tests.memes import event, meme_bytes
-from tests.test_review import HOSTILE, read_topic, verdict_for
+from tests.test_review import HOSTILE, verdict_for
 
 webdriver = pytest.importorskip("selenium.webdriver")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -104,5 +104,5 @@ def test_browser_shows_the_queued_meme_keeps_hostile_text_inert_and_publishes_on
     while store.pending():
         assert time.monotonic() < deadline, store.pending()
         time.sleep(0.1)
-    reviews = {m["event_id"]: m for m in read_topic(stack.bootstrap, s.reviews_topic)}
+    reviews = {m["event_id"]: m for m in read_json_topic(stack.bootstrap, s.reviews_topic)}
     assert reviews["br-hostile"]["action"] == "confirm" and reviews["br-second"]["action"] == "overturn"
