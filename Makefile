@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml scripts/install.sh
+$(VENV)/.installed: pyproject.toml scripts/install.sh scripts/install_kafka.sh ops/kafka/pom.xml
 	bash scripts/install.sh
 
 install: $(VENV)/.installed  ## install redis-server and the Python environment (.venv)

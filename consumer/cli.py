@@ -39,9 +39,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from consumer import paths
     from consumer.devinfra import DevStack
 
-    stack = DevStack.at(paths.cache_dir() / "dev", args.kafka_port, args.redis_port)
+    stack = DevStack.at(paths.cache_dir() / "dev", args.kafka_port, args.redis_port, broker=args.broker)
     if args.action == "up":
         stack.up()
+        print(f"broker: {stack.broker} (logs in {stack.kafka.state_dir})", file=sys.stderr)
         print(f"MEMEGUARD_KAFKA_BOOTSTRAP={stack.bootstrap}\nMEMEGUARD_REDIS_URL={stack.redis_url}")
     elif args.action == "down":
         stack.down()
@@ -140,12 +141,12 @@ def cmd_review(args: argparse.Namespace) -> int:
     from consumer.review.ingest import ReviewIngest
     from consumer.review.store import ReviewStore
     from consumer.settings import ReviewSettings
-    from consumer.topics import ensure_topics, wait_for_broker
+    from consumer.topics import prepare_topics, wait_for_broker
 
     s = ReviewSettings()
     configure_logging(s.log_format, s.log_level)
     wait_for_broker(s.kafka_bootstrap, s.startup_timeout_s)
-    ensure_topics(s.kafka_bootstrap, [s.reviews_topic], s.topic_partitions)
+    prepare_topics(s, [s.reviews_topic])
     store = ReviewStore(s.redis_url)
     ingest = ReviewIngest(s.kafka_bootstrap, s.review_group_id, s.input_topic, s.output_topic, store).start()
     try:
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("action", choices=["up", "down", "status"])
     dev.add_argument("--kafka-port", type=int, default=19092)
     dev.add_argument("--redis-port", type=int, default=16379)
+    dev.add_argument("--broker", choices=["kafka", "tansu"], default=None,
+                     help="up: Apache Kafka (KRaft, JVM) or Tansu; default: the one running, else "
+                          "MEMEGUARD_DEV_BROKER (kafka)")
     dev.set_defaults(func=cmd_dev)
 
     prod = sub.add_parser("produce", help="publish memes (SemEval-format file or an image folder) as MemeEvents")

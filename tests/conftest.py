@@ -1,5 +1,6 @@
-"""Shared fixtures: a real Tansu broker and a real redis-server on loopback, a tiny real model bundle,
-unique topics per test, and worker processes started the way production starts them."""
+"""Shared fixtures: a real broker (Apache Kafka by default; MEMEGUARD_TEST_BROKER=tansu for Tansu) and a real
+redis-server on loopback, a tiny real model bundle, unique topics per test, and worker processes started the
+way production starts them."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.devinfra import DevStack, free_port
+from consumer.devinfra import BROKERS, DevStack, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,13 +25,46 @@ def _offline_env(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ.setdefault(var, str(home / var.lower()))
 
 
+def selected_broker() -> str:
+    """MEMEGUARD_TEST_BROKER: `kafka` (Apache Kafka KRaft, the default) or `tansu`."""
+    kind = os.environ.get("MEMEGUARD_TEST_BROKER", "kafka").strip().lower()
+    if kind not in BROKERS:
+        raise pytest.UsageError(f"MEMEGUARD_TEST_BROKER={kind!r}: expected one of {', '.join(BROKERS)}")
+    return kind
+
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> DevStack:
     """Started once per session with the same code as `memeguard dev up`, on free ports."""
-    s = DevStack.at(tmp_path_factory.mktemp("dev"), free_port(), free_port())
+    s = DevStack.at(tmp_path_factory.mktemp("dev"), free_port(), free_port(), broker=selected_broker())
     s.up()
     yield s
     s.down()
+
+
+def broker_version(kind: str) -> str:
+    if kind != "kafka":
+        return kind
+    from consumer.devinfra import kafka_version
+    from consumer.errors import ConfigError
+
+    try:
+        return f"Apache Kafka {kafka_version()}"
+    except ConfigError:
+        return "Apache Kafka (not installed: bash scripts/install_kafka.sh)"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"memeguard test broker: {broker_version(selected_broker())} (MEMEGUARD_TEST_BROKER=kafka|tansu)"
+
+
+@pytest.fixture(autouse=True)
+def _scenario_clock() -> None:
+    """Each fault scenario reports its own wall time (tests/faults/audit.py)."""
+    from tests.faults import audit
+
+    audit.SCENARIO_STARTED[0] = time.monotonic()
 
 
 @pytest.fixture(scope="session")
@@ -67,12 +101,13 @@ class WorkerProcess:
     ready_file: Path
     proc: subprocess.Popen | None = None
     starts: int = field(default=0)
+    argv: list[str] = field(default_factory=lambda: ["-m", "consumer.cli", "worker"])  # after the interpreter
 
     def start(self, wait_ready: bool = True, timeout_s: float = 90.0) -> "WorkerProcess":
         self.ready_file.unlink(missing_ok=True)
         self.starts += 1
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "consumer.cli", "worker"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, *self.argv], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
         if wait_ready:
             self.wait_ready(timeout_s)

@@ -127,6 +127,8 @@ def test_records_produced_after_the_start_are_not_replayed(stack, topics):
 
     produce_raw(stack.bootstrap, topics.input, [(f"k{i}".encode(), f"before-{i}".encode()) for i in range(10)])
     snapshot = TopicSnapshot(stack.bootstrap, topics.input)
+    # Apache Kafka's ListOffsets(LATEST) is right; Tansu's is not, so there the first fetches' watermark
+    assert snapshot.end_source == ("high_watermark" if stack.broker == "tansu" else "list_offsets")
     batches = snapshot.batches(max_batch=2)
     seen = [r.value for r in next(batches)]
     while snapshot.total is None:  # ends are fixed by the first fetch responses

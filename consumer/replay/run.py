@@ -189,6 +189,7 @@ async def replay(settings: WorkerSettings, opts: ReplayOptions) -> dict[str, Any
                                 else {"a": reports[0], "b": reports[1], "comparison": comparison})
     document["topic"] = opts.topic
     document["end_offsets"] = {str(p): end for p, end in sorted(snapshot.ends.items())}
+    document["end_offsets_source"] = snapshot.end_source  # list_offsets, or high_watermark on Tansu
     (opts.out_dir / "report.json").write_text(json.dumps(document, indent=2, ensure_ascii=False))
     (opts.out_dir / "report.html").write_text(render(reports, scores, opts.topic, comparison, events, thumbs),
                                               encoding="utf-8")

@@ -1,11 +1,15 @@
 """Read a topic from its beginning to the end offsets seen at start, without touching any group's offsets.
 
-End offsets: the obvious ListOffsets(LATEST) request is wrong on Tansu (it answers 1 for a partition that
-holds 5 records), so the end of each partition is taken from the high watermark in the first fetch
-response for it (librdkafka's cached watermark, `get_watermark_offsets(cached=True)`), which both Tansu
-and Apache Kafka report correctly. Records at or past that offset are not replayed, so a topic that keeps
-growing still ends. A partition that sends no fetch response with a watermark within `probe_s` (an empty
-partition on some brokers) counts as empty, with a warning.
+End offsets, two routes:
+- `list_offsets` (Apache Kafka and any other broker): ListOffsets(LATEST) per partition at start
+  (`get_watermark_offsets(cached=False)`; with read_committed, the last stable offset).
+- `high_watermark` (Tansu only): Tansu answers ListOffsets(LATEST) wrongly (1 for a partition that holds 5
+  records), so the end of each partition is the high watermark in the first fetch response for it
+  (librdkafka's cached watermark, `get_watermark_offsets(cached=True)`), which Tansu reports correctly. A
+  partition that sends no fetch response with a watermark within `probe_s` counts as empty, with a warning.
+`auto` (the default) takes `high_watermark` when the cluster id in the metadata is Tansu's (`tansu_cluster`, the
+id Tansu runs with unless given `--cluster-id`), `list_offsets` otherwise. Records at or past the end are not
+replayed, so a topic that keeps growing still ends.
 
 Partitions are `assign()`ed, never subscribed: no group join, no commit, so production offsets of every
 group stay where they are.
@@ -16,7 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from consumer.errors import ConfigError
 from consumer.kafka_config import client_config
@@ -25,8 +29,19 @@ from consumer.pipeline import RawRecord
 log = logging.getLogger(__name__)
 
 
+END_OFFSET_ROUTES = ("auto", "list_offsets", "high_watermark")
+
+
+def lists_end_offsets_correctly(cluster_id: str | None) -> bool:
+    """False for Tansu (its ListOffsets(LATEST) is wrong), True for Apache Kafka and everything else."""
+    return not (cluster_id or "").startswith("tansu")
+
+
 class TopicSnapshot:
-    def __init__(self, bootstrap: str, topic: str, probe_s: float = 10.0, idle_timeout_s: float = 60.0) -> None:
+    def __init__(self, bootstrap: str, topic: str, probe_s: float = 10.0, idle_timeout_s: float = 60.0,
+                 end_offsets: str = "auto") -> None:
+        if end_offsets not in END_OFFSET_ROUTES:
+            raise ConfigError(f"end_offsets={end_offsets!r}: expected one of {', '.join(END_OFFSET_ROUTES)}")
         self.topic = topic
         self.probe_s = probe_s
         self.idle_timeout_s = idle_timeout_s
@@ -45,6 +60,18 @@ class TopicSnapshot:
         self.partitions = sorted(meta.partitions)
         self.ends: dict[int, int] = {}
         self.next_offset: dict[int, int] = dict.fromkeys(self.partitions, 0)
+        if end_offsets == "auto":
+            end_offsets = "list_offsets" if lists_end_offsets_correctly(metadata.cluster_id) else "high_watermark"
+        self.end_source = end_offsets
+        if end_offsets == "list_offsets":
+            for p in self.partitions:
+                try:
+                    _, self.ends[p] = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
+                                                                          cached=False)
+                except KafkaException as e:
+                    self.consumer.close()
+                    raise ConfigError(f"Could not read the end offset of {topic}[{p}] from {bootstrap}: {e}") from e
+        log.info("replaying %s to its end offsets (%s): %s", topic, end_offsets, self.ends or "from first fetches")
 
     @property
     def total(self) -> int | None:
