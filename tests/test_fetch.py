@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import io
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,7 +53,15 @@ def fetcher(tmp_path: Path, allow_loopback: bool = True, **kw) -> ImageFetcher:
     nets = (ipaddress.ip_network("127.0.0.0/8"),) if allow_loopback else ()
     return ImageFetcher(FetchPolicy(allowed_schemes=frozenset(kw.pop("schemes", {"base64", "file", "http", "https"})),
                                     file_root=tmp_path.resolve(), max_bytes=kw.pop("max_bytes", 1000),
-                                    timeout_s=2.0, max_redirects=3, allowed_networks=nets))
+                                    timeout_s=2.0, max_redirects=3, allowed_networks=nets),
+                        resolver=loopback_resolver)
+
+
+async def loopback_resolver(host: str, port: int) -> list[str]:
+    """Test resolver (never real DNS): only localhost has addresses."""
+    if host == "localhost":
+        return ["127.0.0.1", "::1"]
+    raise socket.gaierror(socket.EAI_NONAME, f"{host} is unknown to the test resolver")
 
 
 def fetch(f: ImageFetcher, **image) -> bytes:
