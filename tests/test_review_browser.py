@@ -21,7 +21,7 @@ from consumer.review.store import ReviewStore
 from consumer.settings import ReviewSettings
 from tests.kafka_helpers import produce_events, produce_raw, read_json_topic
 from tests.memes import event, meme_bytes
-from tests.test_review import HOSTILE, verdict_for
+from tests.test_review import HOSTILE, PASSWORDS, USERS, verdict_for
 
 webdriver = pytest.importorskip("selenium.webdriver")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -31,24 +31,73 @@ pytestmark = [pytest.mark.integration,
 
 
 @pytest.fixture
-def served(stack, topics):
+def serve():
+    """Starts the review app under uvicorn on a free loopback port; returns its base URL."""
     import uvicorn
 
-    s = ReviewSettings(kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, input_topic=topics.input,
-                       output_topic=topics.output, reviews_topic=f"reviews-{topics.group}",
-                       review_group_id=f"review-{topics.group}")
-    store = ReviewStore(stack.redis_url, prefix=f"review-{uuid.uuid4().hex[:6]}:")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(s, store), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "review server did not start"
-        time.sleep(0.05)
-    yield s, store, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(s: ReviewSettings, store: ReviewStore) -> str:
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(s, store), host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "review server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+
+
+def review_settings(stack, topics, **auth) -> ReviewSettings:
+    return ReviewSettings(kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, input_topic=topics.input,
+                          output_topic=topics.output, reviews_topic=f"reviews-{topics.group}",
+                          review_group_id=f"review-{topics.group}", **(auth or {"review_users": USERS}))
+
+
+def wait_for(condition, what: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def evil_page():
+    """A page on another origin whose form posts to the review page on load (a CSRF attempt)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers: list[ThreadingHTTPServer] = []
+
+    def make(target: str, host: str) -> str:
+        html = (f'<form method="post" action="{target}"><input name="action" value="confirm"></form>'
+                "<script>document.forms[0].submit()</script>").encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(html)))
+                self.end_headers()
+                self.wfile.write(html)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://{host}:{server.server_address[1]}/"
+
+    yield make
+    for server in servers:
+        server.shutdown()
 
 
 @pytest.fixture
@@ -66,22 +115,39 @@ def browser(tmp_path):
     driver.quit()
 
 
-def test_browser_shows_the_queued_meme_keeps_hostile_text_inert_and_publishes_on_click(stack, topics, served,
-                                                                                      browser, tmp_path):
+def test_browser_signs_in_decides_by_click_undoes_and_publishes_who_decided(stack, topics, serve, browser, evil_page,
+                                                                            tmp_path):
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
 
-    s, store, url = served
+    s = review_settings(stack, topics)
+    store = ReviewStore(stack.redis_url, prefix=f"review-{uuid.uuid4().hex[:6]}:")
+    url = serve(s, store)
     img = meme_bytes(5)
     b64 = base64.b64encode(img).decode()
     hostile = event("br-hostile", text=HOSTILE, image_b64=b64)
     second = event("br-second", text="second meme", image_b64=b64)
-    produce_events(stack.bootstrap, topics.input, [hostile, second])
+    repost = event("br-repost", text="SECOND  meme", image_b64=b64)  # same content as br-second: no second card
+    produce_events(stack.bootstrap, topics.input, [hostile, second, repost])
     produce_raw(stack.bootstrap, topics.output, [(e.post_id.encode(), verdict_for(e, "review", img).model_dump_json()
-                                                  .encode()) for e in (hostile, second)])
+                                                  .encode()) for e in (hostile, second, repost)])
     ReviewIngest(s.kafka_bootstrap, s.review_group_id, s.input_topic, s.output_topic, store).drain()
+    assert sorted(store.pending()) == ["br-hostile", "br-second"]
 
+    # Not signed in: the sign-in form, then back to the meme asked for.
     browser.get(f"{url}/item/br-hostile")
+    assert browser.find_elements(By.ID, "item") == []
+    browser.find_element(By.ID, "username").send_keys("alice")
+    browser.find_element(By.ID, "password").send_keys("wrong password")
+    browser.find_element(By.ID, "sign-in").click()
+    assert "Wrong user name or password" in browser.find_element(By.ID, "login-error").text
+    browser.find_element(By.ID, "username").send_keys("alice")
+    browser.find_element(By.ID, "password").send_keys(PASSWORDS["alice"])
+    browser.find_element(By.ID, "sign-in").click()
+    wait_for(lambda: browser.current_url == f"{url}/item/br-hostile" and browser.find_elements(By.ID, "item"),
+             browser.current_url)
+    assert browser.find_element(By.ID, "moderator").text == "alice"
+
     assert browser.find_element(By.ID, "meme-text").text == HOSTILE  # shown as text, not markup
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018 (the hostile script would have raised an alert)
@@ -95,14 +161,47 @@ def test_browser_shows_the_queued_meme_keeps_hostile_text_inert_and_publishes_on
     assert shot.stat().st_size > 1000
 
     browser.find_element(By.ID, "confirm").click()  # a click publishes and moves on to the next meme
-    deadline = time.monotonic() + 15
-    while "br-second" not in browser.current_url:
-        assert time.monotonic() < deadline, browser.current_url
-        time.sleep(0.1)
-    browser.find_element(By.TAG_NAME, "body").send_keys("o")  # keyboard shortcut: overturn
-    deadline = time.monotonic() + 15
-    while store.pending():
-        assert time.monotonic() < deadline, store.pending()
-        time.sleep(0.1)
-    reviews = {m["event_id"]: m for m in read_json_topic(stack.bootstrap, s.reviews_topic)}
-    assert reviews["br-hostile"]["action"] == "confirm" and reviews["br-second"]["action"] == "overturn"
+    wait_for(lambda: "br-second" in browser.current_url, browser.current_url)
+    assert "1 repost" in browser.find_element(By.ID, "duplicates").text
+    assert "confirm on post br-hostile" in browser.find_element(By.ID, "undo").text
+    browser.find_element(By.ID, "undo").click()  # undo: a retraction, and the meme is back
+    wait_for(lambda: browser.current_url.endswith("/item/br-hostile") and browser.find_elements(By.ID, "confirm"),
+             browser.current_url)
+    assert "br-hostile" in store.pending()
+    browser.find_element(By.TAG_NAME, "body").send_keys("o")  # keyboard shortcut: overturn instead
+    wait_for(lambda: "br-second" in browser.current_url, browser.current_url)
+    browser.find_element(By.ID, "overturn").click()
+    wait_for(lambda: not store.pending(), store.pending())
+
+    decided = store.get("br-second").decision
+    browser.find_element(By.TAG_NAME, "body").send_keys("u")  # keyboard shortcut: undo the last one, br-second
+    wait_for(lambda: store.pending() == ["br-second"], store.pending())
+    # Same site, another origin (another port): the cookies ride along, the server refuses (Sec-Fetch-Site, no token).
+    browser.get(evil_page(f"{url}/item/br-second/decision", "127.0.0.1"))
+    wait_for(lambda: "cross-site request refused" in browser.page_source, browser.current_url + browser.page_source[:300])
+    # Another site: SameSite=Strict keeps the session cookie home, so the request is not even signed in.
+    browser.get(evil_page(f"{url}/item/br-second/decision", "localhost"))
+    wait_for(lambda: "sign in to review" in browser.page_source, browser.page_source[:300])
+    assert store.pending() == ["br-second"]
+
+    reviews = read_json_topic(stack.bootstrap, s.reviews_topic)
+    assert {(m["moderator"], m["moderator_auth"]) for m in reviews} == {("alice", "password")}
+    hostile_msgs = [m for m in reviews if m["event_id"] == "br-hostile"]  # one key, one partition: in order
+    assert [(m["type"], m["action"]) for m in hostile_msgs] == [("review", "confirm"), ("retraction", "undo"),
+                                                                ("review", "overturn")]
+    assert hostile_msgs[1]["retracts"] == hostile_msgs[0]["review_id"]
+    second_msgs = [m for m in reviews if m["event_id"] == "br-second"]
+    assert [(m["type"], m["action"]) for m in second_msgs] == [("review", "overturn"), ("retraction", "undo")]
+    assert second_msgs[0]["review_id"] == decided["review_id"] == second_msgs[1]["retracts"]
+    assert second_msgs[0]["duplicates"] == [{"event_id": "br-repost", "post_id": "br-repost", "author_id": "auth"}]
+
+
+def test_browser_dev_mode_says_it_has_no_authentication(stack, topics, serve, browser):
+    from selenium.webdriver.common.by import By
+
+    s = review_settings(stack, topics, review_dev_no_auth=True)
+    store = ReviewStore(stack.redis_url, prefix=f"review-{uuid.uuid4().hex[:6]}:")
+    browser.get(serve(s, store))
+    banner = browser.find_element(By.ID, "dev-banner")
+    assert banner.is_displayed() and "no authentication" in banner.text.lower()
+    assert browser.find_element(By.ID, "moderator").text == "dev-unauthenticated"

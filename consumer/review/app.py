@@ -4,20 +4,28 @@ Safety, since memes carry hostile text: Jinja autoescaping on every template; a 
 that allows only this origin's own script and images (an injected `<script>` would not run even if an
 escape were missed); images are re-encoded to PNG here, and only served when their bytes still hash to
 the verdict's `content_hash` — the page shows exactly the content the model judged, nothing else.
+
+Trust, since decisions become training labels: every page but the static files needs an authenticated
+moderator (consumer/review/auth.py), every POST a CSRF token, and every review message names the moderator.
 """
 
 import asyncio
+import base64
+import binascii
 import io
+import json
+import secrets
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from confluent_kafka import Producer
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from PIL import Image
 
@@ -26,6 +34,16 @@ from consumer.fetch import FetchPolicy, ImageFetcher
 from consumer.hashing import content_hash
 from consumer.images import decode_image
 from consumer.kafka_config import client_config
+from consumer.review.auth import (
+    CSRF_COOKIE,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    DEV_MODERATOR,
+    SESSION_COOKIE,
+    Authenticator,
+    Moderator,
+    load_users,
+)
 from consumer.review.store import Item, ReviewStore
 from consumer.settings import ReviewSettings
 from schemas import MemeEvent
@@ -34,25 +52,61 @@ HERE = Path(__file__).parent
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; "
        "base-uri 'none'; frame-ancestors 'none'")
 ACTIONS = {"confirm": "block", "overturn": "allow"}  # a confirmed `review` becomes a block, an overturned one allowed
+MAX_FORM_BYTES = 16 * 1024
+REALM = 'Basic realm="memeguard review", charset="UTF-8"'
 
 
-def review_message(item: Item, action: str, moderator: str) -> dict[str, Any]:
+class NotAuthenticated(Exception):
+    def __init__(self, reason: str = "sign in to review") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def review_message(item: Item, action: str, moderator: Moderator) -> dict[str, Any]:
     v = item.verdict
     confirmed = action == "confirm"
     return {
+        "type": "review", "review_id": uuid.uuid4().hex,
         "event_id": v.event_id, "post_id": v.post_id, "author_id": v.author_id, "content_hash": v.content_hash,
         "model": v.model.version, "model_decision": v.decision.value, "harmful_score": v.harmful_score,
         "action": action, "final_decision": ACTIONS[action],
         # Labelled data for the next training run: the flagged techniques, endorsed or rejected.
         "labels": [t.technique for t in v.flagged] if confirmed else [],
         "rejected_labels": [] if confirmed else [t.technique for t in v.flagged],
-        "moderator": moderator, "reviewed_at": datetime.now(UTC).isoformat(),
+        "moderator": moderator.name, "moderator_auth": moderator.auth,
+        # Later events of the same content (reposts) the decision covers too; the list stops at MAX_DUPLICATES.
+        "duplicates": [{k: d.get(k) for k in ("event_id", "post_id", "author_id")} for d in item.duplicates],
+        "duplicate_count": item.duplicate_count,
+        "reviewed_at": _now(),
     }
+
+
+def retraction_message(item: Item, moderator: Moderator) -> dict[str, Any]:
+    """Undo: the review `retracts` names stops counting; the topic stays append-only."""
+    v, d = item.verdict, item.decision or {}
+    return {
+        "type": "retraction", "review_id": uuid.uuid4().hex, "retracts": d.get("review_id"),
+        "event_id": v.event_id, "post_id": v.post_id, "author_id": v.author_id, "content_hash": v.content_hash,
+        "action": "undo", "retracted_action": d.get("action"), "retracted_final_decision": d.get("final_decision"),
+        "moderator": moderator.name, "moderator_auth": moderator.auth, "reviewed_at": _now(),
+    }
+
+
+def authenticator_for(settings: ReviewSettings) -> Authenticator:
+    secret = (settings.review_secret.get_secret_value().encode() if settings.review_secret
+              else secrets.token_bytes(32))
+    return Authenticator(load_users(settings.review_users, settings.review_users_file), settings.review_trusted_header,
+                         settings.review_dev_no_auth, secret, settings.review_session_ttl_s)
 
 
 def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer | None = None) -> FastAPI:
     owns_producer = producer is None
     producer = producer or Producer(client_config(settings.kafka_bootstrap, {"acks": "all"}))
+    auth = authenticator_for(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,59 +118,193 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
     templates = Jinja2Templates(directory=str(HERE / "templates"))  # autoescape on for .html
     fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
 
+    def secure(request: Request) -> bool:
+        return request.url.scheme == "https"
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # noqa: ANN001, ANN202 (Starlette signature)
+        seed = request.cookies.get(CSRF_COOKIE)
+        if seed is not None and not (20 <= len(seed) <= 64 and seed.replace("-", "").replace("_", "").isalnum()):
+            seed = None
+        # A new CSRF cookie only on safe requests: a cross-site POST can never replace the one a browser holds.
+        fresh = seed is None and request.method in ("GET", "HEAD")
+        request.state.csrf_seed = auth.new_csrf_seed() if fresh else seed
         response = await call_next(request)
+        if fresh:
+            response.set_cookie(CSRF_COOKIE, request.state.csrf_seed, httponly=True, samesite="strict",
+                                secure=secure(request), path="/")
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    def page(request: Request, item: Item | None) -> HTMLResponse:
+    async def identify(request: Request) -> Moderator | None:
+        if auth.dev_no_auth:
+            return Moderator(DEV_MODERATOR, "none")
+        if auth.trusted_header:
+            user = auth.proxy_user(request.headers.get(auth.trusted_header))
+            if user is not None:
+                return Moderator(user, "proxy")
+        if not auth.passwords:
+            return None
+        user = auth.session_user(request.cookies.get(SESSION_COOKIE))
+        if user is not None:
+            return Moderator(user, "password")
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "basic" and credentials:
+            try:
+                name, sep, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            if sep and await asyncio.to_thread(auth.check_password, name, password):
+                return Moderator(name, "password")
+        return None
+
+    async def moderator(request: Request) -> Moderator:
+        who = await identify(request)
+        if who is None:
+            raise NotAuthenticated()
+        request.state.moderator = who
+        return who
+
+    async def read_form(request: Request) -> dict[str, str]:
+        # Parsed here rather than with Form(): FastAPI's form support needs python-multipart, not installed.
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            raise HTTPException(413, "form too large")
+        return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+
+    def check_csrf(request: Request, form: dict[str, str], user: str) -> None:
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            raise HTTPException(403, "cross-site request refused")
+        token = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
+        if not auth.csrf_ok(request.state.csrf_seed, user, token):
+            raise HTTPException(403, "the form's CSRF token is missing or stale: reload the page and try again")
+
+    def login_page(request: Request, status: int, error: str | None = None, next_url: str = "/") -> HTMLResponse:
+        return templates.TemplateResponse(request, "login.html", {
+            "passwords": auth.passwords, "proxy_header": settings.review_trusted_header, "error": error,
+            "next": next_url, "csrf_token": auth.csrf_token(request.state.csrf_seed or "", "")}, status_code=status)
+
+    @app.exception_handler(NotAuthenticated)
+    async def unauthenticated(request: Request, exc: NotAuthenticated) -> Response:
+        # A browser gets the sign-in form (a Basic challenge would pop the browser's own dialog instead);
+        # scripts, and clients that already tried basic credentials, get the Basic challenge.
+        sent_basic = request.headers.get("authorization", "").lower().startswith("basic ")
+        browser = "text/html" in request.headers.get("accept", "") and not sent_basic
+        challenge = {"WWW-Authenticate": 'FormBased realm="memeguard review"' if browser else REALM}
+        if browser and request.method == "GET":
+            response: Response = login_page(request, 401, next_url=safe_next(request.url.path))
+            response.headers.update(challenge)
+            return response
+        return JSONResponse({"detail": exc.reason}, status_code=401, headers=challenge if auth.passwords else {})
+
+    def page(request: Request, who: Moderator, item: Item | None) -> HTMLResponse:
         pending = store.pending()
         following = next((e for e in pending if item is None or e != item.verdict.event_id), None)
         recent = [i for i in (store.get(e) for e in store.recent()) if i is not None]
         return templates.TemplateResponse(request, "review.html", {
             "item": item, "pending_count": store.pending_count(), "pending": pending[:20],
-            "next_id": following, "recent": recent})
+            "next_id": following, "recent": recent, "moderator": who, "dev_no_auth": auth.dev_no_auth,
+            "session": request.cookies.get(SESSION_COOKIE) is not None and who.auth == "password",
+            "undo": store.last_decision(who.name), "csrf_token": auth.csrf_token(request.state.csrf_seed or "", who.name)})
+
+    @app.get("/login", response_class=HTMLResponse)
+    async def login_form(request: Request, next: str = "/") -> Response:  # noqa: A002 (the query parameter's name)
+        if await identify(request) is not None:
+            return RedirectResponse(safe_next(next), status_code=303)
+        return login_page(request, 200, next_url=safe_next(next))
+
+    @app.post("/login")
+    async def login(request: Request) -> Response:
+        form = await read_form(request)
+        check_csrf(request, form, "")
+        next_url = safe_next(form.get("next", "/"))
+        user, password = form.get("username", ""), form.get("password", "")
+        if not auth.passwords or not await asyncio.to_thread(auth.check_password, user, password):
+            return login_page(request, 401, "Wrong user name or password.", next_url)
+        response = RedirectResponse(next_url, status_code=303)
+        response.set_cookie(SESSION_COOKIE, auth.make_session(user), max_age=settings.review_session_ttl_s,
+                            httponly=True, samesite="strict", secure=secure(request), path="/")
+        return response
+
+    @app.post("/logout")
+    async def logout(request: Request) -> Response:
+        who = await moderator(request)
+        check_csrf(request, await read_form(request), who.name)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=secure(request))
+        return response
 
     @app.get("/", response_class=HTMLResponse)
-    def queue(request: Request) -> HTMLResponse:
+    async def queue(request: Request) -> HTMLResponse:
+        who = await moderator(request)
         pending = store.pending(1)
-        return page(request, store.get(pending[0]) if pending else None)
+        return page(request, who, store.get(pending[0]) if pending else None)
 
     @app.get("/item/{event_id}", response_class=HTMLResponse)
-    def show(request: Request, event_id: str) -> HTMLResponse:
+    async def show(request: Request, event_id: str) -> Response:
+        who = await moderator(request)
         item = store.get(event_id)
         if item is None:
+            card = store.card_of(event_id)
+            if card is not None:  # a repost: its content has one card
+                return RedirectResponse(f"/item/{quote(card, safe='')}", status_code=303)
             raise HTTPException(404, "No meme with this event id is waiting for review.")
-        return page(request, item)
+        return page(request, who, item)
 
     @app.post("/item/{event_id}/decision")
     async def decide(event_id: str, request: Request) -> Response:
-        # Parsed here rather than with Form(): FastAPI's form support needs python-multipart, not installed.
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        action = form.get("action", [""])[0]
-        moderator = form.get("moderator", ["moderator"])[0]
-        item = store.get(event_id)
-        if item is None:
+        who = await moderator(request)
+        form = await read_form(request)
+        check_csrf(request, form, who.name)
+        action = form.get("action", "")
+        card = event_id if store.get(event_id) is not None else (store.card_of(event_id) or event_id)
+        if store.get(card) is None:
             raise HTTPException(404, "No meme with this event id is waiting for review.")
         if action not in ACTIONS:
             raise HTTPException(400, "action must be confirm or overturn")
-        # A double submit (or a second tab) must not publish twice: decided items and claimed ones are skipped.
-        if item.decision is None and store.claim(event_id):
-            message = review_message(item, action, moderator[:100])
+        # A double submit (or a second tab) must not publish twice: claimed items are skipped, and the decision
+        # is read again under the claim, so a request that waited behind another sees its decision.
+        if store.claim(card):
             try:
-                await asyncio.to_thread(publish, producer, settings.reviews_topic, item.verdict.post_id, message)
-            except Exception:
-                store.release(event_id)  # not published: the next attempt may publish
-                raise
-            store.decide(event_id, message)
+                item = store.get(card)
+                if item is not None and item.decision is None:
+                    message = review_message(item, action, who)
+                    await asyncio.to_thread(publish, producer, settings.reviews_topic, item.verdict.post_id, message)
+                    store.decide(card, message)
+            finally:
+                store.release(card)
         nxt = store.pending(1)
-        return RedirectResponse(f"/item/{nxt[0]}" if nxt else "/", status_code=303)
+        return RedirectResponse(f"/item/{quote(nxt[0], safe='')}" if nxt else "/", status_code=303)
+
+    @app.post("/undo")
+    async def undo(request: Request) -> Response:
+        """Undo the moderator's own latest decision; the form names it, so a double click undoes one."""
+        who = await moderator(request)
+        form = await read_form(request)
+        check_csrf(request, form, who.name)
+        last = store.last_decision(who.name)
+        if last is None or last.decision is None or last.decision.get("review_id") != form.get("review_id"):
+            raise HTTPException(409, "that is no longer your latest decision: nothing was undone")
+        card = last.verdict.event_id
+        if not store.claim(card):
+            raise HTTPException(409, "this meme is being decided right now; try again")
+        try:
+            item = store.get(card)
+            if item is None or item.decision is None or item.decision.get("review_id") != form.get("review_id"):
+                raise HTTPException(409, "that is no longer your latest decision: nothing was undone")
+            retraction = retraction_message(item, who)
+            await asyncio.to_thread(publish, producer, settings.reviews_topic, item.verdict.post_id, retraction)
+            store.undo(card, who.name, item.decision["review_id"])
+        finally:
+            store.release(card)
+        return RedirectResponse(f"/item/{quote(card, safe='')}", status_code=303)
 
     @app.get("/image/{event_id}")
-    async def image(event_id: str) -> Response:
+    async def image(event_id: str, request: Request) -> Response:
+        await moderator(request)
         item = store.get(event_id)
         if item is None:
             raise HTTPException(404, "unknown meme")
@@ -128,22 +316,29 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
             raise HTTPException(404, f"the image cannot be loaded: {e}") from e
         if content_hash(data, item.ref.get("text")) != item.verdict.content_hash:
             raise HTTPException(404, "the image no longer matches the content that was moderated")
-        return Response(await asyncio.to_thread(to_png, data, settings.max_image_pixels), media_type="image/png",
+        return Response(await asyncio.to_thread(to_png, data, settings.max_image_pixels, settings.image_formats),
+                        media_type="image/png",
                         headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/static/{name}")
     def static(name: str) -> FileResponse:
         if name not in ("review.js", "review.css"):
             raise HTTPException(404)
-        return FileResponse(HERE / "static" / name,
+        return FileResponse(HERE / "static" / name, headers={"Cache-Control": "no-cache"},
                             media_type="text/javascript" if name.endswith(".js") else "text/css")
 
     return app
 
 
-def to_png(data: bytes, max_pixels: int) -> bytes:
-    """Re-encoded, so whatever else the original bytes carried never reaches the browser."""
-    image: Image.Image = decode_image(data, max_pixels)
+def safe_next(url: str) -> str:
+    """Only a path on this site (no open redirect through `next`)."""
+    return url if url.startswith("/") and not url.startswith("//") and "\\" not in url and url.isprintable() else "/"
+
+
+def to_png(data: bytes, max_pixels: int, formats: list[str]) -> bytes:
+    """Re-encoded, so whatever else the original bytes carried never reaches the browser. Decoded with the
+    worker's format allow-list, downscaled on decode (both sides stay >= 2 x 450 px before the thumbnail)."""
+    image: Image.Image = decode_image(data, max_pixels, formats=formats, target=450)
     image.thumbnail((900, 900))
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -151,8 +346,6 @@ def to_png(data: bytes, max_pixels: int) -> bytes:
 
 
 def publish(producer: Producer, topic: str, key: str, message: dict[str, Any]) -> None:
-    import json
-
     errors: list[str] = []
     producer.produce(topic, key=key.encode(), value=json.dumps(message).encode(),
                      on_delivery=lambda err, _m: errors.append(str(err)) if err else None)

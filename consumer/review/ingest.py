@@ -5,9 +5,11 @@ review group's committed offsets: no group join, which Tansu makes slow)."""
 import json
 import logging
 import threading
+import time
 
-from confluent_kafka import OFFSET_STORED, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from consumer.errors import ConfigError
 from consumer.kafka_config import client_config
 from consumer.review.store import MAX_INLINE_IMAGE_CHARS, ReviewStore
 from schemas import Decision, Verdict
@@ -23,10 +25,33 @@ class ReviewIngest:
             "group.id": group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "fetch.message.max.bytes": 16 * 1024 * 1024}))
         meta = self.consumer.list_topics(timeout=10).topics
-        self.consumer.assign([TopicPartition(t, p, OFFSET_STORED) for t in (input_topic, verdict_topic)
-                              if t in meta for p in meta[t].partitions])
+        wanted = [TopicPartition(t, p) for t in (input_topic, verdict_topic) if t in meta for p in meta[t].partitions]
+        # The committed offsets are asked for here, with retries, rather than assigned as OFFSET_STORED: on a
+        # fresh Apache Kafka the first OffsetFetch can fail (NOT_COORDINATOR while __consumer_offsets is being
+        # created) and librdkafka then left the partitions pending, fetching nothing.
+        self.consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+                              for tp in self._committed(wanted)])
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _committed(self, partitions: list[TopicPartition], timeout_s: float = 60.0) -> list[TopicPartition]:
+        if not partitions:
+            return []
+        deadline, delay = time.monotonic() + timeout_s, 0.2
+        while True:
+            try:
+                got = self.consumer.committed(partitions, timeout=10)
+                failed = [tp for tp in got if tp.error is not None]
+                if not failed:
+                    return got
+                problem: object = failed[0].error
+            except KafkaException as e:
+                problem = e
+            if time.monotonic() > deadline:
+                raise ConfigError(f"The review group's committed offsets stayed unavailable for {timeout_s:.0f}s: "
+                                  f"{problem}")
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _take(self, topic: str, value: bytes) -> None:
         try:
@@ -58,14 +83,30 @@ class ReviewIngest:
             self.consumer.commit(asynchronous=False)
         return len(messages)
 
-    def drain(self, idle_polls: int = 3) -> int:
-        """Read until `idle_polls` polls in a row bring nothing (for tests and scripts)."""
+    def drain(self, idle_polls: int = 3, timeout_s: float = 60.0) -> int:
+        """Read to the end every partition had when called, then until `idle_polls` polls in a row bring
+        nothing, or `timeout_s` (for tests and scripts). Idle polls alone are not enough: on a fresh broker
+        the first fetch waits for the group coordinator."""
+        assigned = self.consumer.assignment()
+        ends = {(tp.topic, tp.partition): self.consumer.get_watermark_offsets(tp, timeout=10) for tp in assigned}
+        deadline = time.monotonic() + timeout_s
         total, idle = 0, 0
-        while idle < idle_polls:
+        while time.monotonic() < deadline:
             n = self.poll_once()
             total += n
             idle = 0 if n else idle + 1
+            if idle >= idle_polls and self._reached(assigned, ends):
+                break
         return total
+
+    def _reached(self, assigned: list[TopicPartition], ends: dict[tuple[str, int], tuple[int, int]]) -> bool:
+        positions = self.consumer.position(assigned)
+        committed = self.consumer.committed(assigned, timeout=10)
+        for pos, com in zip(positions, committed, strict=True):
+            low, high = ends[(pos.topic, pos.partition)]
+            if high > low and max(pos.offset, com.offset) < high:  # offsets < 0: nothing read or committed yet
+                return False
+        return True
 
     def start(self) -> "ReviewIngest":
         def loop() -> None:
