@@ -1,0 +1,471 @@
+"""Exactly-once mode (MEMEGUARD_PROCESSING_GUARANTEE=exactly_once): the worker's own consume loop on
+confluent-kafka's transactional API. The Faust agent (consumer/worker.py) stays the at-least-once default.
+
+Why not Faust: its exactly-once mode keeps one transactional producer per *output* partition and commits
+offsets per *input* partition, so a verdict can sit in one open transaction while its input offset commits
+in another, and with two workers a send can be routed to a producer another worker owns. Here one batch is
+one transaction, on one producer:
+
+    consume(max_batch, max_wait)  ->  pipeline (same code as the Faust path)  ->
+    begin_transaction; produce every verdict and dead letter; send_offsets_to_transaction(next offsets,
+    consumer group metadata); commit_transaction
+
+so a batch's outputs and its input offsets become visible together or not at all (read_committed readers
+never see the outputs of an aborted transaction).
+
+Fencing. `transactional.id` is `{group_id}-{instance_id}` (MEMEGUARD_INSTANCE_ID, default the host name):
+stable across restarts of one instance, so `init_transactions()` at start aborts whatever transaction the
+previous incarnation left open and fences it should it still be alive (it exits: a fatal error). A worker
+that lost its partitions in a rebalance (or was dropped from the group) is fenced through the consumer
+group metadata (KIP-447): the offsets commit is refused for its stale generation, the transaction is
+aborted, and the partitions' new owner starts from the last committed offsets.
+
+Errors. Anything that fails inside a transaction aborts it; the consumer is rewound to the batch's first
+uncommitted offsets and the records are consumed again (after `MAX_ABORTS_IN_A_ROW` aborts in a row, or a
+fatal error, the process exits with code 75 like worker.abandon(): nothing of the batch is committed).
+Serialisation, the DLQ, last-resort and truncated dead letters are OutcomePublisher's (consumer/publish.py)
+through an adapter; a record larger than the topic's `max.message.bytes` is refused before it is produced
+(a broker-side refusal would doom the whole transaction), which sends it down the publisher's fallbacks.
+"""
+
+import asyncio
+import logging
+import math
+import signal
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import ConfigResource
+
+from consumer.crash_guard import CrashLoopBreaker
+from consumer.explanations import ExplanationPublisher
+from consumer.hot_reload import BundleWatcher
+from consumer.kafka_config import client_config
+from consumer.metrics import PipelineMetrics
+from consumer.ops_http import Health
+from consumer.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
+from consumer.publish import OutcomePublisher
+from consumer.settings import WorkerSettings
+from consumer.topics import admin
+from consumer.worker import abandon, log_dead_letters, process_isolating_failures, set_model_metrics
+from schemas import ErrorKind
+
+log = logging.getLogger(__name__)
+
+TRANSACTION_TIMEOUT_MS = 15_000  # a transaction spans only produce + commit (processing happens before it)
+DELIVERY_TIMEOUT_S = TRANSACTION_TIMEOUT_MS / 1000 + 5
+CALL_TIMEOUT_S = 20.0
+WATCHDOG_MARGIN_S = 5.0  # a transactional call still blocked this long after its own timeout is wedged
+MAX_ABORTS_IN_A_ROW = 5
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+RECORD_OVERHEAD_BYTES = 512  # record batch and record headers around a key and a value
+
+
+class RecordTooLarge(Exception):
+    """Refused before producing: the broker would refuse it, and with it the whole transaction."""
+
+
+class Rewound(Exception):
+    """The batch's transaction was aborted and the consumer rewound: its records will be consumed again."""
+
+
+class ProducerWedged(Exception):
+    """A transactional call did not return although its timeout has passed. librdkafka's
+    send_offsets_to_transaction() ignores its timeout when the group coordinator dies (confluentinc/librdkafka
+    #5456, #5511): the producer cannot go on, the process exits (code 75) and its restart takes over."""
+
+
+async def blocking(fn: Any, *args: Any, timeout_s: float) -> Any:
+    """A blocking client call in a thread, given up (ProducerWedged) `WATCHDOG_MARGIN_S` after `timeout_s`."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout_s + WATCHDOG_MARGIN_S)
+    except TimeoutError:
+        raise ProducerWedged(f"{fn.__name__}() still blocked {timeout_s + WATCHDOG_MARGIN_S:.0f}s after it was "
+                             f"called with a {timeout_s:.0f}s timeout") from None
+
+
+def transactional_id(settings: WorkerSettings) -> str:
+    return f"{settings.group_id}-{settings.instance_id or socket.gethostname()}"
+
+
+class Deadline:
+    """Bounds the delivery waits of one transaction: once it has passed, every wait and every send fails at
+    once (librdkafka's own message timeout does not always fire while the partition leader moves)."""
+
+    def __init__(self) -> None:
+        self.at = math.inf
+
+    def start(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no delivery report before the transaction's "
+                                            "deadline", txn_requires_abort=True))
+
+
+class Delivery:
+    """One produced record's delivery report. Awaiting it flushes the producer (in a thread) until the
+    report is in; a failed delivery raises."""
+
+    __slots__ = ("producer", "deadline", "done", "error")
+
+    def __init__(self, producer: Producer, deadline: Deadline) -> None:
+        self.producer = producer
+        self.deadline = deadline
+        self.done = False
+        self.error: KafkaError | None = None
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:  # on_delivery, in the flushing thread
+        self.error = err
+        self.done = True
+
+    def __await__(self):
+        return self._wait().__await__()
+
+    async def _wait(self) -> None:
+        while not self.done:
+            self.deadline.check()
+            await asyncio.to_thread(self.producer.flush, 1.0)
+        if self.error is not None:
+            raise KafkaException(self.error)
+
+
+class ProducerTopic:
+    """What OutcomePublisher and ExplanationPublisher need of a topic: `send()` returning an awaitable
+    delivery, and its name."""
+
+    def __init__(self, producer: Producer, name: str, max_message_bytes: int, deadline: Deadline | None = None) -> None:
+        self.producer = producer
+        self.name = name
+        self.max_record_bytes = max_message_bytes - RECORD_OVERHEAD_BYTES
+        self.deadline = deadline or Deadline()
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+    async def send(self, key: bytes | None, value: bytes) -> Delivery:
+        self.deadline.check()
+        size = len(value) + len(key or b"")
+        if size > self.max_record_bytes:
+            raise RecordTooLarge(f"{size} bytes is over the {self.max_record_bytes} bytes a record of {self.name} "
+                                 "may have")
+        delivery = Delivery(self.producer, self.deadline)
+        try:
+            self.producer.produce(self.name, key=key, value=value, on_delivery=delivery)
+        except BufferError:  # the local queue is full: let it drain, once
+            await asyncio.to_thread(self.producer.flush, CALL_TIMEOUT_S)
+            self.producer.produce(self.name, key=key, value=value, on_delivery=delivery)
+        return delivery
+
+
+def max_message_bytes(settings: WorkerSettings, topic: str, producer_limit: int) -> int:
+    """The most a record batch of `topic` may hold: its `max.message.bytes` (Kafka's default when it cannot
+    be read), and never more than the producer's own limit."""
+    try:
+        client = admin(settings.kafka_bootstrap, quiet=True)  # referenced until the answer is in
+        futures = client.describe_configs([ConfigResource("topic", topic)], request_timeout=10)
+        config = next(iter(futures.values())).result()
+        limit = int(config["max.message.bytes"].value)
+    except Exception as e:  # noqa: BLE001 (e.g. no DescribeConfigs permission: the safe default)
+        log.warning("max.message.bytes of %s unknown (%s); assuming Kafka's default %d", topic, e,
+                    KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
+        limit = KAFKA_DEFAULT_MAX_MESSAGE_BYTES
+    return min(limit, producer_limit)
+
+
+def _kafka_error(e: BaseException) -> KafkaError | None:
+    if isinstance(e, KafkaException) and e.args and isinstance(e.args[0], KafkaError):
+        return e.args[0]
+    return None
+
+
+class TransactionalWorker:
+    def __init__(self, settings: WorkerSettings, pipeline: ModerationPipeline,
+                 watcher: BundleWatcher | None = None, metrics: PipelineMetrics | None = None,
+                 health: Health | None = None, breaker: CrashLoopBreaker | None = None) -> None:
+        self.settings, self.pipeline, self.watcher = settings, pipeline, watcher
+        self.metrics, self.health, self.breaker = metrics, health, breaker
+        self.transactional_id = transactional_id(settings)
+        self.counts: Counter[str] = Counter()  # transactions committed / aborted, rebalances
+        producer_limit = min(2 * settings.max_event_bytes + 64 * 1024, 1_000_000_000)
+        self.consumer = Consumer(client_config(settings.kafka_bootstrap, {
+            "group.id": settings.group_id,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,  # as the Faust worker: fast failure detection
+            "heartbeat.interval.ms": 1000,
+            "logger": log,
+        }))
+        self.producer = Producer(client_config(settings.kafka_bootstrap, {
+            "transactional.id": self.transactional_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            "message.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            "message.max.bytes": producer_limit,
+            "linger.ms": 5,
+            "logger": log,
+        }))
+        self.deadline = Deadline()
+        self.publisher = OutcomePublisher(
+            ProducerTopic(self.producer, settings.output_topic,
+                          max_message_bytes(settings, settings.output_topic, producer_limit), self.deadline),
+            ProducerTopic(self.producer, settings.dlq_topic,
+                          max_message_bytes(settings, settings.dlq_topic, producer_limit), self.deadline))
+        self.explanations = None
+        if pipeline.explainer is not None:  # best effort, after the verdict: outside the transactions
+            plain = Producer(client_config(settings.kafka_bootstrap, {"enable.idempotence": True, "acks": "all",
+                                                                      "logger": log}))
+            self.explanations = ExplanationPublisher(pipeline.explainer, ProducerTopic(
+                plain, settings.explanations_topic, max_message_bytes(settings, settings.explanations_topic,
+                                                                      producer_limit)))
+        self._uncommitted: dict[tuple[str, int], int] = {}  # batch in hand: first uncommitted offset per partition
+        self._committed: dict[tuple[str, int], int] = {}  # for the lag gauge
+        self._in_transaction = False
+        self._aborts_in_a_row = 0
+        self._closed = False
+        self._stop: asyncio.Event | None = None
+
+    # -- group membership ---------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.counts["assignments"] += 1
+        log.info("partitions assigned", extra={"partitions": [f"{p.topic}/{p.partition}" for p in partitions]})
+        if self.settings.ready_file is not None:
+            self.settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
+            self.settings.ready_file.touch()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """consume() is never called with a transaction open, so there is none to finish here; should one
+        be open all the same, it is aborted before the partitions go (their new owner starts from the last
+        committed offsets)."""
+        self.counts["revocations"] += 1
+        log.info("partitions revoked", extra={"partitions": [f"{p.topic}/{p.partition}" for p in partitions]})
+        if self._in_transaction:
+            try:
+                self.producer.abort_transaction(CALL_TIMEOUT_S)
+            finally:
+                self._in_transaction = False
+        for p in partitions:
+            self._uncommitted.pop((p.topic, p.partition), None)
+            self._committed.pop((p.topic, p.partition), None)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """High watermark (from fetch responses) minus the offset this worker last committed."""
+        if self._closed:
+            return {}
+        lags = {}
+        try:
+            for tp in self.consumer.assignment():
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                committed = self._committed.get((tp.topic, tp.partition))
+                if committed is not None and high >= 0:
+                    lags[(tp.topic, tp.partition)] = max(0, high - committed)
+        except (KafkaException, RuntimeError):
+            return {}
+        return lags
+
+    # -- the loop -----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        heartbeat = asyncio.ensure_future(self._heartbeat())
+        # Fences an earlier incarnation of this instance and aborts the transaction it may have left open.
+        await blocking(self.producer.init_transactions, 60.0, timeout_s=60.0)
+        log.info("exactly-once worker starting", extra={"transactional_id": self.transactional_id,
+                                                          "group": self.settings.group_id})
+        self.consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        try:
+            while not self._stop.is_set():
+                messages = await asyncio.to_thread(self.consumer.consume, self.settings.max_batch,
+                                                   self.settings.max_wait_s)
+                records = self._records(messages)
+                if records:
+                    await self._run_batch(records)
+        finally:
+            heartbeat.cancel()
+        await self._shutdown()
+
+    async def _heartbeat(self) -> None:
+        while self.health is not None:
+            self.health.heartbeat()
+            await asyncio.sleep(1.0)
+
+    def _records(self, messages: list[Message]) -> list[RawRecord]:
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        records = []
+        for m in messages:
+            if (err := m.error()) is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error: %s", err)
+                continue
+            if (m.topic(), m.partition()) not in assigned:  # fetched before a revocation
+                continue
+            records.append(RawRecord(key=m.key(), value=m.value(), topic=m.topic(), partition=m.partition(),
+                                     offset=m.offset()))
+        return records
+
+    async def _run_batch(self, records: list[RawRecord]) -> None:
+        """Finishes the batch, rewinds it, or exits. On SIGTERM the batch in flight still gets
+        MEMEGUARD_SHUTDOWN_GRACE_S to commit."""
+        task = asyncio.ensure_future(self._handle(records))
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                log.info("stop requested mid-batch; finishing the %d in-flight events", len(records))
+                done, _ = await asyncio.wait({task}, timeout=self.settings.shutdown_grace_s)
+                if not done:
+                    abandon("in-flight batch could not finish before shutdown; abandoning it uncommitted", 0.0)
+        finally:
+            stop.cancel()
+        try:
+            task.result()
+            self._aborts_in_a_row = 0
+        except Rewound as e:
+            self._aborts_in_a_row += 1
+            if self._aborts_in_a_row >= MAX_ABORTS_IN_A_ROW:
+                await self._give_up(records, e, f"{self._aborts_in_a_row} transactions aborted in a row")
+            if self.breaker is not None:  # an abort is no crash: the records need no one-by-one replay
+                await self.breaker.finish(records)
+            await asyncio.sleep(min(0.2 * 2 ** self._aborts_in_a_row, 5.0))
+        except Exception as e:
+            await self._give_up(records, e, "batch could not be committed")
+
+    async def _give_up(self, records: list[RawRecord], error: BaseException, reason: str) -> None:
+        log.error("%s: %s", reason, error, exc_info=not isinstance(error, Rewound))
+        if self.breaker is not None:
+            await self.breaker.record_error(records, error)
+        abandon(f"{reason}; exiting so the batch is consumed again", self.settings.restart_backoff_s)
+
+    async def _handle(self, records: list[RawRecord]) -> None:
+        """As worker.create_app's handle(), with a transaction per published unit."""
+        if self.watcher is not None and (new := self.watcher.take_ready()) is not None:
+            log.info("model swapped", extra={"old": self.pipeline.runtime.version, "new": new.version})
+            self.pipeline.runtime = new
+            if self.metrics is not None:
+                set_model_metrics(self.metrics, self.pipeline)
+        # Captured now: should the group re-form before the commit, the commit is refused (KIP-447).
+        group_metadata = self.consumer.consumer_group_metadata()
+        self._uncommitted = {}
+        for r in records:
+            self._uncommitted.setdefault((r.topic, r.partition), r.offset)
+        breaker = self.breaker
+        if breaker is None or not await breaker.begin_batch(records):
+            await self._commit(await process_isolating_failures(self.pipeline, records), records, group_metadata)
+            if breaker is not None:
+                await breaker.finish(records)
+            return
+        for record in records:  # a worker died with one of these in flight: one transaction per record
+            if (poison := await breaker.begin_alone(record)) is not None:
+                outcomes = [Outcome(record, dead_letter=dead_letter(record, ErrorKind.POISON_RECORD, poison,
+                                                                    peek_event_id(record)))]
+            else:
+                outcomes = await process_isolating_failures(self.pipeline, [record])
+            await self._commit(outcomes, [record], group_metadata)
+            await breaker.finish([record])
+
+    async def _commit(self, outcomes: list[Outcome], records: list[RawRecord], group_metadata: Any) -> None:
+        """One transaction: every output of `outcomes` and the offsets after `records`."""
+        offsets: dict[tuple[str, int], int] = {}
+        for r in records:
+            offsets[(r.topic, r.partition)] = max(offsets.get((r.topic, r.partition), 0), r.offset + 1)
+        started = time.perf_counter()
+        try:
+            self.producer.begin_transaction()
+            self._in_transaction = True
+            self.deadline.start(DELIVERY_TIMEOUT_S)
+            await self.publisher.publish(outcomes)
+            positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            await self._call(self.producer.send_offsets_to_transaction, positions, group_metadata, CALL_TIMEOUT_S)
+            await self._call(self.producer.commit_transaction, CALL_TIMEOUT_S)
+            self._in_transaction = False
+        except Exception as e:  # noqa: BLE001 (whatever failed, the transaction must not half-commit)
+            await self._abort(e)
+        self.counts["committed"] += 1
+        self.counts["transaction_ms"] += round((time.perf_counter() - started) * 1000)
+        self._uncommitted.update(offsets)
+        self._committed.update(offsets)
+        # Nothing after the commit may fail the batch: its outputs and offsets are in.
+        try:
+            log_dead_letters(outcomes)
+            if self.explanations is not None:
+                self.explanations.submit(outcomes, self.pipeline.runtime.version)
+            if self.metrics is not None:
+                self.metrics.observe_stage("publish", time.perf_counter() - started)
+                self.metrics.observe_batch(outcomes)
+        except Exception:
+            self.publisher.counts["post_publish_errors"] += 1
+            log.exception("bookkeeping after committing a batch failed; the batch stands")
+
+    async def _call(self, fn: Any, *args: Any) -> None:
+        """A transactional call, retried while its error says it may be."""
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        while True:
+            try:
+                await blocking(fn, *args, timeout_s=CALL_TIMEOUT_S)
+                return
+            except KafkaException as e:
+                err = _kafka_error(e)
+                if err is None or not err.retriable() or err.txn_requires_abort() or time.monotonic() > deadline:
+                    raise
+                log.warning("%s: retriable error %s; retrying", fn.__name__, err)
+                await asyncio.sleep(0.1)
+
+    async def _abort(self, error: Exception) -> None:
+        """Abort the open transaction and rewind to the first uncommitted offsets (raises Rewound), or raise
+        the error when the producer cannot go on (fatal, fenced by a newer incarnation)."""
+        err = _kafka_error(error)
+        if isinstance(error, ProducerWedged) or (err is not None and err.fatal()):
+            self._in_transaction = False
+            raise error
+        log.warning("transaction aborted: %s; rewinding the batch", error)
+        try:
+            await blocking(self.producer.abort_transaction, CALL_TIMEOUT_S, timeout_s=CALL_TIMEOUT_S)
+        except KafkaException as e:
+            self._in_transaction = False
+            raise e from error
+        self._in_transaction = False
+        self.counts["aborted"] += 1
+        for (topic, partition), offset in self._uncommitted.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as e:  # no longer assigned: its next owner starts from the committed offset
+                log.info("not rewinding %s/%d: %s", topic, partition, e)
+        raise Rewound(str(error)) from error
+
+    async def _shutdown(self) -> None:
+        if self.explanations is not None:
+            await self.explanations.drain(min(5.0, self.settings.shutdown_grace_s))
+        self._closed = True
+        await asyncio.to_thread(self.consumer.close)  # leaves the group: its partitions move at once
+        await asyncio.to_thread(self.producer.flush, 5.0)
+        if self.breaker is not None:
+            await self.breaker.close()
+        log.info("exactly-once worker stopped", extra=dict(self.counts))
+
+
+def run_transactional(settings: WorkerSettings, pipeline: ModerationPipeline, watcher: BundleWatcher | None,
+                      metrics: PipelineMetrics, health: Health, breaker: CrashLoopBreaker | None) -> None:
+    """Blocks until SIGTERM/SIGINT (then finishes the batch in flight) or exits with code 75."""
+    worker = TransactionalWorker(settings, pipeline, watcher, metrics, health, breaker)
+    metrics.watch_counts("memeguard_publish", "Outputs published, last-resort dead letters, bookkeeping errors.",
+                         "result", lambda: dict(worker.publisher.counts))
+    metrics.watch_counts("memeguard_transactions", "Exactly-once transactions committed and aborted, rebalances.",
+                         "event", lambda: {k: v for k, v in worker.counts.items() if k != "transaction_ms"})
+    metrics.watch_lag(worker.lag)
+    try:
+        asyncio.run(worker.run())
+    except (KafkaException, ProducerWedged) as e:
+        abandon(f"exactly-once worker stopped on a Kafka error: {e}", settings.restart_backoff_s)
