@@ -12,8 +12,9 @@ from schemas import Verdict
 log = logging.getLogger(__name__)
 
 
-def cache_key(model_version: str, content_hash: str) -> str:
-    return f"verdict:{model_version}:{content_hash}"
+def cache_key(model_version: str, content_hash: str, variant: str = "") -> str:
+    """`variant` names settings that change scores for the same model (enrichment); empty for none."""
+    return f"verdict:{model_version}{'~' + variant if variant else ''}:{content_hash}"
 
 
 class VerdictCache:
@@ -73,6 +74,9 @@ class VerdictCache:
             self.counts["stored"] += len(items)
         except (RedisError, OSError, TimeoutError) as e:
             self._outage("SET", e)
+        except Exception:  # noqa: BLE001 (a cache write must never fail a batch, whatever went wrong)
+            self.counts["errors"] += 1
+            log.exception("storing %d verdicts in the cache failed", len(items))
 
     async def close(self) -> None:
         if self._client is not None:

@@ -16,7 +16,7 @@ from consumer.errors import ConfigError
 from consumer.outputs import collect
 from consumer.produce import new_run_id, produce_events, read_semeval, to_events
 from consumer.settings import WorkerSettings
-from consumer.topics import ensure_topics
+from consumer.topics import prepare_topics
 from schemas import DeadLetter, Verdict
 
 console = Console()
@@ -58,8 +58,7 @@ def run_demo(limit: int | None = None) -> int:
         stack.up()
         console.print(f"broker {stack.bootstrap} and redis {stack.redis_url} up (state in {state_dir})")
     ensure_bundle(settings.bundle_path)
-    ensure_topics(settings.kafka_bootstrap, [settings.input_topic, settings.output_topic, settings.dlq_topic],
-                  settings.topic_partitions)
+    prepare_topics(settings, [settings.input_topic, settings.output_topic, settings.dlq_topic])
     worker, log_path = start_worker(settings, state_dir)
     try:
         sources = read_semeval(paths.semeval_dir() / "dev.json")[:limit]

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RawRecord:
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (null value), dead-lettered as invalid_json
     topic: str
     partition: int
     offset: int
@@ -44,6 +44,7 @@ class Outcome:
     verdict: Verdict | None = None
     dead_letter: DeadLetter | None = None
     event_time: datetime | None = None  # the event's created_at, for end-to-end latency metrics
+    explain_input: tuple[Image.Image, str] | None = None  # set for fresh `review` verdicts when an explainer runs
 
 
 @dataclass
@@ -61,10 +62,31 @@ class _Item:
 
 
 def dead_letter(record: RawRecord, kind: ErrorKind, message: str, event_id: str | None = None) -> DeadLetter:
+    """DeadLetter makes `event_id` and `message` serialisable and bounded (schemas.text_safety)."""
     return DeadLetter(
         event_id=event_id, error_kind=kind, message=message,
         origin=Origin(topic=record.topic, partition=record.partition, offset=record.offset),
-        original_key=record.key, original_value=record.value,
+        original_key=record.key, original_value=record.value or b"",
+    )
+
+
+def peek_event_id(record: RawRecord) -> str | None:
+    """The record's event_id if it is a JSON object carrying a string one; for dead letters that skip parsing."""
+    try:
+        payload = json.loads(record.value) if record.value else None
+    except (ValueError, RecursionError):
+        return None
+    event_id = payload.get("event_id") if isinstance(payload, dict) else None
+    return event_id if isinstance(event_id, str) else None
+
+
+def last_resort_dead_letter(record: RawRecord, kind: ErrorKind, error: Exception) -> DeadLetter:
+    """When even a dead letter cannot be built or serialised: nothing derived from the input but its bytes."""
+    return DeadLetter(
+        error_kind=kind, message=f"the dead letter for this record could not be serialised ({type(error).__name__}); "
+                                 "only its original bytes and origin are kept",
+        origin=Origin(topic=record.topic, partition=record.partition, offset=record.offset),
+        original_key=record.key, original_value=record.value or b"",
     )
 
 
@@ -77,7 +99,8 @@ class ModerationPipeline:
     def __init__(self, runtime: BundleRuntime, cache: VerdictCache, fetcher: ImageFetcher,
                  policy: DecisionPolicy, max_event_bytes: int, max_image_pixels: int,
                  enricher: Callable[[Image.Image, str | None], Any] | None = None,
-                 explainer: Callable[[Image.Image, str | None, str], Awaitable[Any]] | None = None) -> None:
+                 explainer: Callable[[Image.Image, str | None, str], Awaitable[Any]] | None = None,
+                 cache_variant: str = "") -> None:
         self.runtime = runtime  # swapped between batches on hot reload
         self.cache = cache
         self.fetcher = fetcher
@@ -85,7 +108,11 @@ class ModerationPipeline:
         self.max_event_bytes = max_event_bytes
         self.max_image_pixels = max_image_pixels
         self.enricher = enricher
-        self.explainer = explainer  # only for memes sent to review; never on the hot path of `allow`
+        # Only for memes sent to review, and after the verdict is published (consumer.explanations).
+        self.explainer = explainer
+        # Settings that change scores without changing the model (enrichment stages and options) are part of
+        # the cache key; the decision policy is re-applied to every hit, so a policy change acts at once.
+        self.cache_variant = cache_variant
 
     def _fail(self, item: _Item, kind: ErrorKind, message: str) -> None:
         event_id = item.event.event_id if item.event else None
@@ -93,14 +120,20 @@ class ModerationPipeline:
 
     def _parse(self, item: _Item) -> None:
         value = item.record.value
+        if value is None:
+            return self._fail(item, ErrorKind.INVALID_JSON, "record value is null (a tombstone): no event to moderate")
         if len(value) > self.max_event_bytes:
             return self._fail(item, ErrorKind.OVERSIZED, f"record is {len(value)} bytes, over {self.max_event_bytes}")
         try:
             payload = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers over Python's digit limit
             return self._fail(item, ErrorKind.INVALID_JSON, f"record value is not JSON: {e}")
+        except RecursionError:
+            return self._fail(item, ErrorKind.INVALID_JSON, "record value is JSON nested too deeply to parse")
         try:
             item.event = MemeEvent.model_validate(payload)
+        except RecursionError:
+            return self._fail(item, ErrorKind.SCHEMA_VIOLATION, "event is nested too deeply to validate")
         except ValidationError as e:
             event_id = payload.get("event_id") if isinstance(payload, dict) else None
             item.outcome = Outcome(item.record, dead_letter=dead_letter(
@@ -113,11 +146,31 @@ class ModerationPipeline:
         except InputError as e:
             self._fail(item, e.kind, str(e))
 
-    def _decode(self, item: _Item) -> None:
-        try:
-            item.image = decode_image(item.image_bytes, self.max_image_pixels)
-        except InputError as e:
-            self._fail(item, e.kind, str(e))
+    async def _decode(self, items: list[_Item]) -> None:
+        """Decode the batch's misses in bounded memory: at most `decode_concurrency` decodes and
+        `batch_pixel_budget` decoded pixels at once (a batch over the budget decodes in waves; nothing is
+        dropped for it). Images are decoded downscaled to what their readers need (consumer.images): the
+        model's input side, or `enrichment_side` when enrichment or the explainer look at them too."""
+        spec = getattr(getattr(self.runtime, "manifest", None), "image", None)
+        decoder = getattr(self.fetcher, "decoder", None)
+        target = spec.size if spec is not None else None
+        if self.enricher is not None or self.explainer is not None:
+            target = max(target or 0, decoder.policy.enrichment_side) if decoder is not None else None
+        if decoder is not None:
+            results = await decoder.decode_many([i.image_bytes for i in items], self.max_image_pixels, target)
+        else:  # a fetcher without a decoder: one image at a time
+            results = []
+            for i in items:
+                try:
+                    results.append(await asyncio.to_thread(decode_image, i.image_bytes, self.max_image_pixels,
+                                                           target=target))
+                except InputError as e:
+                    results.append(e)
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, InputError):
+                self._fail(item, result.kind, str(result))
+            else:
+                item.image = result
 
     async def process(self, records: list[RawRecord]) -> list[Outcome]:
         timings: dict[str, float] = {}
@@ -142,16 +195,17 @@ class ModerationPipeline:
         for i in pending:
             i.text = i.event.text or ""
             i.hash = content_hash(i.image_bytes, i.text)
-        cached = await self.cache.get_many([cache_key(version, i.hash) for i in pending])
+        cached = await self.cache.get_many([cache_key(version, i.hash, self.cache_variant) for i in pending])
         lap("cache_get")
 
-        hits = {i.hash: v for i, v in zip(pending, cached, strict=True) if v is not None}
+        hits = {i.hash: self._with_current_policy(v) for i, v in zip(pending, cached, strict=True) if v is not None}
         misses: dict[str, _Item] = {}
         for i in pending:
             if i.hash not in hits:
                 misses.setdefault(i.hash, i)  # duplicates inside the batch are computed once
-        await asyncio.gather(*(asyncio.to_thread(self._decode, i) for i in misses.values()))
+        await self._decode(list(misses.values()))  # bounded inside; not one thread per image
         lap("decode")
+        first_of = dict(misses)  # duplicates of a meme that failed to decode share its dead-letter kind
         misses = {h: i for h, i in misses.items() if i.outcome is None}
 
         if self.enricher is not None and misses:
@@ -159,17 +213,15 @@ class ModerationPipeline:
             lap("enrich")
 
         computed = await self._infer(list(misses.values()), timings, lap)
-        if self.explainer is not None:
-            await self._explain(computed, misses)
-            lap("explain")
-        await self.cache.put_many({cache_key(version, h): v for h, v in computed.items()})
+        await self.cache.put_many({cache_key(version, h, self.cache_variant): v for h, v in computed.items()})
         lap("cache_put")
         timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
+        now = datetime.now(UTC)
 
         for i in pending:
             if i.outcome is not None:
                 continue
-            first = misses.get(i.hash)
+            first = first_of.get(i.hash)
             source = computed.get(i.hash) or hits.get(i.hash)
             if source is None:  # its first occurrence in this batch failed to decode or infer
                 dl = first.outcome.dead_letter if first is not None and first.outcome else None
@@ -177,32 +229,26 @@ class ModerationPipeline:
                 self._fail(i, kind, dl.message if dl else "no verdict could be computed for this content")
                 continue
             is_copy = first is not i
+            fresh = not is_copy and i.hash in computed
             i.outcome = Outcome(i.record, verdict=source.model_copy(update={
+                # Everything about this event is this event's, whoever computed the scores.
                 "event_id": i.event.event_id, "post_id": i.event.post_id, "author_id": i.event.author_id,
-                "cached": is_copy or i.hash in hits, "timings_ms": dict(timings),
+                "cached": not fresh, "timings_ms": dict(timings), "model": self.runtime.model_info,
+                "created_at": now, "event_created_at": i.event.created_at,
             }), event_time=i.event.created_at)
+            if fresh and self.explainer is not None and source.decision.value == "review":
+                i.outcome.explain_input = (i.image, i.text)
         return [i.outcome for i in items]
+
+    def _with_current_policy(self, v: Verdict) -> Verdict:
+        decision, reasons = self.policy.decide(v.techniques, v.harmful_score)
+        return v.model_copy(update={"decision": decision, "reasons": reasons})
 
     async def _enrich(self, item: _Item) -> None:
         enrichment = await asyncio.to_thread(self.enricher, item.image, item.event.text)
         item.extra["enrichment"] = enrichment
         if not item.text and enrichment.ocr is not None and enrichment.ocr.text:
             item.text = enrichment.ocr.text  # memes posted without text are scored on what OCR read
-
-    async def _explain(self, computed: dict[str, Verdict], items: dict[str, _Item]) -> None:
-        review = [h for h, v in computed.items() if v.decision.value == "review"]
-
-        async def one(h: str) -> None:
-            v, item = computed[h], items[h]
-            summary = f"decision {v.decision.value}; " + "; ".join(v.reasons)
-            explanation = await self.explainer(item.image, item.text, summary)
-            if explanation is not None:
-                update: dict[str, Any] = {"explanation": explanation.explanation}
-                if v.enrichment is not None:
-                    update["enrichment"] = v.enrichment.model_copy(update={"explanation": explanation})
-                computed[h] = v.model_copy(update=update)
-
-        await asyncio.gather(*(one(h) for h in review))
 
     async def _infer(self, items: list[_Item], timings: dict[str, float], lap) -> dict[str, Verdict]:
         if not items:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 from tqdm import tqdm
 
 from consumer.errors import ConfigError
@@ -59,8 +59,12 @@ def new_run_id() -> str:
 def produce_events(bootstrap: str, topic: str, events: list[MemeEvent], rate: float | None = None,
                    progress: bool = True) -> int:
     """Publish keyed by post id; waits for every delivery report. Returns the number acknowledged."""
+    from consumer.topics import raise_if_rejected
+
+    connection_errors: list[KafkaError] = []
     producer = Producer(client_config(bootstrap, {"acks": "all", "enable.idempotence": False, "linger.ms": 5,
-                                                  "message.max.bytes": 16 * 1024 * 1024}))
+                                                  "message.max.bytes": 16 * 1024 * 1024,
+                                                  "error_cb": connection_errors.append}))
     errors: list[str] = []
     acked = 0
 
@@ -80,7 +84,14 @@ def produce_events(bootstrap: str, topic: str, events: list[MemeEvent], rate: fl
         producer.produce(topic, key=event.post_id.encode(), value=event.model_dump_json().encode(),
                          on_delivery=on_delivery)
         producer.poll(0)
-    producer.flush(30)
+        raise_if_rejected(bootstrap, connection_errors)
+    # Flush in slices: a broker that rejects our credentials ends the wait at once, not after 30 s.
+    deadline = time.monotonic() + 30
+    while (left := producer.flush(0.5)) and time.monotonic() < deadline:
+        raise_if_rejected(bootstrap, connection_errors)
+    raise_if_rejected(bootstrap, connection_errors)
     if errors:
         raise ConfigError(f"{len(errors)} events were not acknowledged by {bootstrap}: {errors[0]}")
+    if left:
+        raise ConfigError(f"{left} events were not acknowledged by {bootstrap} within 30 s.")
     return acked

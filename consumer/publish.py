@@ -5,7 +5,7 @@ import logging
 from collections import Counter
 from typing import Any
 
-from consumer.pipeline import Outcome, dead_letter
+from consumer.pipeline import Outcome, RawRecord, dead_letter, last_resort_dead_letter
 from schemas import DeadLetter, ErrorKind
 
 TRUNCATED_ORIGINAL_BYTES = 64 * 1024
@@ -37,15 +37,26 @@ class OutcomePublisher:
     async def _send(self, topic: Any, key: bytes | None, value: bytes) -> Any:
         return await topic.send(key=key, value=value)
 
-    async def _send_dead_letter(self, key: bytes | None, dl: DeadLetter) -> None:
+    async def _send_dead_letter(self, record: RawRecord, dl: DeadLetter) -> None:
+        """Always publishable: a dead letter that will not serialise is replaced by the last-resort one (no
+        input-derived text), one the broker refuses by one with its original truncated. Only a broker that
+        refuses even that raises: an infrastructure failure, and the batch stays uncommitted."""
         try:
-            await (await self._send(self.dlq_topic, key, dl.model_dump_json().encode()))
+            value = dl.model_dump_json().encode()
+        except Exception as e:  # noqa: BLE001 (any serialisation bug must end in a dead letter, not a crash)
+            log.error("dead letter for %s could not be serialised (%s); publishing the last-resort one",
+                      dl.origin, type(e).__name__)
+            self.counts["last_resort_dead_letters"] += 1
+            dl = last_resort_dead_letter(record, dl.error_kind, e)
+            value = dl.model_dump_json().encode()
+        try:
+            await (await self._send(self.dlq_topic, record.key, value))
         except Exception as e:
             if dl.original_truncated:
                 raise
             log.warning("dead letter for %s refused (%s); publishing it with the original truncated",
                         dl.origin, e)
-            await (await self._send(self.dlq_topic, key, truncated(dl).model_dump_json().encode()))
+            await (await self._send(self.dlq_topic, record.key, truncated(dl).model_dump_json().encode()))
 
     async def publish(self, outcomes: list[Outcome]) -> None:
         """Send everything, then await every acknowledgement; failures are rerouted, never dropped."""
@@ -77,5 +88,5 @@ class OutcomePublisher:
                                  f"{error}", outcome.verdict.event_id)
             else:
                 dl = outcome.dead_letter
-            await self._send_dead_letter(outcome.record.key, dl)
+            await self._send_dead_letter(outcome.record, dl)
             self.counts["dead_letters"] += 1

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer import paths
@@ -20,6 +20,9 @@ class KafkaSettings(BaseSettings):
     dlq_topic: str = "memes.dlq"
     control_topic: str = "memeguard.control"
     topic_partitions: int = Field(4, ge=1, description="Partitions for topics memeguard creates itself.")
+    topic_replication_factor: int = Field(-1, ge=-1, description="For topics memeguard creates; -1 = broker default.")
+    create_topics: Literal["auto", "always", "never"] = Field(
+        "auto", description="Create missing topics: auto = only on a loopback (development) broker.")
 
 
 class WorkerSettings(KafkaSettings):
@@ -42,6 +45,13 @@ class WorkerSettings(KafkaSettings):
     fetch_allowed_networks: list[str] = Field(
         default_factory=list, description="CIDRs exempt from private-address blocking, e.g. 127.0.0.1/32."
     )
+    fetch_concurrency: int = Field(16, ge=1, description="file:// and http(s) image fetches at once.")
+    decode_concurrency: int = Field(4, ge=1, description="Image decodes running at once (threads).")
+    batch_pixel_budget: int = Field(
+        64_000_000, ge=1, description="Decoded pixels in flight at once; a batch over it decodes in waves.")
+    image_formats: list[Literal["JPEG", "PNG", "WEBP", "GIF"]] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"],
+        description="Image formats decoded (by content); anything else is image_undecodable.")
     file_root: Path = Field(default_factory=paths.data_dir, description="file:// references must lie under it.")
     enrich_stages: list[str] = Field(
         default_factory=list, description='Optional stages, e.g. ["ocr","faces","objects","attributes","explainer"].'
@@ -49,9 +59,15 @@ class WorkerSettings(KafkaSettings):
     enrich_options_file: Path | None = Field(None, description="YAML: per-stage options (see docs/enrichment.md).")
     explainer_url: str | None = Field(None, description="OpenAI-compatible base URL for the explainer stage.")
     explainer_model: str | None = None
+    explanations_topic: str = Field("memes.explanations", description="Explainer output, after the verdict.")
+    crash_loop_breaker: bool = Field(True, description="Dead-letter a record the worker exited on twice (Redis).")
+    restart_backoff_s: float = Field(5.0, ge=0, description="Pause before exiting on an infrastructure failure.")
     watch_bundle: bool = Field(True, description="Hot-reload the bundle when its path changes.")
     bundle_poll_s: float = Field(2.0, gt=0)
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    instance_id: str | None = Field(
+        None, description="exactly_once: this worker's stable identity (transactional.id = {group_id}-{instance_id}); "
+                          "unique per live worker, kept across its restarts. Default: the host name.")
     policy_file: Path | None = Field(None, description="YAML decision policy; built-in defaults otherwise.")
     ready_file: Path | None = Field(None, description="Touched once the worker is consuming (for scripts).")
     startup_timeout_s: float = Field(120.0, gt=0, description="How long to wait for the broker at start.")
@@ -83,3 +99,38 @@ class ReviewSettings(WorkerSettings):
     review_group_id: str = Field("memeguard-review", description="Group whose committed offsets the page keeps.")
     review_host: str = "127.0.0.1"
     review_port: int = Field(8080, ge=1, le=65535)
+    # Who may decide (docs/operations.md): at least one of users / users file / trusted header, or the dev flag.
+    review_users: dict[str, str] = Field(
+        default_factory=dict, description="JSON map user -> scrypt hash (python -m consumer.review.auth hash-password)."
+    )
+    review_users_file: Path | None = Field(None, description="JSON file of the same map (merged; the file wins).")
+    review_trusted_header: str | None = Field(
+        None, description="Header an authenticating proxy sets to the user name, e.g. X-Forwarded-User."
+    )
+    review_dev_no_auth: bool = Field(False, description="Development only: no authentication, a banner says so.")
+    review_secret: SecretStr | None = Field(
+        None, description="Key for session cookies and CSRF tokens; random per process when unset."
+    )
+    review_session_ttl_s: int = Field(8 * 3600, ge=60, description="How long a sign-in lasts.")
+
+    @field_validator("review_trusted_header", "review_users_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _review_auth(self) -> "ReviewSettings":
+        from consumer.review.auth import load_users
+
+        users = load_users(self.review_users, self.review_users_file)  # ValueError: one line in the CLI
+        header = self.review_trusted_header
+        if header is not None and not (header.strip() and header.replace("-", "").isalnum()):
+            raise ValueError(f"MEMEGUARD_REVIEW_TRUSTED_HEADER {header!r} is not a header name")
+        if self.review_dev_no_auth and (users or header):
+            raise ValueError("MEMEGUARD_REVIEW_DEV_NO_AUTH=true cannot be combined with review users or a trusted "
+                             "header: unset one of them")
+        if not (users or header or self.review_dev_no_auth):
+            raise ValueError("the review page refuses to start without authentication: set MEMEGUARD_REVIEW_USERS "
+                             "(or MEMEGUARD_REVIEW_USERS_FILE, or MEMEGUARD_REVIEW_TRUSTED_HEADER behind an auth proxy), "
+                             "or MEMEGUARD_REVIEW_DEV_NO_AUTH=true for local development")
+        return self

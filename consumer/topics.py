@@ -3,17 +3,20 @@
 import logging
 import time
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.errors import ConfigError
 from consumer.kafka_config import client_config
+from consumer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
-def admin(bootstrap: str, quiet: bool = False) -> AdminClient:
+def admin(bootstrap: str, quiet: bool = False, error_cb=None) -> AdminClient:
     config = client_config(bootstrap, {"socket.timeout.ms": 3000})
+    if error_cb is not None:
+        config["error_cb"] = error_cb
     if quiet:
         # librdkafka prints every refused reconnect (a dozen lines per attempt) to stderr, drowning our one
         # warning per attempt; only its critical messages remain.
@@ -28,12 +31,16 @@ def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
     attempt = 0
     while True:
         attempt += 1
+        errors: list[KafkaError] = []
+        client = admin(bootstrap, quiet=True, error_cb=errors.append)
         try:
-            admin(bootstrap, quiet=True).list_topics(timeout=3)
+            client.list_topics(timeout=3)
             if attempt > 1:
                 log.info("broker %s reachable after %d attempts", bootstrap, attempt)
             return
         except KafkaException as e:
+            client.poll(0)  # serves error_cb: why the connections failed
+            raise_if_rejected(bootstrap, errors)
             if time.monotonic() + delay > deadline:
                 raise ConfigError(
                     f"Kafka broker {bootstrap} unreachable for {timeout_s:.0f}s: {e}. "
@@ -44,10 +51,27 @@ def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
             delay = min(delay * 2, 5.0)
 
 
-def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+def raise_if_rejected(bootstrap: str, errors: list[KafkaError]) -> None:
+    """A broker that answers but refuses us (wrong SASL credentials, a TLS certificate either side does not
+    trust) will not change its mind on a retry: one clear error now instead of retrying until the timeout."""
+    for err in errors:
+        text = err.str()
+        if err.code() == KafkaError._AUTHENTICATION:
+            raise ConfigError(f"Kafka broker {bootstrap} rejected the SASL authentication: {text}. Check "
+                              "MEMEGUARD_KAFKA_SASL_USERNAME, MEMEGUARD_KAFKA_SASL_PASSWORD and "
+                              "MEMEGUARD_KAFKA_SASL_MECHANISM.")
+        if err.code() == KafkaError._SSL or (err.code() == KafkaError._TRANSPORT and "ssl/tls alert" in text):
+            raise ConfigError(f"TLS authentication with Kafka broker {bootstrap} failed: {text}. Check "
+                              "MEMEGUARD_KAFKA_SSL_CAFILE (the CA that signed the broker's certificate) and "
+                              "MEMEGUARD_KAFKA_SSL_CERTFILE/KEYFILE (a client certificate the broker trusts).")
+
+
+def ensure_topics(bootstrap: str, names: list[str], partitions: int, replication_factor: int = -1) -> None:
+    """Create the missing ones. replication_factor -1 = the broker's `default.replication.factor`."""
     client = admin(bootstrap)
     existing = set(client.list_topics(timeout=10).topics)
-    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor)
+              for n in names if n not in existing]
     if not wanted:
         return
     for name, fut in client.create_topics(wanted, operation_timeout=10).items():
@@ -56,3 +80,24 @@ def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
         except KafkaException as e:
             if "TOPIC_ALREADY_EXISTS" not in str(e):
                 raise ConfigError(f"Could not create topic {name} on {bootstrap}: {e}") from e
+
+
+def is_loopback(bootstrap: str) -> bool:
+    """Every broker address on this machine: the embedded development broker, not a shared cluster."""
+    hosts = [h.strip().rsplit(":", 1)[0].strip("[]") for h in bootstrap.split(",") if h.strip()]
+    return bool(hosts) and all(h in ("localhost", "::1") or h.startswith("127.") for h in hosts)
+
+
+def prepare_topics(s: KafkaSettings, names: list[str], partitions: int | None = None) -> None:
+    """MEMEGUARD_CREATE_TOPICS: `auto` creates missing topics only on a loopback (development) broker;
+    on a shared cluster topics are the platform's to create, so a missing one is one clear error."""
+    create = s.create_topics == "always" or (s.create_topics == "auto" and is_loopback(s.kafka_bootstrap))
+    if create:
+        ensure_topics(s.kafka_bootstrap, names, partitions or s.topic_partitions, s.topic_replication_factor)
+        return
+    existing = set(admin(s.kafka_bootstrap).list_topics(timeout=10).topics)
+    missing = [n for n in names if n not in existing]
+    if missing:
+        raise ConfigError(f"Topic(s) {', '.join(missing)} do not exist on {s.kafka_bootstrap}: create them "
+                          "(partitions and replication as your platform requires) or set "
+                          "MEMEGUARD_CREATE_TOPICS=always.")

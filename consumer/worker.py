@@ -1,6 +1,8 @@
 """The Faust worker: one agent on the input topic, batches through the moderation pipeline."""
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
 import time
@@ -11,19 +13,21 @@ import yaml
 
 from consumer.cache import VerdictCache
 from consumer.control import ControlListener
+from consumer.crash_guard import CrashLoopBreaker
 from consumer.enrich import EnrichmentPipeline
+from consumer.explanations import ExplanationPublisher
 from consumer.fetch import FetchPolicy, ImageFetcher
 from consumer.hot_reload import BundleWatcher
 from consumer.kafka_config import KafkaSecurity
 from consumer.logs import configure_logging, logging_config
 from consumer.metrics import PipelineMetrics
 from consumer.ops_http import Health, OpsServer, broker_probe, redis_probe
-from consumer.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter
+from consumer.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
 from consumer.policy import DecisionPolicy
 from consumer.publish import OutcomePublisher
 from consumer.runtime import BundleRuntime
 from consumer.settings import WorkerSettings
-from consumer.topics import ensure_topics, wait_for_broker
+from consumer.topics import prepare_topics, wait_for_broker
 from schemas import ErrorKind
 
 log = logging.getLogger(__name__)
@@ -46,7 +50,7 @@ def log_dead_letters(outcomes: list[Outcome]) -> None:
 
 def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
                watcher: BundleWatcher | None = None, metrics: PipelineMetrics | None = None,
-               health: Health | None = None) -> faust.App:
+               health: Health | None = None, breaker: CrashLoopBreaker | None = None) -> faust.App:
     app = faust.App(
         settings.group_id,
         broker=";".join(f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")),
@@ -66,10 +70,32 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         # Faster group joins and failure detection than Faust's defaults (see DESIGN, Tansu notes).
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
+        # aiokafka looks up a partition's start offset (ListOffsets, after a rebalance for a partition with no
+        # committed offset yet) at the leader its metadata names, and on NotLeaderForPartition only retries,
+        # without refreshing the metadata: after a broker failover it asked the old leader every 100 ms until
+        # the next periodic refresh (5 min by default). A 10 s refresh bounds that stall (docs/kafka.md).
+        consumer_metadata_max_age_ms=10_000,
     )
     source = raw_topic(app, settings.input_topic)
     publisher = OutcomePublisher(raw_topic(app, settings.output_topic), raw_topic(app, settings.dlq_topic))
     app.memeguard_publisher = publisher  # for metrics and tests
+    explanations = (ExplanationPublisher(pipeline.explainer, raw_topic(app, settings.explanations_topic))
+                    if pipeline is not None and pipeline.explainer is not None else None)
+
+    async def publish(outcomes: list[Outcome]) -> None:
+        published = time.perf_counter()
+        await publisher.publish(outcomes)
+        # Nothing after the acknowledgement may fail the batch: its outputs are out, its offsets must commit.
+        try:
+            log_dead_letters(outcomes)
+            if explanations is not None:
+                explanations.submit(outcomes, pipeline.runtime.version)
+            if metrics is not None:
+                metrics.observe_stage("publish", time.perf_counter() - published)
+                metrics.observe_batch(outcomes)
+        except Exception:
+            publisher.counts["post_publish_errors"] += 1
+            log.exception("bookkeeping after publishing a batch failed; the batch stands")
 
     async def handle(records: list[RawRecord]) -> None:
         if watcher is not None and (new := watcher.take_ready()) is not None:
@@ -78,13 +104,19 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
             pipeline.runtime = new
             if metrics is not None:
                 set_model_metrics(metrics, pipeline)
-        outcomes = await process_isolating_failures(pipeline, records)
-        published = time.perf_counter()
-        await publisher.publish(outcomes)
-        log_dead_letters(outcomes)
-        if metrics is not None:
-            metrics.observe_stage("publish", time.perf_counter() - published)
-            metrics.observe_batch(outcomes)
+        if breaker is None or not await breaker.begin_batch(records):
+            await publish(await process_isolating_failures(pipeline, records))
+            if breaker is not None:
+                await breaker.finish(records)
+            return
+        for record in records:  # a worker died with one of these in flight: find which, one at a time
+            if (poison := await breaker.begin_alone(record)) is not None:
+                outcomes = [Outcome(record, dead_letter=dead_letter(record, ErrorKind.POISON_RECORD, poison,
+                                                                    peek_event_id(record)))]
+            else:
+                outcomes = await process_isolating_failures(pipeline, [record])
+            await publish(outcomes)
+            await breaker.finish([record])
 
     @app.agent(source)
     async def moderate(stream: faust.StreamT) -> None:
@@ -102,11 +134,14 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
                 try:
                     await asyncio.wait_for(task, timeout=settings.shutdown_grace_s)
                 except Exception:
-                    abandon("in-flight batch could not finish before shutdown; abandoning it uncommitted")
+                    abandon("in-flight batch could not finish before shutdown; abandoning it uncommitted", 0.0)
                 raise
-            except Exception:
+            except Exception as e:
                 log.exception("batch could not be published")
-                abandon("batch failed after its record-by-record retry; exiting so it is re-delivered")
+                if breaker is not None:
+                    await breaker.record_error(records, e)
+                abandon("batch could not be published; exiting so it is re-delivered",
+                        settings.restart_backoff_s)
 
     if health is not None:
         @app.timer(1.0)
@@ -162,27 +197,31 @@ def watch_pipeline(metrics: PipelineMetrics, health: Health, pipeline: Moderatio
     health.bundle = lambda: None if pipeline.runtime is not None else "no bundle loaded"
 
 
-async def process_isolating_failures(pipeline: ModerationPipeline, records: list[RawRecord]) -> list:
-    """A bug triggered by one record must not stall or crash-loop the stream: retry one by one, then DLQ."""
+async def process_isolating_failures(pipeline: ModerationPipeline, records: list[RawRecord]) -> list[Outcome]:
+    """A bug triggered by one record must not stall or crash-loop the stream: split the failing batch in
+    halves until the record that fails is alone, and dead-letter just that one (log2(n) extra calls)."""
     try:
         return await pipeline.process(records)
-    except Exception:
-        log.exception("batch of %d failed unexpectedly; retrying record by record", len(records))
-    outcomes = []
-    for record in records:
-        try:
-            outcomes.extend(await pipeline.process([record]))
-        except Exception as e:
+    except Exception as e:
+        if len(records) == 1:
+            record = records[0]
             log.exception("record %s/%d@%d failed; dead-lettering it", record.topic, record.partition, record.offset)
-            outcomes.append(Outcome(record, dead_letter=dead_letter(
-                record, ErrorKind.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")))
-    return outcomes
+            return [Outcome(record, dead_letter=dead_letter(
+                record, ErrorKind.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}"))]
+        log.exception("batch of %d failed unexpectedly; bisecting it", len(records))
+    half = len(records) // 2
+    return (await process_isolating_failures(pipeline, records[:half])
+            + await process_isolating_failures(pipeline, records[half:]))
 
 
-def abandon(reason: str) -> None:
-    """Exit without committing: the batch's offsets stay where they were and it is consumed again."""
-    log.critical(reason)
+def abandon(reason: str, backoff_s: float) -> None:
+    """Exit without committing: the batch's offsets stay where they were and it is consumed again.
+
+    The pause first (the event loop is blocked, so nothing commits meanwhile) keeps a supervisor that
+    restarts at once from turning a broker or Redis outage into a hot restart loop."""
+    log.critical(reason, extra={"exit_in_s": backoff_s})
     logging.shutdown()
+    time.sleep(backoff_s)
     os._exit(EXIT_ABANDONED)
 
 
@@ -201,7 +240,19 @@ def build_pipeline(settings: WorkerSettings) -> ModerationPipeline:
         max_image_pixels=settings.max_image_pixels,
         enricher=enrichment.enrich if enrichment and enrichment.stages else None,
         explainer=enrichment.explain if enrichment and enrichment.explainer else None,
+        cache_variant=enrichment_fingerprint(settings),
     )
+
+
+def enrichment_fingerprint(settings: WorkerSettings) -> str:
+    """Enrichment that can change scores (OCR text for memes posted without any) keys its own cache entries;
+    the explainer only annotates, so it is left out."""
+    stages = sorted(s for s in settings.enrich_stages if s != "explainer")
+    if not stages:
+        return ""
+    options = settings.enrich_options_file.read_bytes() if settings.enrich_options_file is not None else b""
+    digest = hashlib.sha256(json.dumps(stages).encode() + b"\0" + options).hexdigest()
+    return f"enrich-{digest[:8]}"
 
 
 def build_enrichment(settings: WorkerSettings) -> EnrichmentPipeline | None:
@@ -222,9 +273,11 @@ def build_enrichment(settings: WorkerSettings) -> EnrichmentPipeline | None:
 def run_worker(settings: WorkerSettings) -> None:
     """Blocks until SIGTERM/SIGINT. Un-acknowledged events of an interrupted batch are re-delivered."""
     configure_logging(settings.log_format, settings.log_level)
+    if settings.ready_file is not None:  # a restarted container is not ready until it consumes again
+        settings.ready_file.unlink(missing_ok=True)
     wait_for_broker(settings.kafka_bootstrap, settings.startup_timeout_s)
-    ensure_topics(settings.kafka_bootstrap, [settings.input_topic, settings.output_topic, settings.dlq_topic],
-                  settings.topic_partitions)
+    prepare_topics(settings, [settings.input_topic, settings.output_topic, settings.dlq_topic]
+                   + ([settings.explanations_topic] if "explainer" in settings.enrich_stages else []))
     metrics, health = start_ops_server(settings)
     pipeline = build_pipeline(settings)
     watch_pipeline(metrics, health, pipeline)
@@ -235,10 +288,22 @@ def run_worker(settings: WorkerSettings) -> None:
         watcher = BundleWatcher(settings.bundle_path, settings.providers, current=pipeline.runtime,
                                 intra_op_threads=settings.intra_op_threads, max_batch=settings.max_batch,
                                 poll_interval_s=settings.bundle_poll_s).start()
-        ensure_topics(settings.kafka_bootstrap, [settings.control_topic], 1)
+        prepare_topics(settings, [settings.control_topic], partitions=1)
         ControlListener(settings.kafka_bootstrap, settings.control_topic,
                         lambda c: watcher.request_reload(c.bundle_path)).start()
-    app = create_app(settings, pipeline, watcher, metrics, health)
+    breaker = (CrashLoopBreaker(settings.redis_url, settings.group_id, settings.redis_timeout_s,
+                                settings.redis_retry_after_s) if settings.crash_loop_breaker else None)
+    if breaker is not None:
+        metrics.watch_counts("memeguard_crash_loop_breaker", "Suspect batches, poison records, Redis errors.", "event",
+                             lambda: dict(breaker.counts))
+    if settings.processing_guarantee == "exactly_once":  # Faust cannot: see consumer/transactional.py
+        from consumer.transactional import run_transactional
+
+        run_transactional(settings, pipeline, watcher, metrics, health, breaker)
+        return
+    app = create_app(settings, pipeline, watcher, metrics, health, breaker)
+    metrics.watch_counts("memeguard_publish", "Outputs published, last-resort dead letters, bookkeeping errors.",
+                         "result", lambda: dict(app.memeguard_publisher.counts))
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), redirect_stdouts=False,
                           logging_config=logging_config(settings.log_format, settings.log_level))
     worker.execute_from_commandline()

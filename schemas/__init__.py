@@ -2,6 +2,7 @@
 
 from schemas.dead_letter import DeadLetter, ErrorKind, Origin
 from schemas.events import MemeEvent
+from schemas.explanation import VerdictExplanation
 from schemas.manifest import BundleManifest, FileDigest, ImagePreprocessing, InputSpec, TextPreprocessing
 from schemas.techniques import TECHNIQUE_DESCRIPTIONS, TECHNIQUES, Technique
 from schemas.verdict import Decision, ModelInfo, TechniqueScore, Verdict
@@ -25,4 +26,5 @@ __all__ = [
     "TechniqueScore",
     "TextPreprocessing",
     "Verdict",
+    "VerdictExplanation",
 ]

@@ -6,6 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from schemas.text_safety import MAX_ID_CHARS, MAX_MESSAGE_CHARS, safe_text
 from schemas.version import SCHEMA_VERSION
 
 
@@ -21,6 +22,7 @@ class ErrorKind(StrEnum):
     FETCH_FAILED = "fetch_failed"
     INFERENCE_FAILED = "inference_failed"
     PUBLISH_FAILED = "publish_failed"
+    POISON_RECORD = "poison_record"  # the worker exited twice while processing this record (crash-loop breaker)
     INTERNAL_ERROR = "internal_error"
 
 
@@ -51,6 +53,18 @@ class DeadLetter(BaseModel):
     original_sha256: str | None = None
     attempts: int = 1
     failed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("event_id", mode="after")
+    @classmethod
+    def _safe_id(cls, v: str | None) -> str | None:
+        return None if v is None else safe_text(v, MAX_ID_CHARS)
+
+    @field_validator("message", mode="after")
+    @classmethod
+    def _safe_message(cls, v: str) -> str:
+        # Messages quote input (URLs, field names, exception text): they must never make a dead letter
+        # unpublishable.
+        return safe_text(v, MAX_MESSAGE_CHARS)
 
     @field_serializer("original_key", "original_value", when_used="json")
     def _b64(self, v: bytes | None) -> str | None:

@@ -5,10 +5,12 @@ from pathlib import Path
 
 from schemas.dead_letter import DeadLetter
 from schemas.events import MemeEvent
+from schemas.explanation import VerdictExplanation
 from schemas.manifest import BundleManifest
 from schemas.verdict import Verdict
 
-CONTRACTS = {"meme_event": MemeEvent, "verdict": Verdict, "dead_letter": DeadLetter, "bundle_manifest": BundleManifest}
+CONTRACTS = {"meme_event": MemeEvent, "verdict": Verdict, "dead_letter": DeadLetter,
+             "verdict_explanation": VerdictExplanation, "bundle_manifest": BundleManifest}
 
 
 def export_json_schemas(out_dir: Path) -> list[Path]:

@@ -52,7 +52,8 @@ class Verdict(BaseModel):
     cached: bool = False
     explanation: str | None = None
     enrichment: Enrichment | None = None
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC), description="When this verdict was made.")
+    event_created_at: datetime | None = Field(default=None, description="The event's own created_at (UTC).")
 
     @property
     def flagged(self) -> list[TechniqueScore]:

@@ -41,6 +41,6 @@ def test_schemas_export_writes_json_schema_for_every_contract(tmp_path):
     assert main(["schemas", "export", str(tmp_path)]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["bundle_manifest.schema.json", "dead_letter.schema.json", "meme_event.schema.json",
-                     "verdict.schema.json"]
+                     "verdict.schema.json", "verdict_explanation.schema.json"]
     verdict = json.loads((tmp_path / "verdict.schema.json").read_text())
     assert {"schema_version", "techniques", "decision", "cached", "harmful_score"} <= set(verdict["properties"])

@@ -30,7 +30,7 @@ from consumer.errors import ConfigError
 from consumer.kafka_config import client_config
 from consumer.ops_http import Health, OpsServer, broker_probe, redis_probe
 from consumer.settings import AlertSettings
-from consumer.topics import ensure_topics, wait_for_broker
+from consumer.topics import prepare_topics, wait_for_broker
 from schemas import Verdict
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class Alerter:
     async def run(self, stop: threading.Event | None = None, exit_when_idle_s: float | None = None) -> None:
         stop = stop or threading.Event()
         wait_for_broker(self.s.kafka_bootstrap, self.s.startup_timeout_s)
-        ensure_topics(self.s.kafka_bootstrap, [self.s.alerts_topic, self.s.alerts_dlq_topic], self.s.topic_partitions)
+        prepare_topics(self.s, [self.s.alerts_topic, self.s.alerts_dlq_topic])
         self._assign()
         server = None
         if self.s.metrics_port:

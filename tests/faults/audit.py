@@ -139,9 +139,17 @@ def audit(scenario: str, records: RecordSet, outputs: list[Output], allow_duplic
                   sum(v != VERDICT for v in records.expected.values()), len(outputs), duplicates)
 
 
+SCENARIO_STARTED = [time.monotonic()]  # reset per test by tests/conftest.py, for each scenario's wall_s
+
+
 def report(counts: Counts) -> None:
-    """Print the counts and, when MEMEGUARD_FAULTS_REPORT names a file, append them to it."""
-    line = json.dumps(asdict(counts), sort_keys=True)
+    """Print the counts and, when MEMEGUARD_FAULTS_REPORT names a file, append them to it. `lost` and
+    `unknown_ids` are 0 by construction: audit() fails the scenario on any lost or unknown id."""
+    row = asdict(counts)
+    row.update(guarantee=counts.extra.pop("guarantee", "at_least_once"), lost=counts.extra.pop("lost", 0),
+               unknown_ids=0, wall_s=round(time.monotonic() - SCENARIO_STARTED[0], 1))
+    row["extra"] = counts.extra
+    line = json.dumps(row, sort_keys=True)
     print(f"\nfaults: {line}")
     target = os.environ.get(REPORT_ENV)
     if target:

@@ -1,0 +1,125 @@
+"""Crash-loop breaker: a safety net for bugs nobody found yet.
+
+A record that kills the process (a native crash, an OOM kill, a bug that escapes every handler) is
+re-delivered after the restart and would kill it again, forever. Before a batch is processed each of its
+records gets an attempt count in Redis, cleared once the batch's outputs are acknowledged. A count left
+over from an earlier attempt means the process died with that record in flight: the batch is then
+processed one record at a time, each with its own count, and a record that was in flight alone when the
+process died is dead-lettered as `poison_record` instead of being processed a third time.
+
+State lives in Redis (shared by the consumer group, so it survives a partition moving to another member):
+one hash per input partition, fields `b<offset>` (attempts in a batch) and `i<offset>` (attempts alone).
+Without Redis the breaker is off (counted, logged once) and processing goes on.
+"""
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from consumer.pipeline import RawRecord
+from schemas.text_safety import safe_text
+
+log = logging.getLogger(__name__)
+
+STATE_TTL_S = 7 * 24 * 3600
+
+
+class CrashLoopBreaker:
+    def __init__(self, url: str, group: str, timeout_s: float, retry_after_s: float) -> None:
+        self.group = group
+        self.retry_after_s = retry_after_s
+        self.counts: Counter[str] = Counter()
+        self._down_until = 0.0
+        self._client = (aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                          retry_on_timeout=False) if url else None)
+
+    def _key(self, r: RawRecord) -> str:
+        # The {…} hash tag keeps a partition's state in one Redis Cluster slot.
+        return f"memeguard:attempts:{{{self.group}:{r.topic}:{r.partition}}}"
+
+    @property
+    def available(self) -> bool:
+        return self._client is not None and time.monotonic() >= self._down_until
+
+    def _outage(self, e: Exception) -> None:
+        self.counts["errors"] += 1
+        if time.monotonic() >= self._down_until:
+            log.warning("crash-loop breaker off for %.1fs: redis failed (%s)", self.retry_after_s, e)
+        self._down_until = time.monotonic() + self.retry_after_s
+
+    async def _incr(self, records: Iterable[RawRecord], prefix: str) -> list[int] | None:
+        records = list(records)
+        if not records or not self.available:
+            return None
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for r in records:
+                    pipe.hincrby(self._key(r), f"{prefix}{r.offset}", 1)
+                for key in {self._key(r) for r in records}:
+                    pipe.expire(key, STATE_TTL_S)
+                replies = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as e:
+            self._outage(e)
+            return None
+        return [int(n) for n in replies[: len(records)]]
+
+    async def begin_batch(self, records: list[RawRecord]) -> bool:
+        """True when a record of this batch was in flight in an attempt that never finished."""
+        attempts = await self._incr(records, "b")
+        suspect = attempts is not None and max(attempts) > 1
+        if suspect:
+            self.counts["suspect_batches"] += 1
+            log.warning("a record of this batch was in flight when a worker died; processing it one by one",
+                        extra={"records": len(records)})
+        return suspect
+
+    async def begin_alone(self, record: RawRecord) -> str | None:
+        """The poison message when this record already killed the process while in flight alone."""
+        attempts = await self._incr([record], "i")
+        if not attempts or attempts[0] < 2:
+            return None
+        self.counts["poison_records"] += 1
+        error = await self._last_error(record)
+        return ("the worker exited twice while processing this record; it is dead-lettered instead of being "
+                "processed again" + (f" (last error: {error})" if error else " (killed or crashed: no error recorded)"))
+
+    async def _last_error(self, record: RawRecord) -> str | None:
+        try:
+            raw = await self._client.hget(self._key(record), f"e{record.offset}")
+        except (RedisError, OSError, TimeoutError) as e:
+            self._outage(e)
+            return None
+        return raw.decode("utf-8", "replace") if raw else None
+
+    async def record_error(self, records: list[RawRecord], error: BaseException) -> None:
+        """Called before an exit on an error: the text goes into a later `poison_record` dead letter."""
+        if not records or not self.available:
+            return
+        text = safe_text(f"{type(error).__name__}: {error}", 500)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for r in records:
+                    pipe.hset(self._key(r), f"e{r.offset}", text)
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as e:
+            self._outage(e)
+
+    async def finish(self, records: list[RawRecord]) -> None:
+        """The records' outputs are acknowledged: forget their attempts."""
+        if not records or not self.available:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for r in records:
+                    pipe.hdel(self._key(r), f"b{r.offset}", f"i{r.offset}", f"e{r.offset}")
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as e:
+            self._outage(e)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
