@@ -21,6 +21,27 @@ def truncated(dl: DeadLetter) -> DeadLetter:
 
 log = logging.getLogger(__name__)
 
+# Kafka's authorization error codes (topic, group, cluster, transactional id): a refusal of that kind is
+# about the worker's credentials, not about the record, so it must stop the batch, not dead-letter it.
+AUTHORIZATION_ERROR_CODES = frozenset({29, 30, 31, 53})
+
+
+class PublishRefused(Exception):
+    """The broker refuses this worker's writes: the batch stays uncommitted and the worker exits."""
+
+
+def is_authorization_error(error: BaseException | None) -> bool:
+    """aiokafka's errors carry `errno`, confluent-kafka's a KafkaError; Faust wraps the first in
+    ProducerSendError (`raise ... from exc`), so the cause is looked at too."""
+    while error is not None:
+        code = getattr(error, "errno", None)
+        if code is None and error.args and hasattr(error.args[0], "code"):
+            code = error.args[0].code()
+        if code in AUTHORIZATION_ERROR_CODES:
+            return True
+        error = error.__cause__
+    return False
+
 
 class OutcomePublisher:
     """Verdicts keyed by post id to the output topic; dead letters keyed by the original key to the DLQ.
@@ -81,6 +102,9 @@ class OutcomePublisher:
             if error is None:
                 self.counts["verdicts" if outcome.verdict is not None else "dead_letters"] += 1
                 continue
+            if is_authorization_error(error):
+                raise PublishRefused(f"the broker refuses this worker's writes ({type(error).__name__}: {error}); "
+                                     "check the ACLs of the output and dead-letter topics") from error
             if outcome.verdict is not None:
                 log.warning("publishing verdict %s failed: %s; dead-lettering it", outcome.verdict.event_id, error)
                 dl = dead_letter(outcome.record, ErrorKind.PUBLISH_FAILED,

@@ -1,8 +1,9 @@
 """Kafka TLS/SASL and Redis AUTH/TLS settings reach the clients that use them.
 
-No broker here speaks SASL or TLS (Tansu does not), so the Kafka side is shown where librdkafka and Faust
-take the settings: librdkafka validates security properties when a client is created, and the Faust app
-carries them as its broker credentials. Redis AUTH is shown against a real password-protected redis-server.
+Here the Kafka side is shown where librdkafka and Faust take the settings (librdkafka validates security
+properties when a client is created; the Faust app carries them as its broker credentials); the end-to-end
+runs against a real SASL/SCRAM and mutual-TLS Apache Kafka are in tests/test_kafka_security.py. Redis AUTH
+is shown against a real password-protected redis-server.
 """
 
 import asyncio
