@@ -1,7 +1,7 @@
 """Shared pieces of the streaming benchmarks: machine facts, the bundle, a dev stack, worker runs, results.
 
-A worker run is the real thing: `python -m consumer.cli worker` against an embedded Tansu broker and
-redis-server on loopback, fed real memes (file:// references to the shipped SemEval images).
+A worker run is the real thing: `python -m consumer.cli worker` against the embedded broker (Apache Kafka;
+MEMEGUARD_DEV_BROKER=tansu for Tansu) and redis-server on loopback, fed real memes (file:// references to the shipped SemEval images).
 """
 
 import json
