@@ -1,10 +1,12 @@
 """Redis verdict cache keyed by model version + content hash. An outage degrades to no cache, never blocks."""
 
 import logging
+import time
+from collections import Counter
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from consumer.redis_guard import GuardedRedis
 from schemas import Verdict
 
 log = logging.getLogger(__name__)
@@ -15,14 +17,29 @@ def cache_key(model_version: str, content_hash: str, variant: str = "") -> str:
     return f"verdict:{model_version}{'~' + variant if variant else ''}:{content_hash}"
 
 
-class VerdictCache(GuardedRedis):
+class VerdictCache:
     """`get_many` / `put_many` swallow Redis failures: they count them and skip Redis for a cool-down."""
 
-    when_down = "serving without cache"
-
     def __init__(self, url: str, ttl_s: int, timeout_s: float, retry_after_s: float) -> None:
-        super().__init__(url, timeout_s, retry_after_s)
         self.ttl_s = ttl_s
+        self.retry_after_s = retry_after_s
+        self.counts: Counter[str] = Counter()
+        self._down_until = 0.0
+        self._client = (
+            aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                              retry_on_timeout=False, health_check_interval=0)
+            if url else None
+        )
+
+    @property
+    def available(self) -> bool:
+        return self._client is not None and time.monotonic() >= self._down_until
+
+    def _outage(self, op: str, e: Exception) -> None:
+        self.counts["errors"] += 1
+        if time.monotonic() >= self._down_until:
+            log.warning("redis %s failed (%s); serving without cache for %.1fs", op, e, self.retry_after_s)
+        self._down_until = time.monotonic() + self.retry_after_s
 
     async def get_many(self, keys: list[str]) -> list[Verdict | None]:
         if not keys or not self.available:
@@ -60,3 +77,7 @@ class VerdictCache(GuardedRedis):
         except Exception:  # noqa: BLE001 (a cache write must never fail a batch, whatever went wrong)
             self.counts["errors"] += 1
             log.exception("storing %d verdicts in the cache failed", len(items))
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()

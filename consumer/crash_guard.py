@@ -13,12 +13,14 @@ Without Redis the breaker is off (counted, logged once) and processing goes on.
 """
 
 import logging
+import time
+from collections import Counter
 from collections.abc import Iterable
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from consumer.pipeline import RawRecord
-from consumer.redis_guard import GuardedRedis
 from schemas.text_safety import safe_text
 
 log = logging.getLogger(__name__)
@@ -26,16 +28,28 @@ log = logging.getLogger(__name__)
 STATE_TTL_S = 7 * 24 * 3600
 
 
-class CrashLoopBreaker(GuardedRedis):
-    when_down = "crash-loop breaker off"
-
+class CrashLoopBreaker:
     def __init__(self, url: str, group: str, timeout_s: float, retry_after_s: float) -> None:
-        super().__init__(url, timeout_s, retry_after_s)
         self.group = group
+        self.retry_after_s = retry_after_s
+        self.counts: Counter[str] = Counter()
+        self._down_until = 0.0
+        self._client = (aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                          retry_on_timeout=False) if url else None)
 
     def _key(self, r: RawRecord) -> str:
         # The {…} hash tag keeps a partition's state in one Redis Cluster slot.
         return f"memeguard:attempts:{{{self.group}:{r.topic}:{r.partition}}}"
+
+    @property
+    def available(self) -> bool:
+        return self._client is not None and time.monotonic() >= self._down_until
+
+    def _outage(self, e: Exception) -> None:
+        self.counts["errors"] += 1
+        if time.monotonic() >= self._down_until:
+            log.warning("crash-loop breaker off for %.1fs: redis failed (%s)", self.retry_after_s, e)
+        self._down_until = time.monotonic() + self.retry_after_s
 
     async def _incr(self, records: Iterable[RawRecord], prefix: str) -> list[int] | None:
         records = list(records)
@@ -49,7 +63,7 @@ class CrashLoopBreaker(GuardedRedis):
                     pipe.expire(key, STATE_TTL_S)
                 replies = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as e:
-            self._outage("attempt count", e)
+            self._outage(e)
             return None
         return [int(n) for n in replies[: len(records)]]
 
@@ -77,7 +91,7 @@ class CrashLoopBreaker(GuardedRedis):
         try:
             raw = await self._client.hget(self._key(record), f"e{record.offset}")
         except (RedisError, OSError, TimeoutError) as e:
-            self._outage("attempt count", e)
+            self._outage(e)
             return None
         return raw.decode("utf-8", "replace") if raw else None
 
@@ -92,7 +106,7 @@ class CrashLoopBreaker(GuardedRedis):
                     pipe.hset(self._key(r), f"e{r.offset}", text)
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as e:
-            self._outage("attempt count", e)
+            self._outage(e)
 
     async def finish(self, records: list[RawRecord]) -> None:
         """The records' outputs are acknowledged: forget their attempts."""
@@ -104,4 +118,8 @@ class CrashLoopBreaker(GuardedRedis):
                     pipe.hdel(self._key(r), f"b{r.offset}", f"i{r.offset}", f"e{r.offset}")
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as e:
-            self._outage("attempt count", e)
+            self._outage(e)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()

@@ -21,6 +21,7 @@ from consumer.cache import VerdictCache, cache_key
 from consumer.errors import InputError
 from consumer.fetch import ImageFetcher
 from consumer.hashing import content_hash
+from consumer.images import decode_image
 from consumer.policy import DecisionPolicy
 from consumer.runtime import BundleRuntime
 from schemas import DeadLetter, ErrorKind, MemeEvent, Origin, TechniqueScore, Verdict
@@ -69,17 +70,14 @@ def dead_letter(record: RawRecord, kind: ErrorKind, message: str, event_id: str 
     )
 
 
-def _event_id_of(payload: object) -> str | None:
-    event_id = payload.get("event_id") if isinstance(payload, dict) else None
-    return event_id if isinstance(event_id, str) else None
-
-
 def peek_event_id(record: RawRecord) -> str | None:
     """The record's event_id if it is a JSON object carrying a string one; for dead letters that skip parsing."""
     try:
-        return _event_id_of(json.loads(record.value) if record.value else None)
+        payload = json.loads(record.value) if record.value else None
     except (ValueError, RecursionError):
         return None
+    event_id = payload.get("event_id") if isinstance(payload, dict) else None
+    return event_id if isinstance(event_id, str) else None
 
 
 def last_resort_dead_letter(record: RawRecord, kind: ErrorKind, error: Exception) -> DeadLetter:
@@ -137,8 +135,10 @@ class ModerationPipeline:
         except RecursionError:
             return self._fail(item, ErrorKind.SCHEMA_VIOLATION, "event is nested too deeply to validate")
         except ValidationError as e:
+            event_id = payload.get("event_id") if isinstance(payload, dict) else None
             item.outcome = Outcome(item.record, dead_letter=dead_letter(
-                item.record, ErrorKind.SCHEMA_VIOLATION, _schema_message(e), _event_id_of(payload)))
+                item.record, ErrorKind.SCHEMA_VIOLATION, _schema_message(e),
+                event_id if isinstance(event_id, str) else None))
 
     async def _fetch(self, item: _Item) -> None:
         try:
@@ -151,12 +151,21 @@ class ModerationPipeline:
         `batch_pixel_budget` decoded pixels at once (a batch over the budget decodes in waves; nothing is
         dropped for it). Images are decoded downscaled to what their readers need (consumer.images): the
         model's input side, or `enrichment_side` when enrichment or the explainer look at them too."""
-        spec = self.runtime.manifest.image
-        decoder = self.fetcher.decoder
+        spec = getattr(getattr(self.runtime, "manifest", None), "image", None)
+        decoder = getattr(self.fetcher, "decoder", None)
         target = spec.size if spec is not None else None
         if self.enricher is not None or self.explainer is not None:
-            target = max(target or 0, decoder.policy.enrichment_side)
-        results = await decoder.decode_many([i.image_bytes for i in items], self.max_image_pixels, target)
+            target = max(target or 0, decoder.policy.enrichment_side) if decoder is not None else None
+        if decoder is not None:
+            results = await decoder.decode_many([i.image_bytes for i in items], self.max_image_pixels, target)
+        else:  # a fetcher without a decoder: one image at a time
+            results = []
+            for i in items:
+                try:
+                    results.append(await asyncio.to_thread(decode_image, i.image_bytes, self.max_image_pixels,
+                                                           target=target))
+                except InputError as e:
+                    results.append(e)
         for item, result in zip(items, results, strict=True):
             if isinstance(result, InputError):
                 self._fail(item, result.kind, str(result))
