@@ -216,3 +216,34 @@ def test_a_restarted_worker_removes_its_stale_ready_file_before_anything_else(tm
     proc = subprocess.run([sys.executable, "-m", "consumer.cli", "worker"], env=env, capture_output=True, timeout=60)
     assert proc.returncode == 2 and b"unreachable" in proc.stdout + proc.stderr
     assert not ready.exists()
+
+
+def test_png_with_a_text_chunk_that_inflates_to_200_mb_is_undecodable_not_an_oom(pipeline) -> None:
+    import base64
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, "PNG")
+    png = buf.getvalue()
+    bomb = png[:33] + chunk(b"zTXt", b"comment\x00\x00" + zlib.compress(b"A" * 200_000_000, 9)) + png[33:]
+    doc = valid_event("ev-ztxt", None) | {"image_b64": base64.b64encode(bomb).decode()}
+    _, verdicts, dlq = run(pipeline, records(json.dumps(doc).encode()))
+    [dl] = dead_letters(dlq)
+    assert dl.error_kind == ErrorKind.IMAGE_UNDECODABLE and not verdicts.messages
+
+
+def test_symlink_under_the_root_pointing_outside_is_forbidden(pipeline, root: Path) -> None:
+    link = root / "escape.png"
+    link.unlink(missing_ok=True)
+    link.symlink_to("/etc/passwd")
+    doc = valid_event("ev-link", link.as_uri())
+    _, _, dlq = run(pipeline, records(json.dumps(doc).encode()))
+    [dl] = dead_letters(dlq)
+    assert dl.error_kind == ErrorKind.FORBIDDEN_URL and "outside the allowed root" in dl.message
