@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml scripts/install.sh scripts/install_kafka.sh ops/kafka/pom.xml
+$(VENV)/.installed: pyproject.toml uv.lock scripts/install.sh scripts/install_kafka.sh scripts/install_mpnet.sh ops/kafka/pom.xml
 	bash scripts/install.sh
 
 install: $(VENV)/.installed  ## install redis-server and the Python environment (.venv)
@@ -17,7 +17,10 @@ demo: install  ## end to end: embedded broker + redis, default bundle, 63 real m
 browser:  ## Debian chromium + chromium-driver, for the review page's browser test
 	bash scripts/install_browser.sh
 
-test: install browser  ## the whole test suite (real broker, real redis, real worker processes)
+helm:  ## the pinned Helm (built from its Go module), for the chart test
+	bash scripts/install_helm.sh
+
+test: install browser helm  ## the whole test suite (real broker, real redis, real worker processes)
 	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
@@ -30,4 +33,4 @@ bundle: install  ## train the offline default model and export its bundle
 down:  ## stop the embedded broker and redis
 	$(VENV)/bin/memeguard dev down
 
-.PHONY: help install browser demo test lint bundle down
+.PHONY: help install browser helm demo test lint bundle down

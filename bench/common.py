@@ -1,7 +1,8 @@
 """Shared pieces of the streaming benchmarks: machine facts, the bundle, a dev stack, worker runs, results.
 
 A worker run is the real thing: `python -m consumer.cli worker` against the embedded broker (Apache Kafka;
-MEMEGUARD_DEV_BROKER=tansu for Tansu) and redis-server on loopback, fed real memes (file:// references to the shipped SemEval images).
+MEMEGUARD_DEV_BROKER=tansu for Tansu) and redis-server on loopback, fed real memes (file:// references to the
+shipped SemEval images).
 """
 
 import json
@@ -69,7 +70,9 @@ def flush_cache(stack: DevStack) -> None:
     redis.Redis.from_url(stack.redis_url).flushall()
 
 
-def start_worker(stack: DevStack, bundle_path: Path, topics: Topics, workdir: Path, **env: str) -> WorkerProcess:
+def start_worker(stack: DevStack, bundle_path: Path, topics: Topics, workdir: Path, argv: list[str] | None = None,
+                 **env: str) -> WorkerProcess:
+    """`argv`: after the interpreter, e.g. `["-m", "consumer.cli", "worker", "--processes", "2"]`."""
     workdir.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:6]
     full = {**os.environ, "HF_HUB_OFFLINE": "1",
@@ -81,6 +84,8 @@ def start_worker(stack: DevStack, bundle_path: Path, topics: Topics, workdir: Pa
             "MEMEGUARD_READY_FILE": str(workdir / f"{tag}.ready"), "MEMEGUARD_LOG_LEVEL": "warning",
             "F_DATADIR": str(workdir / f"faust-{tag}"), **env}
     worker = WorkerProcess(env=full, log_path=workdir / f"{tag}.log", ready_file=workdir / f"{tag}.ready")
+    if argv is not None:
+        worker.argv = argv
     return worker.start(timeout_s=180)
 
 

@@ -50,7 +50,11 @@ class ModelBundle:
     def fingerprint(self) -> str:
         """sha256 of the manifest, which holds every file's sha256, the thresholds and the labels:
         any change to what the bundle computes changes it."""
-        return hashlib.sha256(self.manifest.model_dump_json().encode()).hexdigest()
+        m = self.manifest
+        # `calibration` (added later) is left out while empty, so a bundle's fingerprint (and its cache keys)
+        # stays what it was before the field existed.
+        unset = {"calibration"} if m.calibration is None else set()
+        return hashlib.sha256(m.model_dump_json(exclude=unset).encode()).hexdigest()
 
     @classmethod
     def load(cls, path: Path | str, verify: bool = True) -> "ModelBundle":

@@ -4,12 +4,14 @@ import logging
 import time
 from collections import Counter
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
 
+from consumer.redis_client import REDIS_ERRORS, async_client
 from schemas import Verdict
 
 log = logging.getLogger(__name__)
+
+PARSED_ENTRIES = 4096  # ~2 KB each: a few MiB of parsed verdicts kept for repeated hits
 
 
 def cache_key(model_version: str, content_hash: str, variant: str = "") -> str:
@@ -25,11 +27,10 @@ class VerdictCache:
         self.retry_after_s = retry_after_s
         self.counts: Counter[str] = Counter()
         self._down_until = 0.0
-        self._client = (
-            aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                              retry_on_timeout=False, health_check_interval=0)
-            if url else None
-        )
+        self._parsed: dict[bytes, Verdict] = {}  # raw entry -> parsed verdict, bounded (PARSED_ENTRIES)
+        # A Redis Cluster URL gives a cluster client. Verdict keys carry no shared hash tag on purpose: one tag would
+        # put the whole cache on one master; MGET is split per slot (no atomicity needed), pipelines per node.
+        self._client = async_client(url, timeout_s, retry_on_timeout=False, health_check_interval=0) if url else None
 
     @property
     def available(self) -> bool:
@@ -47,20 +48,30 @@ class VerdictCache:
                 self.counts["skipped"] += len(keys)
             return [None] * len(keys)
         try:
-            raw = await self._client.mget(keys)
-        except (RedisError, OSError, TimeoutError) as e:
+            raw = await (self._client.mget_nonatomic(keys) if isinstance(self._client, RedisCluster)
+                         else self._client.mget(keys))
+        except REDIS_ERRORS as e:
             self._outage("MGET", e)
             return [None] * len(keys)
-        found = []
-        for value in raw:
-            try:
-                found.append(Verdict.model_validate_json(value) if value is not None else None)
-            except ValueError:  # an entry written by an incompatible version is a miss, not an error
-                found.append(None)
+        found = [self._parse(value) if value is not None else None for value in raw]
         hits = sum(v is not None for v in found)
         self.counts["hits"] += hits
         self.counts["misses"] += len(found) - hits
         return found
+
+    def _parse(self, value: bytes) -> Verdict | None:
+        """Popular memes come back from Redis as the same bytes again and again: each distinct entry is
+        validated once (Verdict is frozen, so the parsed object can be shared), not once per hit."""
+        verdict = self._parsed.get(value)
+        if verdict is None:
+            try:
+                verdict = Verdict.model_validate_json(value)
+            except ValueError:  # an entry written by an incompatible version is a miss, not an error
+                return None
+            if len(self._parsed) >= PARSED_ENTRIES:
+                del self._parsed[next(iter(self._parsed))]  # the oldest goes first
+            self._parsed[value] = verdict
+        return verdict
 
     async def put_many(self, items: dict[str, Verdict]) -> None:
         if not items or not self.available:
@@ -72,7 +83,7 @@ class VerdictCache:
                     pipe.set(key, verdict.model_dump_json(), nx=True, ex=self.ttl_s)
                 await pipe.execute()
             self.counts["stored"] += len(items)
-        except (RedisError, OSError, TimeoutError) as e:
+        except REDIS_ERRORS as e:
             self._outage("SET", e)
         except Exception:  # noqa: BLE001 (a cache write must never fail a batch, whatever went wrong)
             self.counts["errors"] += 1

@@ -1,5 +1,6 @@
-"""The `memeguard` command. Training and export run in their own modules (`python -m models.cli`,
-`python -m exporters.cli`) so the serving side never imports torch."""
+"""The `memeguard` command: moderation worker, tools around it, and (in the training environment) training
+and export. Training and export run in their own modules (models.cli, exporters.cli, in a child process) so the
+serving side never imports torch."""
 
 import argparse
 import subprocess
@@ -21,6 +22,12 @@ TRAINING_COMMANDS = {
     "export": ("exporters.cli", "export"),
     "bundle": ("exporters.cli", "build-default"),
 }
+TRAINING_HELP = {
+    "train": "train a model config: memeguard train CONFIG",
+    "evaluate-run": "evaluate a training run: memeguard evaluate-run RUN",
+    "export": "export a run to a bundle: memeguard export RUN --out BUNDLE",
+    "bundle": "train and export the default bundle: memeguard bundle --out BUNDLE",
+}
 
 
 def _forward(module: str, command: str, rest: list[str]) -> int:
@@ -29,8 +36,10 @@ def _forward(module: str, command: str, rest: list[str]) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from consumer.settings import WorkerSettings
-    from consumer.worker import run_worker
+    from consumer.worker import run_worker, run_worker_processes
 
+    if args.processes > 1:
+        return run_worker_processes(args.processes, args.cuda_devices.split(",") if args.cuda_devices else None)
     run_worker(WorkerSettings())
     return 0
 
@@ -55,7 +64,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from consumer import paths
-    from consumer.produce import new_run_id, produce_events, read_folder, read_semeval, to_events
+    from consumer.produce import check_images, new_run_id, produce_events, read_folder, read_semeval, to_events
     from consumer.settings import KafkaSettings
 
     s = KafkaSettings()
@@ -64,9 +73,14 @@ def cmd_produce(args: argparse.Namespace) -> int:
     else:
         sources = read_semeval(Path(args.data or paths.semeval_dir() / "dev.json"),
                                Path(args.images) if args.images else None)
-    events = list(to_events(sources[: args.limit], args.run_id or new_run_id(), args.inline, args.labels))
+    sources = sources[: args.limit]
+    check_images(sources)
+    events = list(to_events(sources, args.run_id or new_run_id(), args.inline, args.labels))
     n = produce_events(s.kafka_bootstrap, args.topic or s.input_topic, events, rate=args.rate)
     print(f"{n} events acknowledged by {s.kafka_bootstrap}")
+    if n == 0:  # a script chaining `produce && …` must not go on as if memes were sent
+        err.print("[bold red]error:[/] nothing was published (no memes selected)")
+        return 1
     return 0
 
 
@@ -78,10 +92,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from consumer.settings import KafkaSettings
 
     s = KafkaSettings()
-    table = outcome_table(f"{s.output_topic} + {s.dlq_topic}")
+    # --follow: like `tail -f`, from the newest record on, until Ctrl-C (or --max / --deadline).
+    table = outcome_table(f"{s.output_topic} + {s.dlq_topic}" + (" (following)" if args.follow else ""))
     with Live(table, console=Console(), refresh_per_second=4):
         for n, out in enumerate(read_outputs(s.kafka_bootstrap, s.output_topic, s.dlq_topic,
-                                             idle_timeout_s=args.idle, deadline_s=args.deadline), 1):
+                                             idle_timeout_s=None if args.follow else args.idle,
+                                             deadline_s=args.deadline, from_end=args.follow), 1):
             add_outcome(table, out)
             if args.max and n >= args.max:
                 break
@@ -113,6 +129,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for name, r in ([("", doc)] if "a" not in doc else [("A ", doc["a"]), ("B ", doc["b"])]):
         f1 = (f"micro-F1 {r['micro_f1']:.4f}  macro-F1 {r['macro_f1']:.4f}  " if "micro_f1" in r
               else "no labelled events  ")
+        if "in_training_data" in r:
+            f1 += f"in training data: {r['in_training_data']}  "
         print(f"{name}{r['model']}: {r['n_verdicts']} verdicts, {r['n_dead_letters']} dead letters, {f1}"
               f"cache hit rate {r['cache_hit_rate']}")
     if "comparison" in doc:
@@ -168,8 +186,12 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memeguard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("worker", help="run the moderation worker (settings from MEMEGUARD_* variables)").set_defaults(
-        func=cmd_worker)
+    worker = sub.add_parser("worker", help="run the moderation worker (settings from MEMEGUARD_* variables)")
+    worker.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="N consumer-group members on this host, one process (and model session) each")
+    worker.add_argument("--cuda-devices", metavar="0,1",
+                   help="with --processes: CUDA devices handed to the members round-robin (default: all share)")
+    worker.set_defaults(func=cmd_worker)
 
     dev = sub.add_parser("dev", help="embedded broker + redis on loopback")
     dev.add_argument("action", choices=["up", "down", "status"])
@@ -195,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail = sub.add_parser("tail", help="print verdicts and dead letters as a table")
     tail.add_argument("--max", type=int, help="stop after this many")
     tail.add_argument("--idle", type=float, default=5.0, help="stop after this many seconds without news")
+    tail.add_argument("-f", "--follow", action="store_true",
+                      help="only new verdicts from now on, and keep waiting for more (Ctrl-C stops)")
     tail.add_argument("--deadline", type=float, default=3600.0)
     tail.set_defaults(func=cmd_tail)
 
@@ -232,9 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("dir")
     schemas.set_defaults(func=cmd_schemas)
 
-    for name, (module, command) in TRAINING_COMMANDS.items():
-        p = sub.add_parser(name, help=f"(training env) python -m {module} {command} …", add_help=False)
-        p.set_defaults(forward=(module, command))
+    from consumer.learning.cli import register as register_learning
+
+    register_learning(sub)  # dataset, calibrate, shadow, compare, promote (consumer/learning/)
+
+    # Parsed by their own modules (main() hands them the rest of the line); listed here for the help.
+    sub.add_parser("evaluate", add_help=False, help="evaluate a bundle through the serving runtime: "
+                   "memeguard evaluate --bundle B --data FILE.json --images DIR --out DIR")
+    sub.add_parser("hash-password", add_help=False, help="print a scrypt hash for MEMEGUARD_REVIEW_USERS: "
+                   "memeguard hash-password [USER] (password from the terminal or stdin)")
+    for name, what in TRAINING_HELP.items():
+        sub.add_parser(name, add_help=False, help=f"(training environment) {what}")
     return parser
 
 
@@ -246,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         from consumer.evaluate import main as evaluate_main
 
         return evaluate_main(argv[1:])
+    if argv and argv[0] == "hash-password":
+        from consumer.review.auth import main as auth_main
+
+        return auth_main(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -254,8 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ValidationError as e:  # a MEMEGUARD_* setting that does not parse: name it, no traceback
         for problem in e.errors():
-            where = "_".join(str(part) for part in problem["loc"]).upper()
+            names = [str(part) for part in problem["loc"] if isinstance(part, str)]
+            items = [f"item {part + 1}" for part in problem["loc"] if isinstance(part, int)]  # within a list
+            where = "_".join(names).upper()
             message = problem["msg"].removeprefix("Value error, ")
+            if items:
+                message = f"{', '.join(items)}: {message}"
             err.print("[bold red]invalid setting:[/] " + escape(f"MEMEGUARD_{where}: {message}" if where else message))
         return 2
     except KeyboardInterrupt:

@@ -17,10 +17,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from consumer.pipeline import RawRecord
+from consumer.redis_client import REDIS_ERRORS, async_client
 from schemas.text_safety import safe_text
 
 log = logging.getLogger(__name__)
@@ -34,8 +32,8 @@ class CrashLoopBreaker:
         self.retry_after_s = retry_after_s
         self.counts: Counter[str] = Counter()
         self._down_until = 0.0
-        self._client = (aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                          retry_on_timeout=False) if url else None)
+        # a redis+cluster:// URL gives a cluster client (consumer/redis_client.py)
+        self._client = async_client(url, timeout_s, retry_on_timeout=False) if url else None
 
     def _key(self, r: RawRecord) -> str:
         # The {…} hash tag keeps a partition's state in one Redis Cluster slot.
@@ -62,7 +60,7 @@ class CrashLoopBreaker:
                 for key in {self._key(r) for r in records}:
                     pipe.expire(key, STATE_TTL_S)
                 replies = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as e:
+        except REDIS_ERRORS as e:
             self._outage(e)
             return None
         return [int(n) for n in replies[: len(records)]]
@@ -90,7 +88,7 @@ class CrashLoopBreaker:
     async def _last_error(self, record: RawRecord) -> str | None:
         try:
             raw = await self._client.hget(self._key(record), f"e{record.offset}")
-        except (RedisError, OSError, TimeoutError) as e:
+        except REDIS_ERRORS as e:
             self._outage(e)
             return None
         return raw.decode("utf-8", "replace") if raw else None
@@ -105,7 +103,7 @@ class CrashLoopBreaker:
                 for r in records:
                     pipe.hset(self._key(r), f"e{r.offset}", text)
                 await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as e:
+        except REDIS_ERRORS as e:
             self._outage(e)
 
     async def finish(self, records: list[RawRecord]) -> None:
@@ -117,7 +115,7 @@ class CrashLoopBreaker:
                 for r in records:
                     pipe.hdel(self._key(r), f"b{r.offset}", f"i{r.offset}", f"e{r.offset}")
                 await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as e:
+        except REDIS_ERRORS as e:
             self._outage(e)
 
     async def close(self) -> None:

@@ -5,7 +5,8 @@ Two brokers: Apache Kafka (KRaft, the JVM broker from Maven Central that `script
 second, no JVM, data in memory, known deviations listed in docs/operations.md). `memeguard dev up` and the
 pytest fixtures share this code. Each service has a pid file and a log in a state folder; starting is
 idempotent (a live service is reused) and waits until the service answers (Kafka: a metadata request).
-`KafkaCluster` runs three combined broker+controller nodes for failover tests.
+`KafkaCluster` runs three combined broker+controller nodes for failover tests; `RedisCluster` three Redis
+Cluster masters (no replicas) for the cluster client's tests, a master killed and restarted among them.
 """
 
 import base64
@@ -524,3 +525,111 @@ def build_kafka_class_archive(timeout_s: float = 120.0) -> Path:
         shutil.copyfile(dump, partial)
         os.replace(partial, target)
     return target
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisClusterNode(Service):
+    """One `redis-server --cluster-enabled yes` master on loopback. No persistence (as the single dev redis):
+    a killed node comes back with its slots (from its cluster config file) but without its keys."""
+
+    name: str = "redis-cluster1"
+    bus_port: int = 0  # the node-to-node port; 0: Redis's default, `port` + 10000 (so `port` must be ≤ 55535)
+    node_timeout_ms: int = 1000
+
+    def command(self) -> list[str]:
+        return [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.state_dir), "--protected-mode", "yes", "--cluster-enabled", "yes",
+                "--cluster-config-file", f"{self.name}-nodes.conf", "--cluster-port", str(self.bus_port),
+                # a dead master is marked FAIL after 1 s instead of 15 s (failure tests stay short)
+                "--cluster-node-timeout", str(self.node_timeout_ms)]
+
+
+@dataclass(frozen=True)
+class RedisCluster:
+    """Three (or `size`) Redis Cluster masters on loopback, no replicas, the 16384 slots split between them by
+    `redis-cli --cluster create`. Nodes are addressed by index (0…size-1). `url` is the form memeguard's
+    clients take (`redis+cluster://host:port,…`, see consumer/redis_client.py)."""
+
+    nodes: tuple[RedisClusterNode, ...]
+
+    @classmethod
+    def at(cls, state_dir: Path, size: int = 3) -> "RedisCluster":
+        # both ports drawn free: the default bus port (`port` + 10000) may be taken, or above 65535
+        return cls(tuple(RedisClusterNode(name=f"redis-cluster{i + 1}", port=free_port(), bus_port=free_port(),
+                                          state_dir=state_dir) for i in range(size)))
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def cli(self, port: int, *args: str, timeout_s: float = 10.0) -> str:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise ConfigError("redis-cli is not installed: run `apt-get install -y redis-tools` (Debian).")
+        done = subprocess.run([cli, "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout_s)
+        if done.returncode != 0:
+            raise ConfigError(f"redis-cli {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
+        return done.stdout
+
+    def state(self, index: int) -> str:
+        """`cluster_state` as node `index` sees it (`ok`, `fail`), or `down` when it does not answer."""
+        try:
+            info = self.cli(self.nodes[index].port, "cluster", "info", timeout_s=2.0)
+        except (ConfigError, subprocess.TimeoutExpired):
+            return "down"
+        return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("cluster_state:")),
+                    "down")
+
+    def up(self, timeout_s: float = 30.0) -> None:
+        """Start the nodes, create the cluster once (slots assigned), wait until every node says `ok`."""
+        procs = [(n, n.spawn()) for n in self.nodes if not n.running()]
+        for node, proc in procs:
+            node.wait_ready(proc, timeout_s)
+        if self.state(0) != "ok" and "cluster_known_nodes:1\n" in self.cli(self.nodes[0].port, "cluster", "info"):
+            self.cli(self.nodes[0].port, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                     "--cluster-replicas", "0", "--cluster-yes", timeout_s=timeout_s)
+        self.wait_state("ok", timeout_s)
+
+    def wait_state(self, state: str, timeout_s: float = 30.0, indexes: list[int] | None = None) -> None:
+        """Wait until the nodes `indexes` (default: every running node) report `cluster_state:<state>`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wanted = indexes if indexes is not None else [i for i, n in enumerate(self.nodes) if n.running()]
+            seen = {i: self.state(i) for i in wanted}
+            if all(s == state for s in seen.values()):
+                return
+            if time.monotonic() > deadline:
+                raise ConfigError(f"redis cluster states {seen} after {timeout_s:.0f}s, expected {state!r}")
+            time.sleep(0.05)
+
+    def node_for_slot(self, slot: int) -> int:
+        """Index of the master serving `slot`, from any running node's `CLUSTER SLOTS`."""
+        import redis
+
+        for node in self.nodes:
+            if not node.running():
+                continue
+            client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2)
+            try:
+                for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
+                    if start <= slot <= end:
+                        port = int(master[1])
+                        return next(i for i, n in enumerate(self.nodes) if n.port == port)
+            finally:
+                client.close()
+        raise ConfigError(f"no running node knows who serves slot {slot}")
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one master: its slots have no owner until it is started again."""
+        self.nodes[index].stop(sig=signal.SIGKILL)
+
+    def start(self, index: int, timeout_s: float = 30.0) -> None:
+        """Restart a killed master (same port and cluster config: it takes its slots back) and wait until every
+        node says `ok` again (the others clear its FAIL flag about two node timeouts after it answers)."""
+        self.nodes[index].start(timeout_s)
+        self.wait_state("ok", timeout_s)
+
+    def down(self) -> None:
+        for node in self.nodes:
+            node.stop()

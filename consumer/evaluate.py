@@ -10,7 +10,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from consumer.errors import ConfigError, MemeguardError
+from consumer.hashing import content_hash
 from consumer.runtime import BundleRuntime
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,42 @@ def multi_hot(label_lists: Sequence[Sequence[str]], labels: Sequence[str]) -> np
     return out
 
 
+TRAINING_POOL_FILE = "run/training_pool.json"  # written by models/run_dir.save_training_pool, copied by the exporter
+
+
+@dataclass(frozen=True)
+class TrainingPool:
+    """Content hashes (`consumer.hashing.content_hash`) of the memes a bundle's model was fitted on."""
+
+    splits: list[str]
+    hashes: frozenset[str]
+
+    def overlap(self, content_hashes: Iterable[str]) -> dict[str, Any]:
+        """How many of the scored memes the model was trained on: a figure on them measures fit, not
+        generalisation."""
+        scored = list(content_hashes)
+        seen = sum(h in self.hashes for h in scored)
+        answer = "yes" if seen else "no"
+        return {"in_training_data": f"{answer} ({seen} of {len(scored)} memes)", "n_in_training_pool": seen,
+                "n_scored": len(scored), "training_pool_splits": self.splits}
+
+
+def load_training_pool(bundle_root: Path) -> TrainingPool | None:
+    """None for bundles exported before the pool was recorded (or untrained demo bundles)."""
+    path = Path(bundle_root) / TRAINING_POOL_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return TrainingPool(list(doc["splits"]), frozenset(doc["content_hashes"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def training_pool_report(pool: TrainingPool | None, content_hashes: Iterable[str]) -> dict[str, Any]:
+    if pool is None:
+        return {"in_training_data": "unknown (the bundle does not record its training pool)"}
+    return pool.overlap(content_hashes)
+
+
 def load_records(data: Path) -> list[dict[str, Any]]:
     """A JSON list of `{"id","text","image","labels"?}` records, or the same one per line (JSONL)."""
     try:
@@ -104,6 +142,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []
     kept: list[dict[str, Any]] = []
+    hashes: list[str] = []
     flags_all: list[np.ndarray] = []
     bar = tqdm(total=len(records), desc="evaluate", unit="meme", disable=not progress, file=sys.stderr)
     with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
@@ -117,6 +156,7 @@ def evaluate(
                     continue
                 batch.append(r)
                 images.append(image)
+                hashes.append(content_hash((images_dir / str(r["image"])).read_bytes(), r.get("text")))
             if batch:
                 pred = runtime.predict(images, [str(r.get("text") or "") for r in batch])
                 flags = runtime.flags(pred)
@@ -143,6 +183,7 @@ def evaluate(
     gold_lists = [kept[i]["labels"] for i in labelled]
     unknown = sorted({name for names in gold_lists for name in names} - set(labels))
     report = multilabel_report(multi_hot(gold_lists, labels), pred_flags, labels)
+    report.update(training_pool_report(load_training_pool(runtime.bundle.root), [hashes[i] for i in labelled]))
     report.update({
         "n_records": len(records), "n_evaluated": len(labelled), "skipped": skipped,
         "unknown_labels": unknown, "model": runtime.version, "provider": runtime.provider,
@@ -180,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report is not None:
         print(f"micro-F1 {report['micro_f1']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
               f"({report['n_evaluated']} labelled records)  report: {args.out / 'report.json'}")
+        print(f"in training data: {report['in_training_data']}")
     return 0
 
 

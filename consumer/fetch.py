@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import ssl
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,6 +222,44 @@ class ImageFetcher:
         except (binascii.Error, ValueError) as e:
             raise InputError(f"image_b64 is not valid base64: {e}", ErrorKind.IMAGE_UNDECODABLE) from e
 
+    async def fetch_many(self, events: Sequence[MemeEvent]) -> list[bytes | InputError]:
+        """`fetch` for a batch: the image bytes or the InputError of each event, in order. file:// reads run
+        inline, one after the other: a local read of a meme (tens of KB, from the page cache) takes tens of
+        microseconds, while a thread hop per file, or one thread for the batch, cost milliseconds per batch
+        under load (each of the thread's syscalls hands the GIL back and waits to get it again)."""
+        results: list[bytes | InputError | None] = [None] * len(events)
+        files: list[tuple[int, str]] = []
+        others = []
+        for n, event in enumerate(events):
+            url = event.image_url if event.image_b64 is None else None
+            if (url is not None and "file" in self.policy.allowed_schemes and url[:5].lower() == "file:"
+                    and urlsplit(url).scheme.lower() == "file"):
+                files.append((n, url))
+            else:
+                others.append(n)
+
+        async def one(n: int) -> None:
+            try:
+                results[n] = await self.fetch(events[n])
+            except InputError as e:
+                results[n] = e
+
+        for (n, _), result in zip(files, self._read_files([u for _, u in files]), strict=True):
+            results[n] = result
+        await asyncio.gather(*(one(n) for n in others))
+        return results
+
+    def _read_files(self, urls: list[str]) -> list[bytes | InputError]:
+        out: list[bytes | InputError] = []
+        for url in urls:
+            try:
+                out.append(self._from_file(url))
+            except (InputError, MemoryError) as e:
+                out.append(e)
+            except Exception as e:  # as fetch(): whatever a user-written path makes the OS layer raise
+                out.append(InputError(f"fetching the image failed: {type(e).__name__}: {e}", ErrorKind.FETCH_FAILED))
+        return out
+
     def _from_file(self, url: str) -> bytes:
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
@@ -229,6 +268,8 @@ class ImageFetcher:
         name = os.fsdecode(unquote_to_bytes(parts.path))  # file names are bytes: %FF names the byte 0xFF
         if "\0" in name:
             raise InputError(f"file:// URL {_show(url)} contains a NUL byte", ErrorKind.FORBIDDEN_URL)
+        if (data := self._read_confined(name, url)) is not None:
+            return data
         try:
             path = Path(name).resolve()
         except (OSError, ValueError, RuntimeError) as e:
@@ -250,6 +291,41 @@ class ImageFetcher:
             raise InputError(f"{_show(url)} is not readable by the worker", ErrorKind.IMAGE_MISSING) from e
         except (OSError, ValueError) as e:  # name too long, not a directory, I/O error, ...
             raise InputError(f"{_show(url)} cannot be read: {type(e).__name__}: {e}", ErrorKind.IMAGE_MISSING) from e
+
+    def _read_confined(self, name: str, url: str) -> bytes | None:
+        """The fast path for a regular file: open it, then ask the kernel which file was opened
+        (/proc/self/fd) and check that one against the root: one open and one readlink instead of
+        Path.resolve()'s lstat of every path component, and no window between the check and the read.
+        None sends the caller down the full path (which gives every error its usual message)."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # NONBLOCK: a FIFO must not hang us
+        except (OSError, ValueError):
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            try:
+                opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # no /proc: the full path
+                return None
+            if not opened.is_relative_to(self.policy.file_root):
+                raise InputError(f"{_show(url)} is outside the allowed root {self.policy.file_root}",
+                                 ErrorKind.FORBIDDEN_URL)
+            if info.st_size > self.policy.max_bytes:
+                raise InputError(f"{_show(url)} is {info.st_size} bytes, over the {self.policy.max_bytes}-byte cap",
+                                 ErrorKind.IMAGE_TOO_LARGE)
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(info.st_size + 1)  # not max_bytes + 1: that allocates the whole cap per read
+                if len(data) > info.st_size:  # it grew since fstat: read on, up to the cap
+                    data += f.read(self.policy.max_bytes + 1 - len(data))
+            if len(data) > self.policy.max_bytes:  # it grew since fstat
+                raise InputError(f"{_show(url)} is over the {self.policy.max_bytes}-byte cap", ErrorKind.IMAGE_TOO_LARGE)
+            return data
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def _parse_hop(self, url: str) -> _Hop:
         try:

@@ -118,6 +118,8 @@ class BundleWatcher:
         self.providers = providers
         self.intra_op_threads = intra_op_threads
         self.max_batch = max_batch
+        # Reloaded bundles build their TensorRT engines where the serving one does (MEMEGUARD_TRT_ENGINE_CACHE_DIR).
+        self.engine_cache_root = current.engine_cache_root if current is not None else None
         self.poll_interval_s = poll_interval_s
         self.compare_recorded = compare_recorded
         self.atol = atol
@@ -230,7 +232,7 @@ class BundleWatcher:
 
     def _load(self, path: Path) -> BundleRuntime:
         runtime = BundleRuntime.load(path, providers=self.providers, intra_op_threads=self.intra_op_threads,
-                                     max_batch=self.max_batch)
+                                     max_batch=self.max_batch, engine_cache_root=self.engine_cache_root)
         checked = validate_runtime(runtime, self.compare_recorded, self.atol)
         log.info("bundle %s passed its golden set (%d memes)", runtime.version, checked)
         return runtime

@@ -10,9 +10,13 @@ Every step happens before the pixels are decoded, on the header only:
   read, so a frame count does not multiply memory. Pillow's own guard (`Image.MAX_IMAGE_PIXELS`) is left at
   its default as a second line; when it fires it is a `pixel_bomb` too.
 - **Downscaling** (only when the caller passes `target`, e.g. the model's input side): JPEG is decoded with
-  `Image.draft` at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= 2 x `target`; every format
-  is then box-reduced by the largest integer factor that keeps both sides >= 2 x `target` (the margin of 2 is
-  Pillow's own `reducing_gap` for `thumbnail`: the model's resize still does the final, antialiased step).
+  `Image.draft` at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= gap x `target`; every format
+  is then box-reduced by the largest integer factor that keeps both sides >= 2 x `target` (Pillow's own
+  `reducing_gap` for `thumbnail`: the model's resize still does the final, antialiased step). The gap is 2 by
+  default; **reduced decoding** (`MEMEGUARD_REDUCED_DECODE`, on by default, `DecodePolicy.reduced`) takes gap 1
+  for the model's input: the smallest DCT scale >= the input side, so a 0.7 MP JPEG meme decodes at 1/2
+  scale, a quarter of the pixels (the scores move by less than the tolerance bench/bench_decode.py checks on
+  the dev split). PNG, WebP and GIF have no reduced decode: they decode in full, as before.
   Without `target` the picture is decoded at full resolution, as before.
 - **Memory**: the conversion runs in strips, so a decode holds the source, the output and one strip; with
   `target` the output is the reduced picture. `ImageDecoder` bounds how many decodes run at once and how
@@ -37,12 +41,14 @@ import io
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from consumer.errors import InputError
-from schemas import ErrorKind
+from consumer.preprocess import image_to_tensor
+from schemas import ErrorKind, ImagePreprocessing
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")  # the formats whose conversion is defined and tested
 _PILLOW_FORMATS = {"JPEG": ("JPEG",), "PNG": ("PNG",), "WEBP": ("WEBP",), "GIF": ("GIF",)}
@@ -50,6 +56,7 @@ WHITE = (255, 255, 255)
 # Downscaled decodes keep both sides >= REDUCING_GAP x target, so the model's own resize still does most of
 # the work (as Pillow's `reducing_gap`; 2 is what `Image.thumbnail` uses with `draft`).
 REDUCING_GAP = 2
+REDUCED_GAP = 1  # reduced decoding: the smallest scale that still covers the target
 _PLAIN = {"1", "L", "RGB", "RGBX", "YCbCr", "CMYK"}
 _ALPHA = {"LA", "La", "PA", "RGBA", "RGBa"}
 _GRAY16 = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
@@ -69,11 +76,16 @@ class DecodePolicy:
     # With enrichment or an explainer the picture is kept for them too: downscaled only while both sides stay
     # >= 2 x this (OCR, faces, objects and the explainer all work at or below it), so kept memory is bounded.
     enrichment_side: int = 1024
+    reduced: bool = True  # JPEG at the smallest DCT scale >= target (gap 1) instead of >= 2 x target
+
+    @property
+    def gap(self) -> int:
+        return REDUCED_GAP if self.reduced else REDUCING_GAP
 
     @classmethod
     def from_settings(cls, s) -> "DecodePolicy":
         return cls(formats=tuple(s.image_formats), concurrency=s.decode_concurrency,
-                   batch_pixel_budget=s.batch_pixel_budget)
+                   batch_pixel_budget=s.batch_pixel_budget, reduced=s.reduced_decode)
 
 
 class PreparedImage:
@@ -92,6 +104,9 @@ class PreparedImage:
             image, self.image = self.image, None  # the source goes as soon as the picture is converted
             image.load()
             orientation = image.getexif().get(_ORIENTATION, 1)
+            # The box reduce keeps REDUCING_GAP whatever the draft's gap: below it, a box filter visibly departs
+            # from the bilinear resize training used, and for PNG/WebP/GIF it saves nothing measurable (the
+            # decode itself is the cost; bench/bench_decode.py).
             factor = min(image.size) // (self.target * REDUCING_GAP) if self.target else 1
             rgb = to_rgb(image, reduce=max(factor, 1))
             del image
@@ -111,8 +126,12 @@ class PreparedImage:
 
 
 def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED_FORMATS,
-               target: int | None = None) -> PreparedImage:
-    """Identify, check the format and the pixel cap, and prepare a downscaled decode; decodes nothing."""
+               target: int | None = None, gap: int = REDUCING_GAP) -> PreparedImage:
+    """Identify, check the format and the pixel cap, and prepare a downscaled decode; decodes nothing.
+
+    With `target`, a JPEG's DCT scale keeps both sides >= `gap` x `target` (module docstring)."""
+    if gap not in (REDUCED_GAP, REDUCING_GAP):
+        raise ValueError(f"gap must be {REDUCED_GAP} or {REDUCING_GAP}, not {gap}")
     plugins = [p for f in formats for p in _PILLOW_FORMATS.get(f.upper(), ())]
     if "WEBP" in plugins and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         # Pillow's WebP plugin allocates the whole canvas when it opens the file: check the header first.
@@ -141,8 +160,8 @@ def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED
         raise InputError(f"image is {width}x{height}: no pixels", ErrorKind.IMAGE_UNDECODABLE)
     if target and image.format in ("JPEG", "MPO"):
         try:
-            side = target * REDUCING_GAP
-            image.draft("RGB", (side, side))  # DCT scaling; keeps both sides >= REDUCING_GAP x target
+            side = target * gap
+            image.draft("RGB", (side, side))  # DCT scaling; keeps both sides >= gap x target
         except Exception as e:
             image.close()
             raise InputError(f"JPEG header is not decodable ({type(e).__name__}: {e})",
@@ -164,9 +183,9 @@ def _webp_canvas(data: bytes) -> tuple[int, int] | None:
 
 
 def decode_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED_FORMATS,
-                 target: int | None = None) -> Image.Image:
+                 target: int | None = None, gap: int = REDUCING_GAP) -> Image.Image:
     """Bytes -> RGB picture (module docstring), or InputError (image_undecodable / pixel_bomb)."""
-    return open_image(data, max_pixels, formats=formats, target=target).decode()
+    return open_image(data, max_pixels, formats=formats, target=target, gap=gap).decode()
 
 
 def to_rgb(image: Image.Image, reduce: int = 1) -> Image.Image:
@@ -226,15 +245,45 @@ def _malloc_trim() -> Callable[[], None]:
 _trim = _malloc_trim()
 
 
-def _decode_and_trim(prepared: PreparedImage) -> Image.Image:
-    """Decode, then hand a large decode's freed source back to the OS. glibc keeps freed blocks in the
-    decoding thread's arena, so without this each decode thread keeps its own high-water mark (measured on the
-    hostile-images bench: peak RSS 1.5 GB instead of ~0.75 GB)."""
+def _decode_and_trim(prepared: PreparedImage, finish: Callable[[Image.Image], object] | None = None):
+    """Decode (then `finish` the picture, e.g. into a tensor), then hand a large decode's freed source back to
+    the OS. glibc keeps freed blocks in the decoding thread's arena, so without this each decode thread keeps
+    its own high-water mark (measured on the hostile-images bench: peak RSS 1.5 GB instead of ~0.75 GB)."""
     try:
-        return prepared.decode()
+        image = prepared.decode()
+        return finish(image) if finish is not None else image
     finally:
         if prepared.cost >= _TRIM_FROM_PIXELS:
             _trim()
+
+
+class TensorDecoder(Protocol):
+    """Turns one header-checked image (`open_image` ran: format allow-list, pixel cap, draft) into the model's
+    input, float32 [3, S, S] normalised as the bundle's `ImagePreprocessing` says, or raises InputError.
+
+    Extension point for a GPU decoder (not implemented: no GPU on the machines this was written on, and
+    consumer/ never imports torch). nvJPEG through nvImageCodec (`nvidia.nvimgcodec`, no torch) would
+    implement this for JPEG and hand everything else to `PillowTensorDecoder`; pass it as
+    `ImageDecoder(policy, tensor_decoder=...)`, selected only when its import and a CUDA device are there.
+    It must keep the CPU-side guarantees: the header checks stay in `open_image` (they run before it), EXIF
+    orientation and the documented RGB conversion (module docstring) give the same picture, and its own
+    errors on bad bytes become `InputError(kind=image_undecodable)`. OpenCV's CUDA module is no candidate:
+    its Python API has no GPU image decode, only resize/convert after a CPU decode.
+    """
+
+    name: str
+
+    def decode(self, prepared: PreparedImage, spec: ImagePreprocessing) -> np.ndarray: ...
+
+
+class PillowTensorDecoder:
+    """The CPU path: `PreparedImage.decode` (draft, convert once, box-reduce) then one resize and the
+    normalisation straight into CHW (`consumer.preprocess.image_to_tensor`)."""
+
+    name = "pillow"
+
+    def decode(self, prepared: PreparedImage, spec: ImagePreprocessing) -> np.ndarray:
+        return _decode_and_trim(prepared, lambda image: image_to_tensor(image, spec))
 
 
 class _PixelBudget:
@@ -262,10 +311,13 @@ class _PixelBudget:
 
 
 class ImageDecoder:
-    """Decodes a batch's images with bounded threads and a budget of decoded pixels (waves, never drops)."""
+    """Decodes a batch's images with bounded threads and a budget of decoded pixels (waves, never drops):
+    to RGB pictures (`decode_many`, for enrichment and the explainer too) or straight to the model's input
+    tensors in the decode threads (`decode_tensors`, through `tensor_decoder`)."""
 
-    def __init__(self, policy: DecodePolicy | None = None) -> None:
+    def __init__(self, policy: DecodePolicy | None = None, tensor_decoder: TensorDecoder | None = None) -> None:
         self.policy = policy or DecodePolicy()
+        self.tensor_decoder = tensor_decoder or PillowTensorDecoder()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _bind(self) -> tuple[asyncio.Semaphore, _PixelBudget]:
@@ -277,18 +329,41 @@ class ImageDecoder:
         return self._slots, self.budget
 
     async def decode(self, data: bytes, max_pixels: int, target: int | None = None) -> Image.Image:
+        return await self._bounded(data, max_pixels, target, _decode_and_trim)
+
+    async def decode_tensor(self, data: bytes, max_pixels: int, spec: ImagePreprocessing) -> np.ndarray:
+        """Bytes -> the model's float32 [3, S, S] input, decoded at reduced scale when the policy says so."""
+        return await self._bounded(data, max_pixels, spec.size, lambda p: self.tensor_decoder.decode(p, spec))
+
+    async def _bounded(self, data: bytes, max_pixels: int, target: int | None, run: Callable):
         slots, budget = self._bind()
+        # Reduced decoding is for the model's input only: a picture kept for enrichment or the explainer
+        # (target >= enrichment_side) keeps their documented >= 2 x enrichment_side.
+        gap = self.policy.gap if target is None or target < self.policy.enrichment_side else REDUCING_GAP
         async with slots:  # header only: cheap, no budget needed
             prepared = await asyncio.to_thread(open_image, data, max_pixels, formats=self.policy.formats,
-                                               target=target)
+                                               target=target, gap=gap)
         async with budget.reserve(prepared.cost), slots:  # budget before slot, always: no deadlock
-            return await asyncio.to_thread(_decode_and_trim, prepared)
+            return await asyncio.to_thread(run, prepared)
 
     async def decode_many(self, blobs: Sequence[bytes], max_pixels: int,
                           target: int | None = None) -> list[Image.Image | InputError]:
         async def one(data: bytes) -> Image.Image | InputError:
             try:
                 return await self.decode(data, max_pixels, target)
+            except InputError as e:
+                return e
+
+        return list(await asyncio.gather(*(one(b) for b in blobs)))
+
+    async def decode_tensors(self, blobs: Sequence[bytes], max_pixels: int,
+                             spec: ImagePreprocessing) -> list[np.ndarray | InputError]:
+        """`decode_many` for a model-only batch: each result is already the model's input tensor (feed them to
+        `BundleRuntime.predict` in place of pictures), so conversion and normalisation run in the decode
+        threads, not in the inference call."""
+        async def one(data: bytes) -> np.ndarray | InputError:
+            try:
+                return await self.decode_tensor(data, max_pixels, spec)
             except InputError as e:
                 return e
 

@@ -1,25 +1,24 @@
-"""Structured logging: one JSON object per line in the service, plain text for terminals."""
+"""Structured logging: one JSON object per line in the service (python-json-logger), plain text for terminals."""
 
-import json
 import logging
 import logging.config
 from datetime import UTC, datetime
 
-_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update({k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+class JsonFormatter(_JsonFormatter):
+    """`{"ts", "level", "logger", "msg", ...the record's extras, "exc"}`: the field names the dashboards and log
+    queries use. Values JSON cannot hold (paths, exceptions) are written as their str()."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s %(message)s", json_default=str,
+                         rename_fields={"levelname": "level", "name": "logger", "message": "msg", "exc_info": "exc"})
+
+    def add_fields(self, log_data: dict, record: logging.LogRecord, message_dict: dict) -> None:
+        log_data["ts"] = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        super().add_fields(log_data, record, message_dict)
+        log_data["level"] = record.levelname.lower()
 
 
 def logging_config(fmt: str, level: str) -> dict:

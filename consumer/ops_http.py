@@ -1,7 +1,9 @@
 """`/metrics`, `/healthz` and `/readyz` on one small HTTP port, for the worker, replay and the alerter.
 
-It runs in a daemon thread with the standard library's server so it keeps answering while the event loop
-is busy with a batch, and so a blocked loop shows up as a failing `/healthz` instead of a silent one.
+prometheus_client's own WSGI app serves `/metrics` (content negotiation, gzip, `name[]` filters); a tiny WSGI
+router in front of it adds the two probes. It runs in prometheus_client's threading WSGI server on a daemon
+thread, so it keeps answering while the event loop is busy with a batch (or the process still waits for the
+broker), and a blocked loop shows up as a failing `/healthz` instead of a silent one.
 
 - `/healthz` (liveness): 200 while the process's heartbeat is fresh; 503 once it is stale (restart me).
 - `/readyz` (readiness): 200 when the bundle is loaded and the broker answers; Redis being down does not
@@ -12,19 +14,24 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-import redis
 from confluent_kafka.admin import AdminClient
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
+from consumer import redis_client
 from consumer.kafka_config import client_config
 from consumer.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
+
+METRICS_PATH = "/metrics"
+LIVENESS_PATH = "/healthz"
+READINESS_PATH = "/readyz"
 
 
 class HasRegistry(Protocol):
@@ -46,18 +53,8 @@ def broker_probe(bootstrap: str, timeout_s: float = 2.0) -> Callable[[], str | N
 
 
 def redis_probe(url: str, timeout_s: float = 0.5) -> Callable[[], str | None] | None:
-    if not url:
-        return None
-    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-
-    def probe() -> str | None:
-        try:
-            client.ping()
-            return None
-        except (redis.RedisError, OSError) as e:
-            return f"redis unreachable: {e}"
-
-    return probe
+    """Redis (or every master of a Redis Cluster) for /readyz."""
+    return redis_client.probe(url, timeout_s)
 
 
 @dataclass
@@ -107,12 +104,15 @@ class Health:
         return ok, {"status": state, "checks": checks}
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: object) -> None:  # scrapes every few seconds would flood the log
+        pass
+
+
 class OpsServer:
     def __init__(self, metrics: HasRegistry, health: Health, port: int, host: str = "0.0.0.0") -> None:
         self.metrics, self.health = metrics, health
-        handler = self._handler()
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = make_server(host, port, self._router(), ThreadingWSGIServer, handler_class=_QuietHandler)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="memeguard-ops-http", daemon=True)
 
@@ -125,28 +125,24 @@ class OpsServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
+    def _router(self) -> Callable:
+        metrics_app = make_wsgi_app(self.metrics.registry)
+        probes = {LIVENESS_PATH: self.health.live, READINESS_PATH: self.health.ready}
 
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == METRICS_PATH:
+                return metrics_app(environ, start_response)
+            if path in probes:
+                ok, body = probes[path]()
+                return _respond(start_response, "200 OK" if ok else "503 Service Unavailable",
+                                json.dumps(body).encode(), "application/json")
+            return _respond(start_response, "404 Not Found",
+                            f"not found: try {METRICS_PATH}, {LIVENESS_PATH} or {READINESS_PATH}\n".encode(), "text/plain")
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
-                path = self.path.split("?")[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST)
-                elif path in ("/healthz", "/readyz"):
-                    ok, body = server.health.live() if path == "/healthz" else server.health.ready()
-                    self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
-                else:
-                    self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
+        return app
 
-            def log_message(self, *args: object) -> None:  # scrapes every few seconds would flood the log
-                pass
 
-        return Handler
+def _respond(start_response: Callable, status: str, body: bytes, content_type: str) -> list[bytes]:
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [body]

@@ -14,24 +14,33 @@ from consumer.kafka_config import client_config
 from schemas import DeadLetter, Verdict
 
 
-def _consumer(bootstrap: str, topics: list[str]) -> Consumer:
+def _consumer(bootstrap: str, topics: list[str], from_end: bool = False) -> Consumer:
     consumer = Consumer(client_config(bootstrap, {"group.id": "memeguard-reader", "enable.auto.commit": False,
                                                   "auto.offset.reset": "earliest"}))
     metadata = consumer.list_topics(timeout=10)
-    assignment = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics if t in metadata.topics
+
+    def start(topic: str, partition: int) -> int:
+        if not from_end:
+            return OFFSET_BEGINNING
+        # The end as of now, resolved here: a record published once this returns is read (OFFSET_END would
+        # only be resolved at the first fetch, and could skip the records published before it).
+        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+
+    assignment = [TopicPartition(t, p, start(t, p)) for t in topics if t in metadata.topics
                   for p in metadata.topics[t].partitions]
     consumer.assign(assignment)
     return consumer
 
 
-def read_outputs(bootstrap: str, verdict_topic: str, dlq_topic: str, idle_timeout_s: float = 5.0,
-                 deadline_s: float = 120.0) -> Iterator[Verdict | DeadLetter]:
-    """Yield every record of both topics from the beginning until nothing new arrives for idle_timeout_s."""
-    consumer = _consumer(bootstrap, [verdict_topic, dlq_topic])
+def read_outputs(bootstrap: str, verdict_topic: str, dlq_topic: str, idle_timeout_s: float | None = 5.0,
+                 deadline_s: float = 120.0, from_end: bool = False) -> Iterator[Verdict | DeadLetter]:
+    """Yield the records of both topics from the beginning (or, `from_end`, only those published from now on)
+    until nothing new arrives for idle_timeout_s (None: keep waiting until the deadline)."""
+    consumer = _consumer(bootstrap, [verdict_topic, dlq_topic], from_end)
     try:
         last = time.monotonic()
         end = last + deadline_s
-        while time.monotonic() < end and time.monotonic() - last < idle_timeout_s:
+        while time.monotonic() < end and (idle_timeout_s is None or time.monotonic() - last < idle_timeout_s):
             msg = consumer.poll(0.2)
             if msg is None or msg.error():
                 continue

@@ -95,6 +95,28 @@ def _schema_message(e: ValidationError) -> str:
     return "event does not match MemeEvent: " + "; ".join(parts)
 
 
+@dataclass
+class PreparedBatch:
+    """A batch between `prepare` and `finish`: which records already have an outcome, the cache hits, the
+    unique misses (decoded) and the runtime they were looked up with (a hot reload between the two stages
+    must not mix model versions)."""
+
+    items: list[_Item]
+    runtime: BundleRuntime
+    pending: list[_Item] = field(default_factory=list)
+    hits: dict[str, Verdict] = field(default_factory=dict)
+    misses: dict[str, _Item] = field(default_factory=dict)
+    first_of: dict[str, _Item] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    _last: float = 0.0
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round((now - (self._last or self.started)) * 1000, 3)
+        self._last = now
+
+
 class ModerationPipeline:
     def __init__(self, runtime: BundleRuntime, cache: VerdictCache, fetcher: ImageFetcher,
                  policy: DecisionPolicy, max_event_bytes: int, max_image_pixels: int,
@@ -140,23 +162,38 @@ class ModerationPipeline:
                 item.record, ErrorKind.SCHEMA_VIOLATION, _schema_message(e),
                 event_id if isinstance(event_id, str) else None))
 
-    async def _fetch(self, item: _Item) -> None:
-        try:
-            item.image_bytes = await self.fetcher.fetch(item.event)
-        except InputError as e:
-            self._fail(item, e.kind, str(e))
+    async def _fetch(self, items: list[_Item]) -> None:
+        fetch_many = getattr(self.fetcher, "fetch_many", None)
+        if fetch_many is not None:  # the whole batch at once: file reads inline, no thread per image
+            results = await fetch_many([i.event for i in items])
+        else:
+            async def one(item: _Item) -> bytes | InputError:
+                try:
+                    return await self.fetcher.fetch(item.event)
+                except InputError as e:
+                    return e
+            results = await asyncio.gather(*(one(i) for i in items))
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, InputError):
+                self._fail(item, result.kind, str(result))
+            else:
+                item.image_bytes = result
 
-    async def _decode(self, items: list[_Item]) -> None:
+    async def _decode(self, items: list[_Item], runtime: BundleRuntime | None = None, tensors: bool = False) -> None:
         """Decode the batch's misses in bounded memory: at most `decode_concurrency` decodes and
         `batch_pixel_budget` decoded pixels at once (a batch over the budget decodes in waves; nothing is
         dropped for it). Images are decoded downscaled to what their readers need (consumer.images): the
-        model's input side, or `enrichment_side` when enrichment or the explainer look at them too."""
-        spec = getattr(getattr(self.runtime, "manifest", None), "image", None)
+        model's input side, or `enrichment_side` when enrichment or the explainer look at them too. With
+        `tensors` (and neither of them), the decode threads go straight to the model's input tensors."""
+        spec = getattr(getattr(runtime or self.runtime, "manifest", None), "image", None)
         decoder = getattr(self.fetcher, "decoder", None)
         target = spec.size if spec is not None else None
-        if self.enricher is not None or self.explainer is not None:
+        pictures_needed = self.enricher is not None or self.explainer is not None
+        if pictures_needed:
             target = max(target or 0, decoder.policy.enrichment_side) if decoder is not None else None
-        if decoder is not None:
+        if tensors and not pictures_needed and spec is not None and hasattr(decoder, "decode_tensors"):
+            results = await decoder.decode_tensors([i.image_bytes for i in items], self.max_image_pixels, spec)
+        elif decoder is not None:
             results = await decoder.decode_many([i.image_bytes for i in items], self.max_image_pixels, target)
         else:  # a fetcher without a decoder: one image at a time
             results = []
@@ -173,52 +210,62 @@ class ModerationPipeline:
                 item.image = result
 
     async def process(self, records: list[RawRecord]) -> list[Outcome]:
-        timings: dict[str, float] = {}
-        t0 = t = time.perf_counter()
+        return await self.finish(await self.prepare(records))
 
-        def lap(stage: str) -> None:
-            nonlocal t
-            now = time.perf_counter()
-            timings[stage] = round((now - t) * 1000, 3)
-            t = now
-
-        items = [_Item(r) for r in records]
-        for item in items:
+    async def prepare(self, records: list[RawRecord]) -> PreparedBatch:
+        """Everything before inference: parse, fetch, hash, cache lookup, decode (and enrichment). The
+        worker runs this for the next batch while the current one is in inference (`finish`)."""
+        batch = PreparedBatch(items=[_Item(r) for r in records], runtime=self.runtime)
+        lap = batch.lap
+        for item in batch.items:
             self._parse(item)
         lap("parse")
-        pending = [i for i in items if i.outcome is None]
-        await asyncio.gather(*(self._fetch(i) for i in pending))
+        pending = [i for i in batch.items if i.outcome is None]
+        await self._fetch(pending)
         lap("fetch")
 
         pending = [i for i in pending if i.outcome is None]
-        version = self.runtime.version
+        version = batch.runtime.version
         for i in pending:
             i.text = i.event.text or ""
             i.hash = content_hash(i.image_bytes, i.text)
         cached = await self.cache.get_many([cache_key(version, i.hash, self.cache_variant) for i in pending])
         lap("cache_get")
 
-        hits = {i.hash: self._with_current_policy(v) for i, v in zip(pending, cached, strict=True) if v is not None}
+        batch.pending = pending
+        batch.hits = {i.hash: self._with_current_policy(v) for i, v in zip(pending, cached, strict=True)
+                      if v is not None}
         misses: dict[str, _Item] = {}
         for i in pending:
-            if i.hash not in hits:
+            if i.hash not in batch.hits:
                 misses.setdefault(i.hash, i)  # duplicates inside the batch are computed once
-        await self._decode(list(misses.values()))  # bounded inside; not one thread per image
+            else:
+                i.image_bytes = b""  # a hit needs no image: free it while the batch waits for inference
+        await self._decode(list(misses.values()), batch.runtime, tensors=True)  # bounded; not a thread per image
+        for i in misses.values():
+            i.image_bytes = b""  # decoded (or failed): the encoded bytes are not needed any more
         lap("decode")
-        first_of = dict(misses)  # duplicates of a meme that failed to decode share its dead-letter kind
-        misses = {h: i for h, i in misses.items() if i.outcome is None}
+        batch.first_of = dict(misses)  # duplicates of a meme that failed to decode share its dead-letter kind
+        batch.misses = {h: i for h, i in misses.items() if i.outcome is None}
 
-        if self.enricher is not None and misses:
-            await asyncio.gather(*(self._enrich(i) for i in misses.values()))
+        if self.enricher is not None and batch.misses:
+            await asyncio.gather(*(self._enrich(i) for i in batch.misses.values()))
             lap("enrich")
+        return batch
 
-        computed = await self._infer(list(misses.values()), timings, lap)
+    async def finish(self, batch: PreparedBatch) -> list[Outcome]:
+        """Inference for the prepared batch's unique misses, the cache store, one outcome per record."""
+        timings, lap = batch.timings, batch.lap
+        runtime = batch.runtime
+        version = runtime.version
+        computed = await self._infer(runtime, list(batch.misses.values()), timings, lap)
         await self.cache.put_many({cache_key(version, h, self.cache_variant): v for h, v in computed.items()})
         lap("cache_put")
-        timings["total"] = round((time.perf_counter() - t0) * 1000, 3)
+        timings["total"] = round((time.perf_counter() - batch.started) * 1000, 3)
         now = datetime.now(UTC)
+        hits, first_of = batch.hits, batch.first_of
 
-        for i in pending:
+        for i in batch.pending:
             if i.outcome is not None:
                 continue
             first = first_of.get(i.hash)
@@ -233,12 +280,12 @@ class ModerationPipeline:
             i.outcome = Outcome(i.record, verdict=source.model_copy(update={
                 # Everything about this event is this event's, whoever computed the scores.
                 "event_id": i.event.event_id, "post_id": i.event.post_id, "author_id": i.event.author_id,
-                "cached": not fresh, "timings_ms": dict(timings), "model": self.runtime.model_info,
+                "cached": not fresh, "timings_ms": timings, "model": runtime.model_info,
                 "created_at": now, "event_created_at": i.event.created_at,
             }), event_time=i.event.created_at)
             if fresh and self.explainer is not None and source.decision.value == "review":
                 i.outcome.explain_input = (i.image, i.text)
-        return [i.outcome for i in items]
+        return [i.outcome for i in batch.items]
 
     def _with_current_policy(self, v: Verdict) -> Verdict:
         decision, reasons = self.policy.decide(v.techniques, v.harmful_score)
@@ -250,10 +297,10 @@ class ModerationPipeline:
         if not item.text and enrichment.ocr is not None and enrichment.ocr.text:
             item.text = enrichment.ocr.text  # memes posted without text are scored on what OCR read
 
-    async def _infer(self, items: list[_Item], timings: dict[str, float], lap) -> dict[str, Verdict]:
+    async def _infer(self, runtime: BundleRuntime, items: list[_Item], timings: dict[str, float],
+                     lap) -> dict[str, Verdict]:
         if not items:
             return {}
-        runtime = self.runtime
         try:
             prediction = await asyncio.to_thread(runtime.predict, [i.image for i in items], [i.text for i in items])
         except Exception as e:  # an ONNX Runtime failure must dead-letter the batch, not kill the worker

@@ -1,6 +1,7 @@
 """Serving-side preprocessing, numpy only. Mirrors `models/preprocess.py` exactly (a test pins it)."""
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,28 @@ from tokenizers import Tokenizer
 from schemas import ImagePreprocessing, TextPreprocessing
 
 
-def image_to_tensor(image: Image.Image, spec: ImagePreprocessing) -> np.ndarray:
-    """RGB PIL image -> float32 [3, S, S], normalised as the bundle's manifest says."""
-    resized = _resize(image.convert("RGB"), spec)
-    x = np.asarray(resized, dtype=np.float32) / 255.0
-    x = (x - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+def image_to_tensor(image: Image.Image, spec: ImagePreprocessing, out: np.ndarray | None = None) -> np.ndarray:
+    """RGB PIL image -> float32 [3, S, S], normalised as the bundle's manifest says (written into `out`, e.g.
+    one row of a batch, when given). One resize, at most one conversion, then one table lookup per channel
+    straight into CHW: the table holds (v / 255 - mean) / std for the 256 values of a byte, computed with the
+    same float32 operations as the training side, so the result is bit-identical to it."""
+    resized = _resize(image if image.mode == "RGB" else image.convert("RGB"), spec)
+    pixels = np.asarray(resized)  # uint8 [S, S, 3]
+    table = _normalisation_table(tuple(spec.mean), tuple(spec.std))
+    if out is None:
+        out = np.empty((3, spec.size, spec.size), dtype=np.float32)
+    for channel in range(3):
+        np.take(table[channel], pixels[:, :, channel], out=out[channel])
+    return out
+
+
+@lru_cache(maxsize=8)
+def _normalisation_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """float32 [3, 256]: the normalised value of each byte value, per channel."""
+    x = np.arange(256, dtype=np.float32) / 255.0
+    table = (x[None, :] - np.asarray(mean, dtype=np.float32)[:, None]) / np.asarray(std, dtype=np.float32)[:, None]
+    table.setflags(write=False)
+    return table
 
 
 def _resize(image: Image.Image, spec: ImagePreprocessing) -> Image.Image:
@@ -30,8 +47,18 @@ def _resize(image: Image.Image, spec: ImagePreprocessing) -> Image.Image:
     return resized.crop((left, top, left + spec.size, top + spec.size))
 
 
-def images_to_batch(images: Sequence[Image.Image], spec: ImagePreprocessing) -> np.ndarray:
-    return np.stack([image_to_tensor(im, spec) for im in images]).astype(np.float32, copy=False)
+def images_to_batch(images: Sequence[Image.Image | np.ndarray], spec: ImagePreprocessing) -> np.ndarray:
+    """float32 [B, 3, S, S]. An item may already be its tensor (`ImageDecoder.decode_tensors`): it is copied
+    in as it is."""
+    batch = np.empty((len(images), 3, spec.size, spec.size), dtype=np.float32)
+    for row, image in zip(batch, images, strict=True):
+        if isinstance(image, np.ndarray):
+            if image.shape != row.shape:
+                raise ValueError(f"a pre-decoded image tensor is {image.shape}, the model takes {row.shape}")
+            row[...] = image
+        else:
+            image_to_tensor(image, spec, out=row)
+    return batch
 
 
 class TextEncoder:

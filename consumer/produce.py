@@ -33,14 +33,27 @@ def read_semeval(data_file: Path, images_dir: Path | None = None) -> list[MemeSo
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"Cannot read SemEval-format file {data_file}: {e}") from e
     images_dir = images_dir or data_file.parent / "images"
+    if not images_dir.is_dir():
+        raise ConfigError(f"Images folder {images_dir} does not exist: pass --images DIR (the folder the records' "
+                          "'image' names are in).")
     return [MemeSource(str(r["id"]), images_dir / r["image"], r.get("text"), r.get("labels")) for r in records]
 
 
 def read_folder(folder: Path) -> list[MemeSource]:
+    if not folder.is_dir():
+        raise ConfigError(f"Folder {folder} does not exist.")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ConfigError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}.")
     return [MemeSource(p.stem, p, None, None) for p in files]
+
+
+def check_images(sources: list[MemeSource]) -> None:
+    """Publishing a reference to an image that is not there only makes dead letters: refuse up front."""
+    missing = [s.image_path for s in sources if not s.image_path.is_file()]
+    if missing:
+        raise ConfigError(f"{len(missing)} of {len(sources)} images are missing, e.g. {missing[0]}: "
+                          "check --images (or --data).")
 
 
 def to_events(sources: list[MemeSource], run_id: str, inline: bool, with_labels: bool) -> Iterator[MemeEvent]:

@@ -1,9 +1,20 @@
-"""Publish outcomes and wait for the broker's acknowledgement before the batch counts as done."""
+"""Publish outcomes and wait for the broker's acknowledgement before the batch counts as done.
 
+Both workers publish through librdkafka (confluent-kafka): `ProducerTopic` is one topic of one producer,
+transactional (consumer/transactional.py) or plain idempotent (the Faust worker, consumer/worker.py, whose
+outputs used to go through Faust's aiokafka producer: ~1 ms of Python per record and a round trip through
+Faust's send buffer; librdkafka batches and acknowledges in C).
+"""
+
+import asyncio
 import hashlib
 import logging
+import math
+import time
 from collections import Counter
 from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.pipeline import Outcome, RawRecord, dead_letter, last_resort_dead_letter
 from schemas import DeadLetter, ErrorKind
@@ -24,23 +35,108 @@ log = logging.getLogger(__name__)
 # Kafka's authorization error codes (topic, group, cluster, transactional id): a refusal of that kind is
 # about the worker's credentials, not about the record, so it must stop the batch, not dead-letter it.
 AUTHORIZATION_ERROR_CODES = frozenset({29, 30, 31, 53})
+# The protocol's names for them, the same whichever client library reported the error.
+AUTHORIZATION_ERROR_NAMES = {29: "TopicAuthorizationFailed", 30: "GroupAuthorizationFailed",
+                             31: "ClusterAuthorizationFailed", 53: "TransactionalIdAuthorizationFailed"}
 
 
 class PublishRefused(Exception):
     """The broker refuses this worker's writes: the batch stays uncommitted and the worker exits."""
 
 
-def is_authorization_error(error: BaseException | None) -> bool:
-    """aiokafka's errors carry `errno`, confluent-kafka's a KafkaError; Faust wraps the first in
-    ProducerSendError (`raise ... from exc`), so the cause is looked at too."""
+def authorization_error_code(error: BaseException | None) -> int | None:
+    """The Kafka authorization error code behind `error`, if it is one. aiokafka's errors carry `errno`,
+    confluent-kafka's a KafkaError; Faust wraps the first in ProducerSendError (`raise ... from exc`), so the
+    cause is looked at too."""
     while error is not None:
         code = getattr(error, "errno", None)
         if code is None and error.args and hasattr(error.args[0], "code"):
             code = error.args[0].code()
         if code in AUTHORIZATION_ERROR_CODES:
-            return True
+            return code
         error = error.__cause__
-    return False
+    return None
+
+
+
+CALL_TIMEOUT_S = 20.0
+RECORD_OVERHEAD_BYTES = 512  # record batch and record headers around a key and a value
+
+
+class RecordTooLarge(Exception):
+    """Refused before producing: the broker would refuse it (in a transaction: the whole transaction)."""
+
+
+class Deadline:
+    """Bounds the delivery waits of one transaction: once it has passed, every wait and every send fails at
+    once (librdkafka's own message timeout does not always fire while the partition leader moves)."""
+
+    def __init__(self) -> None:
+        self.at = math.inf
+
+    def start(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no delivery report before the transaction's "
+                                            "deadline", txn_requires_abort=True))
+
+
+class Delivery:
+    """One produced record's delivery report. Awaiting it flushes the producer (in a thread) until the
+    report is in; a failed delivery raises. The first await of a batch flushes them all, so a batch costs
+    one thread hop, not one per record."""
+
+    __slots__ = ("producer", "deadline", "done", "error")
+
+    def __init__(self, producer: Producer, deadline: Deadline) -> None:
+        self.producer = producer
+        self.deadline = deadline
+        self.done = False
+        self.error: KafkaError | None = None
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:  # on_delivery, in the flushing thread
+        self.error = err
+        self.done = True
+
+    def __await__(self):
+        return self._wait().__await__()
+
+    async def _wait(self) -> None:
+        while not self.done:
+            self.deadline.check()
+            await asyncio.to_thread(self.producer.flush, 1.0)
+        if self.error is not None:
+            raise KafkaException(self.error)
+
+
+class ProducerTopic:
+    """What OutcomePublisher and ExplanationPublisher need of a topic: `send()` returning an awaitable
+    delivery, and its name."""
+
+    def __init__(self, producer: Producer, name: str, max_message_bytes: int, deadline: Deadline | None = None) -> None:
+        self.producer = producer
+        self.name = name
+        self.max_record_bytes = max_message_bytes - RECORD_OVERHEAD_BYTES
+        self.deadline = deadline or Deadline()
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+    async def send(self, key: bytes | None, value: bytes) -> Delivery:
+        self.deadline.check()
+        size = len(value) + len(key or b"")
+        if size > self.max_record_bytes:
+            raise RecordTooLarge(f"{size} bytes is over the {self.max_record_bytes} bytes a record of {self.name} "
+                                 "may have")
+        delivery = Delivery(self.producer, self.deadline)
+        try:
+            self.producer.produce(self.name, key=key, value=value, on_delivery=delivery)
+        except BufferError:  # the local queue is full: let it drain, once
+            await asyncio.to_thread(self.producer.flush, CALL_TIMEOUT_S)
+            self.producer.produce(self.name, key=key, value=value, on_delivery=delivery)
+        return delivery
 
 
 class OutcomePublisher:
@@ -102,9 +198,9 @@ class OutcomePublisher:
             if error is None:
                 self.counts["verdicts" if outcome.verdict is not None else "dead_letters"] += 1
                 continue
-            if is_authorization_error(error):
-                raise PublishRefused(f"the broker refuses this worker's writes ({type(error).__name__}: {error}); "
-                                     "check the ACLs of the output and dead-letter topics") from error
+            if (code := authorization_error_code(error)) is not None:
+                raise PublishRefused(f"the broker refuses this worker's writes ({AUTHORIZATION_ERROR_NAMES[code]}: "
+                                     f"{error}); check the ACLs of the output and dead-letter topics") from error
             if outcome.verdict is not None:
                 log.warning("publishing verdict %s failed: %s; dead-lettering it", outcome.verdict.event_id, error)
                 dl = dead_letter(outcome.record, ErrorKind.PUBLISH_FAILED,

@@ -12,7 +12,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from consumer.bundle import ModelBundle
-from consumer.errors import BundleError
+from consumer.errors import BundleError, ConfigError
 from consumer.preprocess import TextEncoder, images_to_batch
 from schemas import BundleManifest, ModelInfo
 
@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PROVIDER_PREFERENCE = (TENSORRT, CUDA, CPU)
 ProviderSpec = tuple[str, dict[str, Any]]
+# How ONNX Runtime holds memory between calls. The worker's input shapes change with nearly every batch (its
+# size, the text padded to the batch's longest), and by default ORT plans and keeps a memory pattern per
+# shape and never gives its CPU arena back: RSS climbs (the soak's 321 MiB -> 2.26 GiB). Measured on the
+# default bundle, 60 batches of 64 (bench/bench_memory.py, bench/results/memory.json), RSS after warm-up / max:
+# - "bounded" (serving): no memory patterns, and the CPU arena is shrunk back after each call
+#   (`memory.enable_memory_arena_shrinkage`): 304 / 336 MiB, flat, at the same speed (0.99x).
+# - "no_mem_pattern": patterns off, arena kept: 1173 / 1305 MiB.
+# - "no_arena": plain malloc per tensor: 512 / 932 MiB (glibc fragmentation).
+# - "ort_default": ONNX Runtime's defaults: 1842 / 1974 MiB.
+MEMORY_MODES = ("bounded", "no_mem_pattern", "no_arena", "ort_default")
 
 
 @dataclass(frozen=True)
@@ -69,16 +79,18 @@ def provider_plan(
 
     `auto` takes the fastest one this onnxruntime build offers (TensorRT > CUDA > CPU) and keeps the
     slower ones behind it for nodes the faster one cannot run; a name (`tensorrt`, `cuda`, `cpu`)
-    forces that provider and fails if it is missing.
+    forces that provider and is a ConfigError if this build lacks it (and BundleRuntime refuses to start if
+    ONNX Runtime then cannot activate it).
     """
     if requested == "auto":
         names = [p for p in PROVIDER_PREFERENCE if p in available]
     else:
         wanted = [p for p in PROVIDER_PREFERENCE if p.lower().startswith(requested.lower())]
         if not wanted or wanted[0] not in available:
-            raise BundleError(
-                f"Execution provider {requested!r} is not available in this onnxruntime build "
-                f"(have: {list(available)}). Use providers='auto' or install onnxruntime-gpu."
+            raise ConfigError(
+                f"Execution provider {requested!r} (MEMEGUARD_PROVIDERS) is not available in this onnxruntime "
+                f"build (have: {list(available)}). Use MEMEGUARD_PROVIDERS=auto, or install onnxruntime-gpu "
+                f"(alone: never together with onnxruntime) on a host with a GPU."
             )
         start = PROVIDER_PREFERENCE.index(wanted[0])
         names = [p for p in PROVIDER_PREFERENCE[start:] if p in available]
@@ -103,8 +115,30 @@ def provider_plan(
     return plan
 
 
-def engine_cache_dir(bundle: ModelBundle) -> Path:
-    """Engines are per bundle and per GPU: next to the bundle when writable, else in the user's cache."""
+def session_options(intra_op_threads: int = 0, memory: str = "bounded") -> tuple[ort.SessionOptions, ort.RunOptions]:
+    """Session and per-call options for serving; `memory` is one of MEMORY_MODES (see there)."""
+    if memory not in MEMORY_MODES:
+        raise ConfigError(f"memory mode {memory!r} is not one of {MEMORY_MODES}")
+    options, run = ort.SessionOptions(), ort.RunOptions()
+    # Export applied the portable optimisations; the provider-specific fusions happen here, online.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    if memory != "ort_default":
+        options.enable_mem_pattern = False
+    if memory == "bounded":
+        run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    if memory == "no_arena":
+        options.enable_cpu_mem_arena = False
+    return options, run
+
+
+def engine_cache_dir(bundle: ModelBundle, root: Path | None = None) -> Path:
+    """Engines are per bundle and per GPU: under `root` when one is configured (MEMEGUARD_TRT_ENGINE_CACHE_DIR,
+    a writable volume in the GPU image, so engines outlive the container), else next to the bundle when
+    writable, else in the user's cache."""
+    if root is not None:
+        return Path(root) / bundle.fingerprint[:16]
     configured = Path(bundle.manifest.runtime.engine_cache_dir)
     if configured.is_absolute():
         return configured
@@ -123,19 +157,20 @@ class BundleRuntime:
         providers: str = "auto",
         intra_op_threads: int = 0,
         max_batch: int | None = None,
+        memory: str = "bounded",
+        engine_cache_root: Path | None = None,
     ) -> None:
         self.bundle = bundle
         m = bundle.manifest
         self.max_batch = max_batch or m.runtime.max_batch
-        options = ort.SessionOptions()
-        # Export applied the portable optimisations; the provider-specific fusions happen here, online.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        cache = engine_cache_dir(bundle)
+        options, self._run_options = session_options(intra_op_threads, memory)
+        self.engine_cache_root = engine_cache_root
+        self.engine_cache = cache = engine_cache_dir(bundle, engine_cache_root)
         plan = provider_plan(providers, ort.get_available_providers(), m, cache, max_batch)
         if any(name == TENSORRT for name, _ in plan):
             cache.mkdir(parents=True, exist_ok=True)
+        if any(name != "CPUExecutionProvider" for name, _ in plan) and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # onnxruntime-gpu[cuda,cudnn]: the CUDA/cuDNN wheels' libraries, before the session
         try:
             self.session = ort.InferenceSession(
                 str(bundle.onnx_path), options,
@@ -143,9 +178,16 @@ class BundleRuntime:
             )
         except Exception as e:  # onnxruntime raises its own untyped errors
             raise BundleError(f"ONNX Runtime could not load {bundle.onnx_path}: {e}") from e
-        # ORT silently falls back to CPU when CUDA libraries are missing: report what is really active.
+        # ORT silently falls back to CPU when CUDA libraries are missing: a provider forced by name must be
+        # the one running, or the worker does not start (a GPU host serving at CPU speed is an outage).
         self.provider = self.session.get_providers()[0]
         if self.provider != plan[0][0]:
+            if providers != "auto":
+                raise ConfigError(
+                    f"MEMEGUARD_PROVIDERS={providers} forces {plan[0][0]}, but ONNX Runtime could not activate it "
+                    f"for {bundle.onnx_path} and would run on {self.provider}: check the CUDA/cuDNN/TensorRT "
+                    f"libraries and the GPU (ONNX Runtime's warnings above say which), or set "
+                    f"MEMEGUARD_PROVIDERS=auto to accept the fallback.")
             log.warning("asked for %s but ONNX Runtime runs %s on %s", plan[0][0], m.name, self.provider)
         log.info("model %s loaded on %s (precision %s)", self.version, self.provider, m.precision)
         self._input_names = {i.name for i in self.session.get_inputs()}
@@ -156,10 +198,10 @@ class BundleRuntime:
     @classmethod
     def load(
         cls, path: Path | str, providers: str = "auto", intra_op_threads: int = 0,
-        max_batch: int | None = None,
+        max_batch: int | None = None, memory: str = "bounded", engine_cache_root: Path | None = None,
     ) -> "BundleRuntime":
         return cls(ModelBundle.load(path), providers=providers, intra_op_threads=intra_op_threads,
-                   max_batch=max_batch)
+                   max_batch=max_batch, memory=memory, engine_cache_root=engine_cache_root)
 
     @property
     def manifest(self) -> BundleManifest:
@@ -194,7 +236,7 @@ class BundleRuntime:
         """One ONNX Runtime call on already preprocessed inputs (the exporter's parity check uses it)."""
         m = self.manifest
         outputs = [m.technique_output] + ([m.harmful_output] if m.harmful_output else [])
-        result = self.session.run(outputs, feeds)
+        result = self.session.run(outputs, feeds, self._run_options)
         probs = np.asarray(result[0], dtype=np.float32)
         harmful = np.asarray(result[1], dtype=np.float32).reshape(-1) if m.harmful_output else None
         return Prediction(technique_probs=probs, harmful_probs=harmful)

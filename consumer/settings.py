@@ -1,13 +1,27 @@
 """Settings of the worker process: one frozen object, resolved once at start-up from MEMEGUARD_* variables."""
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from consumer import paths
 
+
+def _env_list(value: object) -> object:
+    """A list setting from the environment: JSON (`["a","b"]`) or comma-separated (`a,b`); empty means []."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)  # a JSONDecodeError is a ValueError: reported as an invalid setting
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+# NoDecode: pydantic-settings would otherwise insist on JSON for list fields before any validator runs.
+EnvList = Annotated[list[str], NoDecode, BeforeValidator(_env_list)]
 
 class KafkaSettings(BaseSettings):
     """Shared by every process that talks to the broker."""
@@ -29,7 +43,14 @@ class WorkerSettings(KafkaSettings):
     redis_url: str = Field("redis://127.0.0.1:16379/0", description="Verdict cache; empty string disables it.")
     group_id: str = Field("memeguard-worker", description="Consumer group (and Faust app id).")
     max_batch: int = Field(32, ge=1, le=1024)
-    max_wait_s: float = Field(0.2, gt=0, description="Longest wait to fill a batch before running it.")
+    max_wait_s: float = Field(
+        0.05, gt=0, description="Longest wait to fill a batch before running it. Under load batches fill before it "
+                                "(and the next one is taken while one is in inference): it only adds latency.")
+    producer_linger_ms: float = Field(
+        5.0, ge=0, description="librdkafka linger for verdicts and dead letters: a batch's outputs share requests.")
+    pipeline_depth: int = Field(
+        2, ge=1, le=8, description="Batches in flight at once: the next is fetched, looked up and decoded while "
+                                   "one is in inference (1 = one batch at a time). Outputs and commits stay in order.")
     bundle_path: Path = Field(default_factory=paths.default_bundle_dir)
     providers: str = Field("auto", description="auto | tensorrt | cuda | cpu")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core.")
@@ -41,20 +62,25 @@ class WorkerSettings(KafkaSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     fetch_timeout_s: float = Field(3.0, gt=0)
     fetch_max_redirects: int = Field(3, ge=0)
-    fetch_allowed_schemes: list[str] = Field(default_factory=lambda: ["base64", "file", "http", "https"])
-    fetch_allowed_networks: list[str] = Field(
+    fetch_allowed_schemes: EnvList = Field(default_factory=lambda: ["base64", "file", "http", "https"])
+    fetch_allowed_networks: EnvList = Field(
         default_factory=list, description="CIDRs exempt from private-address blocking, e.g. 127.0.0.1/32."
     )
     fetch_concurrency: int = Field(16, ge=1, description="file:// and http(s) image fetches at once.")
     decode_concurrency: int = Field(4, ge=1, description="Image decodes running at once (threads).")
     batch_pixel_budget: int = Field(
         64_000_000, ge=1, description="Decoded pixels in flight at once; a batch over it decodes in waves.")
-    image_formats: list[Literal["JPEG", "PNG", "WEBP", "GIF"]] = Field(
+    reduced_decode: bool = Field(
+        True, description="Decode JPEG at the smallest DCT scale >= the model's input (else >= 2x); see images.py.")
+    trt_engine_cache_dir: Path | None = Field(
+        None, description="Writable directory for TensorRT engines (a volume in containers); default: next to "
+                          "the bundle when writable, else ~/.cache/memeguard/trt.")
+    image_formats: Annotated[list[Literal["JPEG", "PNG", "WEBP", "GIF"]], NoDecode, BeforeValidator(_env_list)] = Field(
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"],
         description="Image formats decoded (by content); anything else is image_undecodable.")
     file_root: Path = Field(default_factory=paths.data_dir, description="file:// references must lie under it.")
-    enrich_stages: list[str] = Field(
-        default_factory=list, description='Optional stages, e.g. ["ocr","faces","objects","attributes","explainer"].'
+    enrich_stages: EnvList = Field(
+        default_factory=list, description='Optional stages, e.g. ocr,faces,objects,attributes,explainer (or JSON).'
     )
     enrich_options_file: Path | None = Field(None, description="YAML: per-stage options (see docs/enrichment.md).")
     explainer_url: str | None = Field(None, description="OpenAI-compatible base URL for the explainer stage.")
@@ -101,7 +127,7 @@ class ReviewSettings(WorkerSettings):
     review_port: int = Field(8080, ge=1, le=65535)
     # Who may decide (docs/operations.md): at least one of users / users file / trusted header, or the dev flag.
     review_users: dict[str, str] = Field(
-        default_factory=dict, description="JSON map user -> scrypt hash (python -m consumer.review.auth hash-password)."
+        default_factory=dict, description="JSON map user -> scrypt hash (memeguard hash-password USER)."
     )
     review_users_file: Path | None = Field(None, description="JSON file of the same map (merged; the file wins).")
     review_trusted_header: str | None = Field(

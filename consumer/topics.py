@@ -1,10 +1,10 @@
 """Topic creation and broker readiness, with confluent-kafka's admin client."""
 
 import logging
-import time
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
+from tenacity import Retrying, retry_if_exception_type, stop_before_delay, wait_exponential_jitter
 
 from consumer.errors import ConfigError
 from consumer.kafka_config import client_config
@@ -25,30 +25,37 @@ def admin(bootstrap: str, quiet: bool = False, error_cb=None) -> AdminClient:
 
 
 def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
-    """Wait with exponential backoff until the broker answers a metadata request."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.25
-    attempt = 0
-    while True:
-        attempt += 1
-        errors: list[KafkaError] = []
-        client = admin(bootstrap, quiet=True, error_cb=errors.append)
-        try:
-            client.list_topics(timeout=3)
-            if attempt > 1:
-                log.info("broker %s reachable after %d attempts", bootstrap, attempt)
-            return
-        except KafkaException as e:
-            client.poll(0)  # serves error_cb: why the connections failed
-            raise_if_rejected(bootstrap, errors)
-            if time.monotonic() + delay > deadline:
-                raise ConfigError(
-                    f"Kafka broker {bootstrap} unreachable for {timeout_s:.0f}s: {e}. "
-                    "Start it (`memeguard dev up`) or fix MEMEGUARD_KAFKA_BOOTSTRAP."
-                ) from e
-            log.warning("broker %s unreachable (attempt %d), retrying in %.1fs", bootstrap, attempt, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    """Wait until the broker answers a metadata request: retried with exponential backoff and jitter (tenacity),
+    so a fleet of workers restarted together does not knock in step. A broker that refuses our credentials
+    fails at once: retrying cannot help."""
+    attempts = Retrying(retry=retry_if_exception_type(KafkaException), stop=stop_before_delay(timeout_s),
+                        wait=wait_exponential_jitter(multiplier=0.25, max=5.0, jitter=0.25), reraise=True,
+                        before_sleep=lambda state: log.warning(
+                            "broker %s unreachable (attempt %d), retrying in %.1fs", bootstrap,
+                            state.attempt_number, state.upcoming_sleep))
+    try:
+        for attempt in attempts:
+            with attempt:
+                _ask_for_metadata(bootstrap)
+    except KafkaException as e:
+        raise ConfigError(
+            f"Kafka broker {bootstrap} unreachable for {timeout_s:.0f}s: {e}. "
+            "Start it (`memeguard dev up`) or fix MEMEGUARD_KAFKA_BOOTSTRAP."
+        ) from e
+    tries = attempts.statistics.get("attempt_number", 1)
+    if tries > 1:
+        log.info("broker %s reachable after %d attempts", bootstrap, tries)
+
+
+def _ask_for_metadata(bootstrap: str) -> None:
+    errors: list[KafkaError] = []
+    client = admin(bootstrap, quiet=True, error_cb=errors.append)
+    try:
+        client.list_topics(timeout=3)
+    except KafkaException:
+        client.poll(0)  # serves error_cb: why the connections failed
+        raise_if_rejected(bootstrap, errors)  # ConfigError: not retried
+        raise
 
 
 def raise_if_rejected(bootstrap: str, errors: list[KafkaError]) -> None:

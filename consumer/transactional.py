@@ -30,7 +30,6 @@ through an adapter; a record larger than the topic's `max.message.bytes` is refu
 
 import asyncio
 import logging
-import math
 import signal
 import socket
 import time
@@ -47,7 +46,7 @@ from consumer.kafka_config import client_config
 from consumer.metrics import PipelineMetrics
 from consumer.ops_http import Health
 from consumer.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
-from consumer.publish import OutcomePublisher
+from consumer.publish import CALL_TIMEOUT_S, Deadline, OutcomePublisher, ProducerTopic, RecordTooLarge  # noqa: F401
 from consumer.settings import WorkerSettings
 from consumer.topics import admin
 from consumer.worker import abandon, log_dead_letters, process_isolating_failures, set_model_metrics
@@ -57,15 +56,9 @@ log = logging.getLogger(__name__)
 
 TRANSACTION_TIMEOUT_MS = 15_000  # a transaction spans only produce + commit (processing happens before it)
 DELIVERY_TIMEOUT_S = TRANSACTION_TIMEOUT_MS / 1000 + 5
-CALL_TIMEOUT_S = 20.0
 WATCHDOG_MARGIN_S = 5.0  # a transactional call still blocked this long after its own timeout is wedged
 MAX_ABORTS_IN_A_ROW = 5
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
-RECORD_OVERHEAD_BYTES = 512  # record batch and record headers around a key and a value
-
-
-class RecordTooLarge(Exception):
-    """Refused before producing: the broker would refuse it, and with it the whole transaction."""
 
 
 class Rewound(Exception):
@@ -89,77 +82,6 @@ async def blocking(fn: Any, *args: Any, timeout_s: float) -> Any:
 
 def transactional_id(settings: WorkerSettings) -> str:
     return f"{settings.group_id}-{settings.instance_id or socket.gethostname()}"
-
-
-class Deadline:
-    """Bounds the delivery waits of one transaction: once it has passed, every wait and every send fails at
-    once (librdkafka's own message timeout does not always fire while the partition leader moves)."""
-
-    def __init__(self) -> None:
-        self.at = math.inf
-
-    def start(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-
-    def check(self) -> None:
-        if time.monotonic() > self.at:
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no delivery report before the transaction's "
-                                            "deadline", txn_requires_abort=True))
-
-
-class Delivery:
-    """One produced record's delivery report. Awaiting it flushes the producer (in a thread) until the
-    report is in; a failed delivery raises."""
-
-    __slots__ = ("producer", "deadline", "done", "error")
-
-    def __init__(self, producer: Producer, deadline: Deadline) -> None:
-        self.producer = producer
-        self.deadline = deadline
-        self.done = False
-        self.error: KafkaError | None = None
-
-    def __call__(self, err: KafkaError | None, msg: Message) -> None:  # on_delivery, in the flushing thread
-        self.error = err
-        self.done = True
-
-    def __await__(self):
-        return self._wait().__await__()
-
-    async def _wait(self) -> None:
-        while not self.done:
-            self.deadline.check()
-            await asyncio.to_thread(self.producer.flush, 1.0)
-        if self.error is not None:
-            raise KafkaException(self.error)
-
-
-class ProducerTopic:
-    """What OutcomePublisher and ExplanationPublisher need of a topic: `send()` returning an awaitable
-    delivery, and its name."""
-
-    def __init__(self, producer: Producer, name: str, max_message_bytes: int, deadline: Deadline | None = None) -> None:
-        self.producer = producer
-        self.name = name
-        self.max_record_bytes = max_message_bytes - RECORD_OVERHEAD_BYTES
-        self.deadline = deadline or Deadline()
-
-    def get_topic_name(self) -> str:
-        return self.name
-
-    async def send(self, key: bytes | None, value: bytes) -> Delivery:
-        self.deadline.check()
-        size = len(value) + len(key or b"")
-        if size > self.max_record_bytes:
-            raise RecordTooLarge(f"{size} bytes is over the {self.max_record_bytes} bytes a record of {self.name} "
-                                 "may have")
-        delivery = Delivery(self.producer, self.deadline)
-        try:
-            self.producer.produce(self.name, key=key, value=value, on_delivery=delivery)
-        except BufferError:  # the local queue is full: let it drain, once
-            await asyncio.to_thread(self.producer.flush, CALL_TIMEOUT_S)
-            self.producer.produce(self.name, key=key, value=value, on_delivery=delivery)
-        return delivery
 
 
 def max_message_bytes(settings: WorkerSettings, topic: str, producer_limit: int) -> int:

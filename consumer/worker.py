@@ -6,10 +6,12 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from pathlib import Path
 
 import faust
 import yaml
+from confluent_kafka import Producer
 
 from consumer.cache import VerdictCache
 from consumer.control import ControlListener
@@ -18,13 +20,13 @@ from consumer.enrich import EnrichmentPipeline
 from consumer.explanations import ExplanationPublisher
 from consumer.fetch import FetchPolicy, ImageFetcher
 from consumer.hot_reload import BundleWatcher
-from consumer.kafka_config import KafkaSecurity
+from consumer.kafka_config import KafkaSecurity, client_config
 from consumer.logs import configure_logging, logging_config
 from consumer.metrics import PipelineMetrics
 from consumer.ops_http import Health, OpsServer, broker_probe, redis_probe
 from consumer.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
 from consumer.policy import DecisionPolicy
-from consumer.publish import OutcomePublisher
+from consumer.publish import RECORD_OVERHEAD_BYTES, OutcomePublisher, ProducerTopic
 from consumer.runtime import BundleRuntime
 from consumer.settings import WorkerSettings
 from consumer.topics import prepare_topics, wait_for_broker
@@ -77,7 +79,12 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         consumer_metadata_max_age_ms=10_000,
     )
     source = raw_topic(app, settings.input_topic)
-    publisher = OutcomePublisher(raw_topic(app, settings.output_topic), raw_topic(app, settings.dlq_topic))
+    producer = output_producer(settings)
+    # Room for dead letters that carry a large original (2 x max_event_bytes a record, as before with Faust's
+    # producer); a broker with a smaller limit refuses the record, and the publisher truncates the original.
+    record_limit = 2 * settings.max_event_bytes + RECORD_OVERHEAD_BYTES
+    publisher = OutcomePublisher(ProducerTopic(producer, settings.output_topic, record_limit),
+                                 ProducerTopic(producer, settings.dlq_topic, record_limit))
     app.memeguard_publisher = publisher  # for metrics and tests
     explanations = (ExplanationPublisher(pipeline.explainer, raw_topic(app, settings.explanations_topic))
                     if pipeline is not None and pipeline.explainer is not None else None)
@@ -97,18 +104,16 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
             publisher.counts["post_publish_errors"] += 1
             log.exception("bookkeeping after publishing a batch failed; the batch stands")
 
-    async def handle(records: list[RawRecord]) -> None:
+    def swap_model_if_ready() -> None:
         if watcher is not None and (new := watcher.take_ready()) is not None:
-            # Swapped between batches; the model version in the cache key changes with it.
+            # Swapped between batches; the model version in the cache key changes with it. A batch already
+            # prepared finishes with the runtime it was prepared with.
             log.info("model swapped", extra={"old": pipeline.runtime.version, "new": new.version})
             pipeline.runtime = new
             if metrics is not None:
                 set_model_metrics(metrics, pipeline)
-        if breaker is None or not await breaker.begin_batch(records):
-            await publish(await process_isolating_failures(pipeline, records))
-            if breaker is not None:
-                await breaker.finish(records)
-            return
+
+    async def handle_one_by_one(records: list[RawRecord]) -> None:
         for record in records:  # a worker died with one of these in flight: find which, one at a time
             if (poison := await breaker.begin_alone(record)) is not None:
                 outcomes = [Outcome(record, dead_letter=dead_letter(record, ErrorKind.POISON_RECORD, poison,
@@ -118,30 +123,76 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
             await publish(outcomes)
             await breaker.finish([record])
 
+    async def handle(records: list[RawRecord], previous: asyncio.Future | None) -> None:
+        """One batch to publication. Its preparation (fetch, hash, cache lookup, decode) runs while the
+        previous batch is still in inference; its outputs go out only after the previous batch's."""
+        try:
+            prepared = await pipeline.prepare(records)
+        except Exception:  # a bug triggered by a record: the isolating path below finds it
+            log.exception("preparing a batch of %d failed; processing it record by record", len(records))
+            prepared = None
+        if previous is not None:
+            await previous
+        outcomes = None
+        if prepared is not None:
+            try:
+                outcomes = await pipeline.finish(prepared)
+            except Exception:
+                log.exception("a batch of %d failed in inference; processing it again, bisecting", len(records))
+        if outcomes is None:
+            outcomes = await process_isolating_failures(pipeline, records)
+        await publish(outcomes)
+        if breaker is not None:
+            await breaker.finish(records)
+
+    async def run_batch(stream: faust.StreamT, events: list, records: list[RawRecord],
+                        previous: asyncio.Future | None, suspect: bool) -> None:
+        """Never raises: a batch that cannot be published ends the process uncommitted."""
+        try:
+            if suspect:
+                await handle_one_by_one(records)
+            else:
+                await handle(records, previous)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("batch could not be published")
+            if breaker is not None:
+                await breaker.record_error(records, e)
+            abandon("batch could not be published; exiting so it is re-delivered", settings.restart_backoff_s)
+        for event in events:  # in order, after the outputs are acknowledged: only now may the offsets commit
+            await stream.ack(event)
+
     @app.agent(source)
     async def moderate(stream: faust.StreamT) -> None:
-        # Faust's take_events() acks the whole batch whenever this loop body is left, even by an exception
-        # or a cancellation. So a batch is either finished (its outputs acknowledged) before we leave, or
-        # the process exits at once without committing, and the batch is re-delivered.
-        async for events in stream.take_events(settings.max_batch, within=settings.max_wait_s):
-            records = [RawRecord(key=e.message.key, value=e.message.value, topic=e.message.topic,
-                                 partition=e.message.partition, offset=e.message.offset) for e in events]
-            task = asyncio.ensure_future(handle(records))
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                log.info("stop requested mid-batch; finishing the %d in-flight events", len(records))
-                try:
-                    await asyncio.wait_for(task, timeout=settings.shutdown_grace_s)
-                except Exception:
+        # take_events() acks a batch when this loop body is left; each event holds one more reference
+        # (incref) until run_batch acks it after its outputs are acknowledged, so up to `pipeline_depth`
+        # batches are in flight and still commit only once published, in order. On a stop the batches in
+        # flight get `shutdown_grace_s` to finish; otherwise the process exits at once without committing.
+        in_flight: deque[asyncio.Future] = deque()
+        try:
+            async for events in stream.take_events(settings.max_batch, within=settings.max_wait_s):
+                for event in events:
+                    event.message.incref()
+                records = [RawRecord(key=e.message.key, value=e.message.value, topic=e.message.topic,
+                                     partition=e.message.partition, offset=e.message.offset) for e in events]
+                swap_model_if_ready()
+                suspect = breaker is not None and await breaker.begin_batch(records)
+                if suspect:  # the one-by-one replay must be alone in flight: its verdict on a record depends on it
+                    await asyncio.shield(asyncio.gather(*in_flight))
+                previous = in_flight[-1] if in_flight else None
+                in_flight.append(asyncio.ensure_future(run_batch(stream, list(events), records, previous, suspect)))
+                while in_flight and (len(in_flight) >= settings.pipeline_depth or suspect or in_flight[0].done()):
+                    await asyncio.shield(in_flight[0])
+                    in_flight.popleft()
+        except asyncio.CancelledError:
+            pending = [t for t in in_flight if not t.done()]
+            if pending:
+                log.info("stop requested; finishing the %d batches in flight", len(pending))
+                _, late = await asyncio.wait(pending, timeout=settings.shutdown_grace_s)
+                if late:
                     abandon("in-flight batch could not finish before shutdown; abandoning it uncommitted", 0.0)
-                raise
-            except Exception as e:
-                log.exception("batch could not be published")
-                if breaker is not None:
-                    await breaker.record_error(records, e)
-                abandon("batch could not be published; exiting so it is re-delivered",
-                        settings.restart_backoff_s)
+            raise
 
     if health is not None:
         @app.timer(1.0)
@@ -160,6 +211,26 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
             ready_file.touch()
 
     return app
+
+
+def producer_limit(settings: WorkerSettings) -> int:
+    """librdkafka's own request limit: above the largest record the publisher lets through."""
+    return min(2 * settings.max_event_bytes + 64 * 1024, 1_000_000_000)
+
+
+def output_producer(settings: WorkerSettings) -> Producer:
+    """Verdicts and dead letters go out through librdkafka, not Faust's aiokafka producer (consumer/publish.py):
+    idempotent, so retries neither duplicate nor reorder a partition's outputs, and acks=all."""
+    return Producer(client_config(settings.kafka_bootstrap, {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": settings.producer_linger_ms,
+        "message.max.bytes": producer_limit(settings),
+        # A delivery that cannot complete fails the batch (the worker exits uncommitted) instead of waiting
+        # librdkafka's default 5 minutes.
+        "message.timeout.ms": 30_000,
+        "logger": log,
+    }))
 
 
 def consumer_lag(app: faust.App) -> dict[tuple[str, int], int]:
@@ -227,7 +298,8 @@ def abandon(reason: str, backoff_s: float) -> None:
 
 def build_pipeline(settings: WorkerSettings) -> ModerationPipeline:
     runtime = BundleRuntime.load(settings.bundle_path, providers=settings.providers,
-                                 intra_op_threads=settings.intra_op_threads)
+                                 intra_op_threads=settings.intra_op_threads,
+                                 engine_cache_root=settings.trt_engine_cache_dir)
     runtime.warmup()
     enrichment = build_enrichment(settings)
     return ModerationPipeline(
@@ -275,10 +347,10 @@ def run_worker(settings: WorkerSettings) -> None:
     configure_logging(settings.log_format, settings.log_level)
     if settings.ready_file is not None:  # a restarted container is not ready until it consumes again
         settings.ready_file.unlink(missing_ok=True)
+    metrics, health = start_ops_server(settings)  # first: probes answer (live, not ready) during the broker wait
     wait_for_broker(settings.kafka_bootstrap, settings.startup_timeout_s)
     prepare_topics(settings, [settings.input_topic, settings.output_topic, settings.dlq_topic]
                    + ([settings.explanations_topic] if "explainer" in settings.enrich_stages else []))
-    metrics, health = start_ops_server(settings)
     pipeline = build_pipeline(settings)
     watch_pipeline(metrics, health, pipeline)
     log.info("worker starting", extra={"group": settings.group_id, "model": pipeline.runtime.version,
@@ -307,3 +379,72 @@ def run_worker(settings: WorkerSettings) -> None:
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), redirect_stdouts=False,
                           logging_config=logging_config(settings.log_format, settings.log_level))
     worker.execute_from_commandline()
+
+
+def run_worker_processes(n: int, cuda_devices: list[str] | None = None) -> int:
+    """`memeguard worker --processes N`: N members of the consumer group on this host, each its own process
+    with its own ONNX Runtime session (decode and inference scale with cores; on a GPU host they share the
+    GPU, or take `cuda_devices` round-robin through CUDA_VISIBLE_DEVICES). SIGTERM/SIGINT are forwarded and
+    each member finishes its batches in flight; a member that exits on its own (an infrastructure failure
+    ends a worker so that its batch is re-delivered) is started again, unless it fails within its first
+    seconds (a configuration error), which stops them all."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    settings = WorkerSettings()
+    base_id = settings.instance_id or socket.gethostname()
+    stopping = False
+
+    def env_of(i: int) -> dict[str, str]:
+        env = {**os.environ, "MEMEGUARD_INSTANCE_ID": f"{base_id}-{i}"}  # a transactional.id per member
+        if settings.ready_file is not None:
+            env["MEMEGUARD_READY_FILE"] = f"{settings.ready_file}.{i}"
+        if settings.metrics_port:
+            env["MEMEGUARD_METRICS_PORT"] = str(settings.metrics_port + i)
+        if cuda_devices:
+            env["CUDA_VISIBLE_DEVICES"] = cuda_devices[i % len(cuda_devices)]
+        if settings.intra_op_threads == 0:  # "one per core" is shared out: N sessions must not oversubscribe
+            env["MEMEGUARD_INTRA_OP_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+        return env
+
+    def start(i: int) -> tuple[subprocess.Popen, float]:
+        return subprocess.Popen([sys.executable, "-m", "consumer.cli", "worker"], env=env_of(i)), time.monotonic()
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc, _ in members.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    configure_logging(settings.log_format, settings.log_level)
+    if settings.ready_file is not None:
+        settings.ready_file.unlink(missing_ok=True)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    members = {i: start(i) for i in range(n)}
+    log.info("worker processes started", extra={"processes": n, "pids": [p.pid for p, _ in members.values()]})
+    ready = False
+    while True:
+        if not ready and settings.ready_file is not None and all(
+                Path(f"{settings.ready_file}.{i}").exists() for i in members):
+            settings.ready_file.touch()  # every member consumes
+            ready = True
+        for i, (proc, started) in list(members.items()):
+            code = proc.poll()
+            if code is None or stopping:
+                continue
+            if code != 0 and time.monotonic() - started < 10:
+                log.critical("worker process failed at start; stopping all", extra={"member": i, "exit": code})
+                forward(signal.SIGTERM, None)
+                break
+            log.warning("worker process exited; starting it again", extra={"member": i, "exit": code})
+            members[i] = start(i)
+        if stopping:
+            codes = [proc.wait() for proc, _ in members.values()]
+            log.info("worker processes stopped", extra={"exits": codes})
+            return max(codes, key=abs)
+        time.sleep(0.2)
+

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "int8"]
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-PROVENANCE = ("thresholds.json", "preprocessing.json", "metrics.json")  # copied under run/ as written
+PROVENANCE = ("thresholds.json", "preprocessing.json", "metrics.json", "training_pool.json")  # copied under run/
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 
 

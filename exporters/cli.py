@@ -59,7 +59,7 @@ def export_run(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m exporters.cli", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="memeguard", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="export a training run to a model bundle (with parity check)")
     e.add_argument("run_dir", type=Path)

@@ -23,6 +23,17 @@ def run_is_complete(run: Path) -> bool:
     return all((run / name).is_file() for name in RUN_FILES)
 
 
+def run_matches_config(run: Path, config: Path) -> bool:
+    """A finished run of an older version of the config (e.g. the MiniLM default before MPNet) is not reused."""
+    from models.config import load_config
+    from models.errors import ConfigError
+
+    try:
+        return load_config(run / "config.yaml").to_dict() == load_config(config).to_dict()
+    except ConfigError:
+        return False
+
+
 def build_default(out: Path, config: Path, runs: Path, force: bool = False) -> Path:
     """Idempotent: an existing, verified bundle at `out` is kept; an existing finished run is reused."""
     if not force and (out / "manifest.json").is_file():
@@ -36,9 +47,11 @@ def build_default(out: Path, config: Path, runs: Path, force: bool = False) -> P
     if not config.is_file():
         raise ExportError(f"Config {config} not found; run from the repository root or pass --config.")
     run = run_dir_for(config, runs)
-    if not run_is_complete(run):
+    stale = run_is_complete(run) and not run_matches_config(run, config)
+    if stale or not run_is_complete(run):
         cmd = [sys.executable, "-m", "models.cli", "train", str(config), "--out", str(runs)]
-        print(f"[build-default] no finished run at {run}: training ({' '.join(cmd)})", file=sys.stderr)
+        why = f"{run} was trained from another version of {config}" if stale else f"no finished run at {run}"
+        print(f"[build-default] {why}: training ({' '.join(cmd)})", file=sys.stderr)
         if subprocess.run(cmd, check=False).returncode != 0:
             raise ExportError(f"Training the default model failed (`{' '.join(cmd)}`); see the output above.")
         if not run_is_complete(run):

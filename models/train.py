@@ -13,7 +13,7 @@ from models.config import RunConfig
 from models.data import Meme, harmful_targets, load_dataset, multi_hot
 from models.metrics import binarize, summary, top_k_constant
 from models.protocol import cross_validate
-from models.run_dir import save_run
+from models.run_dir import save_run, save_training_pool
 from models.sources import FeatureSource, TensorSource
 from models.thresholds import tune_thresholds
 from schemas.techniques import TECHNIQUES
@@ -114,4 +114,5 @@ def train(cfg: RunConfig, out_root: Path, epochs: int | None = None, limit: int 
         info,
         harmful_threshold=0.5 if harmful is not None else None,
     )
+    save_training_pool(run_dir, cfg.data.pool, memes)
     return run_dir

@@ -90,6 +90,25 @@ class PrecisionParity(BaseModel):
     passed: bool
 
 
+class Calibration(BaseModel):
+    """How `memeguard calibrate` derived this bundle's thresholds from another bundle (docs/learning.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base_bundle: str = Field(description="`name@version+digest` of the bundle whose graph and thresholds it started.")
+    base_thresholds: list[float]
+    data: str = Field(description="The labelled data it was fitted on, e.g. 'reviews dataset (412 records)'.")
+    n_records: int
+    decisions_from: Literal["moderators", "gold_labels"] = Field(
+        description="moderators: review decisions; gold_labels: a stand-in derived from technique labels.")
+    target: dict[str, float] = Field(description="e.g. {'review_rate': 0.05} or {'block_precision': 0.9}.")
+    target_met: bool
+    review_floor: float = Field(description="Lowest threshold a non-severe technique may have (review cut-off).")
+    severe_floor: float = Field(description="Lowest threshold a severe technique may have (review/block cut-off).")
+    before: dict[str, float] = Field(default_factory=dict, description="Decision and F1 figures of the base bundle.")
+    after: dict[str, float] = Field(default_factory=dict, description="The same figures for this bundle.")
+
+
 class BundleManifest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -116,3 +135,4 @@ class BundleManifest(BaseModel):
         default=None, description="Export-time check against PyTorch; details in parity.json."
     )
     files: list[FileDigest] = Field(default_factory=list)
+    calibration: Calibration | None = Field(default=None, description="Set by `memeguard calibrate`.")

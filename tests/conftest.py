@@ -43,6 +43,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> DevStack:
     s.down()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real three-master Redis Cluster on loopback (consumer.devinfra.RedisCluster), once per session. A test
+    that kills a master starts it again before it ends (`redis_cluster.start(i)`)."""
+    from consumer.devinfra import RedisCluster
+
+    cluster = RedisCluster.at(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.up()
+    yield cluster
+    cluster.down()
+
+
 def broker_version(kind: str) -> str:
     if kind != "kafka":
         return kind

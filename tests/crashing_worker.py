@@ -11,14 +11,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from consumer import pipeline  # noqa: E402
 from consumer.cli import main  # noqa: E402
 
-_process = pipeline.ModerationPipeline.process
+# prepare() is the first stage of every path (the pipelined worker's and process()'s)
+_prepare = pipeline.ModerationPipeline.prepare
 
 
 async def _crash_on_marker(self, records):
     if any(r.value and b"CRASH-ME" in r.value for r in records):
         os._exit(70)
-    return await _process(self, records)
+    return await _prepare(self, records)
 
 
-pipeline.ModerationPipeline.process = _crash_on_marker
+pipeline.ModerationPipeline.prepare = _crash_on_marker
 sys.exit(main(["worker"]))

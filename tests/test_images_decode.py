@@ -6,11 +6,12 @@ without an EXIF orientation tag, `decode_image` returns what an independent refe
 decode + `ImageOps.exif_transpose` + the documented conversion, written here in numpy), or raises InputError.
 
 Tolerances: without `target` the reference decodes the same bytes with the same decoder, so any format, lossy
-or not, must agree within 1 level per channel (rounding of the alpha blend). With `target` (JPEG draft + box
-reduce, both sides kept >= 2 x target) both are resized to target x target as the model's preprocessing does,
-and the mean absolute difference must stay <= 8 levels of 255, 12 for 1-bit content, which is all edges
-(worst seen: 6.2 and 9.4, at target 8 on 65 px JPEGs of quality 40). A wrong orientation or a wrong
-conversion differs by 20-60.
+or not, must agree within 1 level per channel (rounding of the alpha blend). With `target` (JPEG draft at
+gap 1 (reduced decoding) or 2, then a box reduce keeping both sides >= 2 x target) both are resized to
+target x target as the model's preprocessing does, and the mean absolute difference must stay <= 8 levels
+of 255, 12 for 1-bit content, which is all edges (worst seen: 6.2 and 9.4, at target 8 on 65 px JPEGs of
+quality 40). Reduced decoding at target 8 only: <= 14, 18 for 1-bit (worst seen in 6,000 random cases: 11.4,
+15.1; from target 16 on 4.4 and 5.0). A wrong orientation or a wrong conversion differs by 20-60.
 
 More examples: MEMEGUARD_IMAGE_EXAMPLES=5000 .venv/bin/python -m pytest tests/test_images_decode.py
 """
@@ -174,15 +175,17 @@ def reference(data: bytes) -> np.ndarray:
     orientation=st.one_of(st.none(), st.integers(1, 8)),
     quality=st.integers(40, 95),
     target=st.one_of(st.none(), st.none(), st.sampled_from([8, 16, 24])),
+    gap=st.sampled_from([1, 2]),  # 1: reduced decoding (MEMEGUARD_REDUCED_DECODE), 2: without it
 )
-def test_decoded_pixels_match_the_reference_or_the_image_is_rejected(combo, w, h, seed, orientation, quality, target):
+def test_decoded_pixels_match_the_reference_or_the_image_is_rejected(combo, w, h, seed, orientation, quality, target,
+                                                                     gap):
     mode, fmt = combo
     if fmt == "GIF":
         orientation = None  # GIF has no EXIF
     noise = 0 if target else (seed % 4) * 40
     data = make_image(mode, fmt, w, h, seed, noise, orientation, quality)
     try:
-        ours = decode_image(data, max_pixels=10_000_000, target=target)
+        ours = decode_image(data, max_pixels=10_000_000, target=target, gap=gap)
     except InputError as e:  # rejecting is allowed; only a wrong picture is not
         assert e.kind in (ErrorKind.IMAGE_UNDECODABLE, ErrorKind.PIXEL_BOMB)
         event(f"rejected {e.kind.value}")
@@ -205,7 +208,9 @@ def test_decoded_pixels_match_the_reference_or_the_image_is_rejected(combo, w, h
         expected = np.asarray(Image.fromarray(ref).resize((target, target), Image.BILINEAR)).astype(np.int64)
         mean = np.abs(seen - expected).mean()
         tolerance = 12 if mode == "1" else 8  # bilevel content is all edges
-        assert mean <= tolerance, (mode, fmt, orientation, target, ours.size, (rw, rh), float(mean))
+        if gap == 1 and target == 8:  # the DCT scale leaves 1-2 source pixels per output pixel
+            tolerance = 18 if mode == "1" else 14
+        assert mean <= tolerance, (mode, fmt, orientation, target, gap, ours.size, (rw, rh), float(mean))
 
 
 @pytest.mark.parametrize("combo", COMBOS, ids=lambda c: f"{c[0]}-{c[1]}")

@@ -44,3 +44,29 @@ def test_compose_runs_prometheus_and_grafana_from_ops():
     scrape = yaml.safe_load((REPO / "ops" / "prometheus.yml").read_text())
     targets = {t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
     assert f"worker:{compose['worker']['environment']['MEMEGUARD_METRICS_PORT']}" in targets
+
+
+def test_ops_server_serves_prometheus_client_exposition_and_the_probes():
+    import httpx
+
+    from consumer.ops_http import LIVENESS_PATH, READINESS_PATH, Health, OpsServer
+
+    metrics = PipelineMetrics()
+    metrics.events_in.inc(3)
+    server = OpsServer(metrics, Health(bundle=lambda: "loading the model bundle"), 0, host="127.0.0.1").start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        plain = httpx.get(f"{base}/metrics")
+        assert plain.status_code == 200 and "memeguard_events_in_total 3.0" in plain.text
+        # prometheus_client's own app: content negotiation (OpenMetrics) and gzip come with it.
+        open_metrics = httpx.get(f"{base}/metrics", headers={"Accept": "application/openmetrics-text"})
+        assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+        assert open_metrics.text.rstrip().endswith("# EOF")
+        gzipped = httpx.get(f"{base}/metrics", headers={"Accept-Encoding": "gzip"})
+        assert gzipped.headers.get("content-encoding") == "gzip" and "memeguard_events_in_total" in gzipped.text
+        assert httpx.get(f"{base}{LIVENESS_PATH}").json() == {"status": "starting"}
+        ready = httpx.get(f"{base}{READINESS_PATH}")
+        assert ready.status_code == 503 and ready.json()["checks"]["bundle"] == "loading the model bundle"
+        assert httpx.get(f"{base}/nope").status_code == 404
+    finally:
+        server.stop()

@@ -14,8 +14,10 @@ from models.errors import WeightsUnavailableError
 from models.fit_e2e import Inputs, fit_end_to_end
 
 REPO = Path(__file__).resolve().parents[1]
+OFFLINE_SHORTHANDS = ("name_or_path: minilm", "name_or_path: mpnet")  # weights installed by scripts/install*.sh
 HUB_CONFIGS = sorted(
-    p for p in (REPO / "configs").glob("*.yaml") if "kind: hf" in p.read_text() and "minilm" not in p.read_text()
+    p for p in (REPO / "configs").glob("*.yaml")
+    if "kind: hf" in p.read_text() and not any(s in p.read_text() for s in OFFLINE_SHORTHANDS)
 )
 BERT_TOKENIZER = str(minilm_dir() / "tokenizer.json")  # 30522-word vocabulary for tiny text models
 

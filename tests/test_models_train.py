@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from models import cli
+from models.config import load_config
 from models.errors import NotExportableError
 from models.inference import load_for_export
 from models.paths import semeval_dir
@@ -81,8 +82,11 @@ def test_default_config_one_epoch_on_a_few_real_memes_then_evaluate_and_export(t
         "checkpoint.pt",
         "preprocessing.json",
         "tokenizer/tokenizer.json",
+        "training_pool.json",
     ):
         assert (run_dir / name).is_file(), name
+    pool = json.loads((run_dir / "training_pool.json").read_text())
+    assert pool["splits"] == ["train", "dev"] and pool["n_memes"] == 12 == len(pool["content_hashes"])
     th = json.loads((run_dir / "thresholds.json").read_text())
     assert len(th["labels"]) == len(th["thresholds"]) == 22
     pre = json.loads((run_dir / "preprocessing.json").read_text())
@@ -101,6 +105,19 @@ def test_default_config_one_epoch_on_a_few_real_memes_then_evaluate_and_export(t
     assert model.output_names == ["technique_probs"]
     assert set(model.metrics) >= {"cv_micro_f1", "dev_micro_f1"}
     _onnx_roundtrip(run_dir, tmp_path)  # the real MiniLM + EfficientNet-Lite0 graph
+
+
+def test_build_default_reuses_a_finished_run_only_when_it_was_trained_from_the_same_config(tmp_path: Path) -> None:
+    from exporters.default import run_matches_config
+
+    config = REPO / "configs" / "default.yaml"
+    run = tmp_path / "memeguard-default"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(load_config(config).to_dict(), sort_keys=False))
+    assert run_matches_config(run, config)  # what save_run writes round-trips
+    (run / "config.yaml").write_text(yaml.safe_dump(load_config(REPO / "configs" / "minilm_efficientnet.yaml")
+                                                    .to_dict() | {"name": "memeguard-default"}, sort_keys=False))
+    assert not run_matches_config(run, config)  # the MiniLM default's run is not the MPNet default's
 
 
 @pytest.mark.slow

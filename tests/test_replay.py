@@ -112,7 +112,7 @@ def test_two_bundles_side_by_side_with_labels_joined_from_a_file(stack, topics, 
     page = (tmp_path / "cmp" / "report.html").read_text()
     assert "<script>" not in page
     if "hostile" in differing:
-        assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; friends" in page
+        assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; friends" in page  # Jinja2's autoescape
     assert "data:image/jpeg;base64," in page  # disagreements are listed with their memes
 
 

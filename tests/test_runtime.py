@@ -3,13 +3,14 @@
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
 from consumer.bundle import ModelBundle
-from consumer.errors import BundleError
+from consumer.errors import ConfigError
 from consumer.preprocess import image_to_tensor
-from consumer.runtime import CPU, CUDA, TENSORRT, BundleRuntime, profile_shapes, provider_plan
+from consumer.runtime import CPU, CUDA, TENSORRT, BundleRuntime, engine_cache_dir, profile_shapes, provider_plan
 from exporters.testing import synthetic_memes, write_tiny_bundle
 from schemas import ImagePreprocessing
 
@@ -39,8 +40,42 @@ def test_plan_falls_back_in_order(manifest, tmp_path: Path) -> None:
 
 
 def test_forcing_a_missing_provider_is_a_clear_error(manifest, tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="'tensorrt' is not available"):
+    with pytest.raises(ConfigError, match="'tensorrt' .* is not available"):
         provider_plan("tensorrt", [CPU], manifest, tmp_path)
+
+
+def test_forcing_cuda_on_the_cpu_build_refuses_to_start(tiny_bundle: Path) -> None:
+    assert CUDA not in ort.get_available_providers()  # this machine's onnxruntime is the CPU build
+    with pytest.raises(ConfigError, match="'cuda' .* is not available"):
+        BundleRuntime.load(tiny_bundle, providers="cuda")
+    assert BundleRuntime.load(tiny_bundle, providers="auto").provider == CPU  # auto accepts what there is
+
+
+def test_a_forced_provider_onnxruntime_cannot_activate_is_a_startup_error(tiny_bundle: Path, monkeypatch) -> None:
+    # onnxruntime-gpu without its CUDA libraries lists CUDA as available, then runs the session on the CPU.
+    # The listing is the only thing faked here: the session is real and really falls back.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    with pytest.raises(ConfigError, match="forces CUDAExecutionProvider, but ONNX Runtime could not activate it"):
+        BundleRuntime.load(tiny_bundle, providers="cuda")
+    assert BundleRuntime.load(tiny_bundle, providers="auto").provider == CPU  # auto: a warning, not an error
+
+
+def test_engine_cache_can_be_pointed_at_a_volume(tiny_bundle: Path, tmp_path: Path) -> None:
+    runtime = BundleRuntime.load(tiny_bundle, engine_cache_root=tmp_path / "trt")
+    assert runtime.engine_cache == tmp_path / "trt" / runtime.bundle.fingerprint[:16]  # one directory per bundle
+    assert BundleRuntime.load(tiny_bundle).engine_cache == engine_cache_dir(runtime.bundle)
+    plan = provider_plan("auto", [TENSORRT, CPU], runtime.manifest, runtime.engine_cache)
+    assert plan[0][1]["trt_engine_cache_path"] == str(runtime.engine_cache)
+
+
+def test_memory_modes_score_the_same(tiny_bundle: Path) -> None:
+    memes = synthetic_memes(6, seed=3)
+    images, texts = [m.image for m in memes], [m.text for m in memes]
+    bounded = BundleRuntime.load(tiny_bundle, memory="bounded").predict(images, texts)
+    default = BundleRuntime.load(tiny_bundle, memory="ort_default").predict(images, texts)
+    np.testing.assert_allclose(bounded.technique_probs, default.technique_probs, atol=1e-6)
+    with pytest.raises(ConfigError, match="memory mode"):
+        BundleRuntime.load(tiny_bundle, memory="unbounded")
 
 
 def test_profile_defaults_come_from_the_manifest(manifest) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from consumer.evaluate import multi_hot, multilabel_report
+from consumer.evaluate import TrainingPool, multi_hot, multilabel_report, training_pool_report
 from schemas import DeadLetter, Verdict
 
 
@@ -34,6 +34,7 @@ class ReplayResult:
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     wall_s: float = 0.0
+    training_pool: TrainingPool | None = None  # what the bundle was fitted on (`load_training_pool`)
 
 
 def auroc(gold: np.ndarray, scores: np.ndarray) -> float | None:
@@ -93,6 +94,8 @@ def build_report(result: ReplayResult, events: dict[str, EventInfo], labels: lis
     pred = np.array([[t.flagged for t in v.techniques] for v in labelled], dtype=bool)
     scores = np.array([[t.score for t in v.techniques] for v in labelled], dtype=float)
     report.update(multilabel_report(gold, pred, labels))
+    # Verdicts carry the same content hash the training pool records: a figure on seen memes measures fit.
+    report.update(training_pool_report(result.training_pool, [v.content_hash for v in labelled]))
     for k, name in enumerate(labels):
         report["per_technique"][name]["auroc"] = auroc(gold[:, k], scores[:, k])
         report["per_technique"][name]["predicted"] = int(pred[:, k].sum())

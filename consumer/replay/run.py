@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from consumer.errors import ConfigError
+from consumer.evaluate import load_training_pool
 from consumer.kafka_config import client_config
 from consumer.metrics import PipelineMetrics
 from consumer.ops_http import Health, OpsServer
@@ -112,7 +113,8 @@ async def replay(settings: WorkerSettings, opts: ReplayOptions) -> dict[str, Any
     wait_for_broker(settings.kafka_bootstrap, min(settings.startup_timeout_s, 30.0))
     joined = read_label_file(opts.labels_file) if opts.labels_file else {}
     pipelines = await asyncio.to_thread(_pipelines, settings, opts)
-    results = [ReplayResult(model=p.runtime.version) for p in pipelines]
+    results = [ReplayResult(model=p.runtime.version, training_pool=load_training_pool(p.runtime.bundle.root))
+               for p in pipelines]
     metrics = PipelineMetrics("replay")
     server = None
     if opts.metrics_port:

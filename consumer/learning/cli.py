@@ -1,0 +1,166 @@
+"""The learning-loop commands, registered on `memeguard` by consumer/cli.py: dataset, calibrate, shadow, compare,
+promote. Kafka settings come from the same MEMEGUARD_* variables as the worker."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _policy(path: str | None):
+    from consumer.policy import DecisionPolicy
+    from consumer.settings import WorkerSettings
+
+    return DecisionPolicy.from_file(Path(path) if path else WorkerSettings().policy_file)
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    import os
+
+    from consumer.learning.dataset import Sources, build_dataset, fetch_policy_from_env
+    from consumer.settings import KafkaSettings, ReviewSettings
+
+    s = KafkaSettings()  # not ReviewSettings: building a dataset needs none of the page's sign-in settings
+    reviews = (args.reviews_topic or os.environ.get("MEMEGUARD_REVIEWS_TOPIC")
+               or ReviewSettings.model_fields["reviews_topic"].default)
+    sources = Sources(reviews, args.verdict_topic or s.output_topic, args.input_topic or s.input_topic)
+    manifest = build_dataset(s.kafka_bootstrap, sources, Path(args.out), fetch_policy_from_env(),
+                             progress=not args.no_progress)
+    out.print(f"dataset: {manifest['records']} records {manifest['decisions']} in {args.out} "
+              f"({len(manifest['disagreements'])} disagreements, {len(manifest['skipped'])} skipped)")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from consumer.learning.calibrate import before_after_table, calibrate
+
+    bundle, report = calibrate(
+        Path(args.bundle), Path(args.data), Path(args.out), args.target_review_rate, args.target_precision,
+        _policy(args.policy), images=Path(args.images) if args.images else None, min_support=args.min_support,
+        version=args.version, progress=not args.no_progress)
+    c = bundle.manifest.calibration
+    out.print(f"calibrated on {c.data}; decisions from {c.decisions_from}; target {c.target} "
+              f"{'met' if c.target_met else '[bold red]NOT met[/] (closest point written)'}")
+    out.print(f"review floor {c.review_floor:.4f}, severe floor {c.severe_floor:.4f}, thresholds fitted for "
+              f"{len(report['fitted_techniques'])} techniques")
+    out.print(before_after_table(report["before"], report["after"]), markup=False)
+    out.print(f"new bundle {bundle.manifest.name}@{bundle.manifest.version} -> {args.out}")
+    return 0 if c.target_met else 1
+
+
+def cmd_shadow(args: argparse.Namespace) -> int:
+    from consumer.learning.shadow import ShadowOptions, run_shadow
+    from consumer.logs import configure_logging
+    from consumer.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    configure_logging(settings.log_format, settings.log_level)
+    opts = ShadowOptions(bundle=Path(args.bundle), sample=args.sample, shadow_topic=args.shadow_topic,
+                         group_id=args.group, idle_exit_s=args.idle_exit, max_records=args.max_records)
+    stats = run_shadow(settings, opts)
+    err.print(f"shadow: read {stats.read}, sampled {stats.sampled}, verdicts {stats.verdicts}, "
+              f"dead letters {dict(stats.dead_letters)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from consumer.learning.compare import compare_topics, format_comparison
+    from consumer.settings import KafkaSettings
+
+    s = KafkaSettings()
+    report = compare_topics(s.kafka_bootstrap, args.production_topic or s.output_topic, args.shadow_topic)
+    out.print(format_comparison(report), markup=False)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1, sort_keys=True))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from consumer.learning.promote import Gate, evaluate_gate, roll_out
+    from consumer.settings import WorkerSettings
+
+    s = WorkerSettings()
+    gate = Gate(args.max_f1_drop, args.min_support, args.max_precision_drop, args.review_budget)
+    checks, details = evaluate_gate(Path(args.current or s.bundle_path), Path(args.candidate), Path(args.data),
+                                    Path(args.images) if args.images else None, gate, _policy(args.policy),
+                                    progress=not args.no_progress)
+    for c in checks:
+        out.print(f"{'PASS' if c.passed else 'FAIL'}  {c.name}: {c.detail}", markup=False)
+    passed = all(c.passed for c in checks)
+    if args.report:
+        Path(args.report).write_text(json.dumps({"passed": passed, "checks": [c.__dict__ for c in checks],
+                                                 **details}, indent=1, sort_keys=True, default=str))
+    if not passed:
+        err.print("[bold red]gate failed:[/] nothing rolled out")
+        return 1
+    if args.dry_run:
+        out.print("gate passed; --dry-run: nothing rolled out")
+        return 0
+    target = roll_out(s.kafka_bootstrap, s.control_topic, Path(args.candidate),
+                      Path(args.link) if args.link else None)
+    out.print(f"gate passed; reload of {target} sent on {s.control_topic}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ds = sub.add_parser("dataset", help="build a labelled SemEval-format dataset from moderator reviews")
+    ds.add_argument("action", choices=["build"])
+    ds.add_argument("--reviews-topic", help="default: MEMEGUARD_REVIEWS_TOPIC (memes.reviews)")
+    ds.add_argument("--verdict-topic", help="default: MEMEGUARD_OUTPUT_TOPIC")
+    ds.add_argument("--input-topic", help="default: MEMEGUARD_INPUT_TOPIC")
+    ds.add_argument("--out", required=True)
+    ds.add_argument("--no-progress", action="store_true")
+    ds.set_defaults(func=cmd_dataset)
+
+    cal = sub.add_parser("calibrate", help="fit a bundle's thresholds to labelled data; write a new bundle version")
+    cal.add_argument("--bundle", required=True)
+    cal.add_argument("--data", required=True, help="a `dataset build` folder or a SemEval-format file")
+    cal.add_argument("--images", help="images folder (default: images/ beside the records)")
+    cal.add_argument("--target-review-rate", type=float, help="largest share of `review` decisions")
+    cal.add_argument("--target-precision", type=float, help="smallest precision of `block` decisions")
+    cal.add_argument("--out", required=True, help="the new bundle's folder")
+    cal.add_argument("--policy", help="decision policy YAML the workers run (default: MEMEGUARD_POLICY_FILE)")
+    cal.add_argument("--min-support", type=int, default=5, help="positives a technique needs to refit its threshold")
+    cal.add_argument("--version", help="the new bundle's version (default: the patch number + 1)")
+    cal.add_argument("--no-progress", action="store_true")
+    cal.set_defaults(func=cmd_calibrate)
+
+    sh = sub.add_parser("shadow", help="run a candidate bundle on a sample of live traffic into a shadow topic")
+    sh.add_argument("--bundle", required=True)
+    sh.add_argument("--sample", type=float, default=0.1, help="share of traffic (deterministic, by content)")
+    sh.add_argument("--shadow-topic", default="memes.shadow")
+    sh.add_argument("--group", default="memeguard-shadow", help="its own consumer group")
+    sh.add_argument("--idle-exit", type=float, help="stop after this many seconds without records")
+    sh.add_argument("--max-records", type=int)
+    sh.set_defaults(func=cmd_shadow)
+
+    cmp_ = sub.add_parser("compare", help="production vs shadow verdicts on the same events")
+    cmp_.add_argument("--production-topic", help="default: MEMEGUARD_OUTPUT_TOPIC")
+    cmp_.add_argument("--shadow-topic", default="memes.shadow")
+    cmp_.add_argument("--out", help="also write the report as JSON here")
+    cmp_.set_defaults(func=cmd_compare)
+
+    pr = sub.add_parser("promote", help="gate a candidate on labelled data, then hot-reload it fleet-wide")
+    pr.add_argument("--candidate", required=True)
+    pr.add_argument("--data", required=True)
+    pr.add_argument("--images")
+    pr.add_argument("--current", help="the bundle serving now (default: MEMEGUARD_BUNDLE_PATH)")
+    pr.add_argument("--max-f1-drop", type=float, default=0.02)
+    pr.add_argument("--min-support", type=int, default=5, help="positives a technique needs to be gated on")
+    pr.add_argument("--max-precision-drop", type=float, default=0.02)
+    pr.add_argument("--review-budget", type=float, help="default: the candidate's calibration target")
+    pr.add_argument("--policy", help="decision policy YAML (default: MEMEGUARD_POLICY_FILE)")
+    pr.add_argument("--link", help="also re-point this symlink (the workers' MEMEGUARD_BUNDLE_PATH) at it")
+    pr.add_argument("--dry-run", action="store_true", help="run the gate only")
+    pr.add_argument("--report", help="write the gate's figures as JSON here")
+    pr.add_argument("--no-progress", action="store_true")
+    pr.set_defaults(func=cmd_promote)
+
+
+if __name__ == "__main__":  # pragma: no cover - `memeguard` is the entry point
+    sys.exit("use `memeguard dataset|calibrate|shadow|compare|promote`")

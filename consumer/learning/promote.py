@@ -1,0 +1,110 @@
+"""`memeguard promote`: a gate on the labelled set, then the rollout through the control topic (hot reload).
+
+The gate (docs/learning.md, "Promotion gate"), candidate against the bundle serving now, same labelled data:
+1. The candidate loads and passes its own golden set on this machine (the check every worker repeats).
+2. Same technique labels, in the same order, as the serving bundle.
+3. No technique with at least `min_support` positives in the data loses more than `max_f1_drop` F1.
+4. Block precision does not fall by more than `max_precision_drop`.
+5. The review rate is within `review_budget` (default: the review-rate target the candidate was calibrated to).
+Only when every check passes is a `reload` command with the candidate's path sent on the control topic; each
+worker validates the bundle again in the background and swaps it in between batches (consumer/hot_reload.py).
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from consumer.bundle import ModelBundle
+from consumer.control import ControlCommand, send_command
+from consumer.errors import BundleError
+from consumer.hot_reload import validate_runtime
+from consumer.learning.calibrate import Scored, full_report, score_data
+from consumer.policy import DecisionPolicy
+from consumer.runtime import BundleRuntime
+
+
+@dataclass(frozen=True)
+class Gate:
+    max_f1_drop: float = 0.02
+    min_support: int = 5
+    max_precision_drop: float = 0.02
+    review_budget: float | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+def gate_checks(gate: Gate, current: dict[str, Any], candidate: dict[str, Any], support: dict[str, int]
+                ) -> list[Check]:
+    """Pure: the checks on two reports (`calibrate.full_report`) of the same data."""
+    checks = []
+    drops = {name: current["per_technique"][name]["f1"] - candidate["per_technique"][name]["f1"]
+             for name, n in support.items() if n >= gate.min_support}
+    worst = max(drops.items(), key=lambda kv: kv[1], default=None)
+    checks.append(Check(
+        "technique F1", worst is None or worst[1] <= gate.max_f1_drop + 1e-12,
+        "no technique has enough support to compare" if worst is None else
+        f"largest drop {worst[1]:+.3f} ({worst[0]}) over {len(drops)} techniques with >= {gate.min_support} "
+        f"positives; allowed {gate.max_f1_drop}"))
+    drop = current["block_precision"] - candidate["block_precision"]
+    checks.append(Check("block precision", drop <= gate.max_precision_drop + 1e-12,
+                        f"{current['block_precision']:.3f} -> {candidate['block_precision']:.3f}; "
+                        f"allowed drop {gate.max_precision_drop}"))
+    if gate.review_budget is not None:
+        checks.append(Check("review rate", candidate["review_rate"] <= gate.review_budget + 1e-12,
+                            f"{current['review_rate']:.3f} -> {candidate['review_rate']:.3f}; "
+                            f"budget {gate.review_budget}"))
+    return checks
+
+
+def evaluate_gate(current_path: Path, candidate_path: Path, data: Path, images: Path | None, gate: Gate,
+                  policy: DecisionPolicy, progress: bool = True) -> tuple[list[Check], dict[str, Any]]:
+    checks: list[Check] = []
+    try:
+        candidate_rt = BundleRuntime(ModelBundle.load(candidate_path), providers="cpu")
+        checked = validate_runtime(candidate_rt)
+        checks.append(Check("golden set", True, f"{checked} golden memes reproduce the recorded outputs"))
+    except BundleError as e:
+        return [Check("golden set", False, str(e))], {}
+    current_rt = BundleRuntime(ModelBundle.load(current_path), providers="cpu")
+    same = list(current_rt.manifest.labels) == list(candidate_rt.manifest.labels)
+    checks.append(Check("labels", same, "same techniques in the same order" if same else
+                        "the candidate's technique labels differ from the serving bundle's"))
+    if not same:
+        return checks, {}
+    if gate.review_budget is None and candidate_rt.manifest.calibration is not None:
+        budget = candidate_rt.manifest.calibration.target.get("review_rate")
+        gate = Gate(gate.max_f1_drop, gate.min_support, gate.max_precision_drop, budget)
+    cur: Scored = score_data(current_rt, data, images, policy, progress=progress)
+    cand: Scored = score_data(candidate_rt, data, images, policy, progress=progress)
+    current_report = full_report(cur, current_rt.thresholds.astype(float), policy)
+    candidate_report = full_report(cand, candidate_rt.thresholds.astype(float), policy)
+    support = dict(zip(cur.labels, (int(x) for x in np.asarray(cur.gold).sum(axis=0)), strict=True))
+    checks.extend(gate_checks(gate, current_report, candidate_report, support))
+    return checks, {"current": current_report, "candidate": candidate_report,
+                    "current_model": current_rt.version, "candidate_model": candidate_rt.version,
+                    "gate": gate.__dict__}
+
+
+def roll_out(bootstrap: str, control_topic: str, candidate: Path, link: Path | None = None) -> Path:
+    """Point the fleet at the candidate: re-point `link` atomically if given, then a `reload` on the control topic.
+
+    Returns the path the workers were told to load. With a link, workers that watch it would also notice on
+    their next poll; the control command makes it immediate and reaches workers watching another path.
+    """
+    target = Path(candidate).resolve()
+    if link is not None:
+        tmp = link.with_name(f".{link.name}.promote")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+        target = link
+    send_command(bootstrap, control_topic, ControlCommand(action="reload", bundle_path=str(target)))
+    return target
