@@ -175,6 +175,35 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from consumer.rollout import roll_back, roll_out, wait_for_fleet
+    from consumer.settings import KafkaSettings
+
+    s = KafkaSettings()
+    command = roll_out(s, args.bundle_uri) if args.command == "rollout" else roll_back(s)
+    print(f"revision {command.revision}: {command.model_version} from {command.bundle_uri} on {s.control_topic}")
+    if args.no_wait:
+        return 0
+    report = wait_for_fleet(s, command.revision or 0, args.timeout, args.expect)
+    table = Table(title=f"fleet at revision {command.revision}")
+    for column in ("worker", "state", "revision", "model", "error"):
+        table.add_column(column)
+    for worker, st in sorted(report.statuses.items()):
+        state = st.state if worker in report.answered else f"{st.state} (no answer yet)"
+        table.add_row(worker, state, str(st.revision), st.model_version, escape(st.error or ""))
+    Console().print(table)
+    if not report.statuses:
+        err.print(f"[bold red]error:[/] no worker answered within {args.timeout:.0f}s")
+    elif len(report.statuses) < args.expect:
+        err.print(f"[bold red]error:[/] {len(report.statuses)} of the {args.expect} expected workers answered")
+    elif not report.all_ok:
+        bad = sum(not report.ok(w) for w in report.statuses)
+        err.print(f"[bold red]error:[/] {bad} worker(s) do not serve revision {command.revision}")
+    return 0 if report.all_ok and len(report.statuses) >= args.expect else 1
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.jsonschema import export_json_schemas
 
@@ -250,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--host", help="default: MEMEGUARD_REVIEW_HOST (127.0.0.1)")
     rv.add_argument("--port", type=int, help="default: MEMEGUARD_REVIEW_PORT (8080)")
     rv.set_defaults(func=cmd_review)
+
+    for name, what in (("rollout", "roll a bundle out to every worker (control topic) and report who serves it"),
+                       ("rollback", "roll the fleet back to the revision before the current one")):
+        ro = sub.add_parser(name, help=what)
+        if name == "rollout":
+            ro.add_argument("bundle_uri", help="bundle directory every worker can read: a path or file:///path")
+        ro.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the workers' answers")
+        ro.add_argument("--expect", type=int, default=0, metavar="N", help="fail unless at least N workers answer")
+        ro.add_argument("--no-wait", action="store_true", help="publish and return")
+        ro.set_defaults(func=cmd_rollout)
 
     schemas = sub.add_parser("schemas", help="JSON Schema of every wire contract")
     schemas.add_argument("action", choices=["export"])

@@ -9,13 +9,18 @@ batches. A bundle that fails any check is logged and dropped; the old one keeps 
     ...  # between batches:
     if (new := watcher.take_ready()) is not None:
         runtime = new  # runtime.version (the de-duplication key's model part) changes with it
+
+Fleet rollouts (consumer/control.py) pass a `tag` to request_reload() and get it back in the on_ready /
+on_rejected / on_swapped callbacks, to report which revision each worker validated, refused or swapped in.
 """
 
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -113,8 +118,14 @@ class BundleWatcher:
         poll_interval_s: float = 2.0,
         compare_recorded: bool = True,
         atol: float | None = None,
+        on_ready: Callable[[BundleRuntime, Any], None] | None = None,
+        on_rejected: Callable[[str, Any], None] | None = None,
+        on_swapped: Callable[[BundleRuntime, Any], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        # Optional callbacks with the `tag` of request_reload (the fleet's rollout command): validated, refused,
+        # handed over by take_ready(). Called on the loader thread (the first two) or the caller's (the last).
+        self.on_ready, self.on_rejected, self.on_swapped = on_ready, on_rejected, on_swapped
         self.providers = providers
         self.intra_op_threads = intra_op_threads
         self.max_batch = max_batch
@@ -125,9 +136,11 @@ class BundleWatcher:
         self.atol = atol
         self._cond = threading.Condition()
         self._pending: Path | None = None
+        self._pending_tag: Any = None
+        self._pending_expect: str | None = None
         self._loading = False
         self._loading_key: str | None = None
-        self._ready: BundleRuntime | None = None
+        self._ready: tuple[BundleRuntime, Any] | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._loaded = self._rejected = 0
@@ -154,12 +167,18 @@ class BundleWatcher:
             t.join(timeout)
         self._threads.clear()
 
-    def request_reload(self, path: Path | str | None = None) -> None:
-        """Load `path` (and watch it from now on), or the watched path again, even if unchanged."""
+    def request_reload(self, path: Path | str | None = None, *, tag: Any = None,
+                       expect_version: str | None = None) -> None:
+        """Load `path` (and watch it from now on), or the watched path again, even if unchanged.
+
+        With a `tag` (a fleet rollout) the watched path changes only once the bundle passed its checks, so a
+        refused rollout leaves the watcher on the bundle that serves; `expect_version` refuses a bundle whose
+        `BundleRuntime.version` is not the announced one (another bundle copied to the announced path)."""
         with self._cond:
-            if path is not None:
+            if path is not None and tag is None:
                 self.path = Path(path)
-            self._pending = self.path
+            self._pending = Path(path) if path is not None else self.path
+            self._pending_tag, self._pending_expect = tag, expect_version
             self._rejected_key = None  # an explicit request retries a bundle rejected before
             self._cond.notify_all()
 
@@ -167,7 +186,15 @@ class BundleWatcher:
         """The validated new runtime, once; None when there is nothing new. Call it between batches."""
         with self._cond:
             ready, self._ready = self._ready, None
-            return ready
+        if ready is None:
+            return None
+        runtime, tag = ready
+        if self.on_swapped is not None:
+            try:
+                self.on_swapped(runtime, tag)
+            except Exception:  # reporting must never stop the swap
+                log.exception("bundle watcher: the swap callback failed")
+        return runtime
 
     def poll_once(self) -> bool:
         """Compare the watched path with what serves; queue a load if it changed. True when queued."""
@@ -207,10 +234,12 @@ class BundleWatcher:
                 if self._stop.is_set():
                     return
                 path, self._pending = self._pending, None
+                tag, expect = self._pending_tag, self._pending_expect
+                self._pending_tag = self._pending_expect = None
                 self._loading = True
                 self._loading_key = key = bundle_key(path)
             try:
-                runtime = self._load(path)
+                runtime = self._load(path, expect)
             except Exception as e:  # anything wrong with a new bundle must never stop serving
                 msg = str(e) if isinstance(e, MemeguardError) else f"{type(e).__name__}: {e}"
                 log.error("bundle reload rejected, the current model keeps serving: %s", msg)
@@ -218,21 +247,34 @@ class BundleWatcher:
                     self._rejected += 1
                     self._last_error = msg
                     self._rejected_key = key
-                    self._loading = False
-                    self._cond.notify_all()
+                self._notify(self.on_rejected, msg, tag)
                 continue
             with self._cond:
-                self._ready = runtime  # an untaken older one is simply replaced
+                self._ready = (runtime, tag)  # an untaken older one is simply replaced
                 self._serving_key = key
+                if tag is not None:
+                    self.path = path  # a rollout that passed: watch its bundle from now on
                 self._loaded += 1
                 self._last_error = None
-                self._loading = False
-                self._cond.notify_all()
+            self._notify(self.on_ready, runtime, tag)
             log.info("bundle reload: %s validated on %s, ready to swap in", runtime.version, runtime.provider)
 
-    def _load(self, path: Path) -> BundleRuntime:
+    def _notify(self, callback: Callable[[Any, Any], None] | None, what: Any, tag: Any) -> None:
+        """Run a callback, then end the load: whoever waits in wait_idle() sees the outcome already reported."""
+        try:
+            if callback is not None:
+                callback(what, tag)
+        except Exception:
+            log.exception("bundle watcher: a status callback failed")
+        with self._cond:
+            self._loading = False
+            self._cond.notify_all()
+
+    def _load(self, path: Path, expect_version: str | None = None) -> BundleRuntime:
         runtime = BundleRuntime.load(path, providers=self.providers, intra_op_threads=self.intra_op_threads,
                                      max_batch=self.max_batch, engine_cache_root=self.engine_cache_root)
+        if expect_version is not None and runtime.version != expect_version:
+            raise BundleError(f"Bundle {path} is model {runtime.version}, not the announced {expect_version}.")
         checked = validate_runtime(runtime, self.compare_recorded, self.atol)
         log.info("bundle %s passed its golden set (%d memes)", runtime.version, checked)
         return runtime

@@ -72,6 +72,9 @@ class PipelineMetrics:
         self.model = Info("memeguard_model", "The model bundle being served.", registry=r)
         self.model_loaded = Gauge("memeguard_model_loaded", "1 while a bundle is loaded; labelled by version.",
                                   ["version", "provider"], registry=r)
+        self.fleet_revision = Gauge("memeguard_fleet_revision",
+                                    "Fleet rollout revision served (memeguard rollout); 0 = the configured bundle.",
+                                    registry=r)
         self.redis_up = Gauge("memeguard_redis_up", "1 when the verdict cache answers, 0 when degraded.", registry=r)
         self.broker_up = Gauge("memeguard_broker_up", "1 when the broker answered the last metadata probe.",
                                registry=r)

@@ -33,6 +33,8 @@ class KafkaSettings(BaseSettings):
     output_topic: str = "memes.verdicts"
     dlq_topic: str = "memes.dlq"
     control_topic: str = "memeguard.control"
+    status_topic: str | None = Field(
+        None, description="Where workers report the fleet revision and model they serve; default <control_topic>.status.")
     topic_partitions: int = Field(4, ge=1, description="Partitions for topics memeguard creates itself.")
     topic_replication_factor: int = Field(-1, ge=-1, description="For topics memeguard creates; -1 = broker default.")
     create_topics: Literal["auto", "always", "never"] = Field(
@@ -90,6 +92,8 @@ class WorkerSettings(KafkaSettings):
     restart_backoff_s: float = Field(5.0, ge=0, description="Pause before exiting on an infrastructure failure.")
     watch_bundle: bool = Field(True, description="Hot-reload the bundle when its path changes.")
     bundle_poll_s: float = Field(2.0, gt=0)
+    worker_id: str | None = Field(None, description="Name in `memeguard rollout`'s table; default host-pid.")
+    fleet_heartbeat_s: float = Field(15.0, gt=0, description="How often a worker re-reports its status.")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     instance_id: str | None = Field(
         None, description="exactly_once: this worker's stable identity (transactional.id = {group_id}-{instance_id}); "

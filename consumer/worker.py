@@ -14,7 +14,7 @@ import yaml
 from confluent_kafka import Producer
 
 from consumer.cache import VerdictCache
-from consumer.control import ControlListener
+from consumer.control import FleetMember, status_topic_of
 from consumer.crash_guard import CrashLoopBreaker
 from consumer.enrich import EnrichmentPipeline
 from consumer.explanations import ExplanationPublisher
@@ -360,9 +360,14 @@ def run_worker(settings: WorkerSettings) -> None:
         watcher = BundleWatcher(settings.bundle_path, settings.providers, current=pipeline.runtime,
                                 intra_op_threads=settings.intra_op_threads, max_batch=settings.max_batch,
                                 poll_interval_s=settings.bundle_poll_s).start()
-        prepare_topics(settings, [settings.control_topic], partitions=1)
-        ControlListener(settings.kafka_bootstrap, settings.control_topic,
-                        lambda c: watcher.request_reload(c.bundle_path)).start()
+        status_topic = status_topic_of(settings.control_topic, settings.status_topic)
+        prepare_topics(settings, [settings.control_topic, status_topic], partitions=1)
+        # The fleet's latest rollout (memeguard rollout) is loaded and checked before the first batch.
+        FleetMember(settings.kafka_bootstrap, settings.control_topic, status_topic, watcher, pipeline.runtime,
+                    metrics, settings.worker_id, settings.fleet_heartbeat_s).start(settings.startup_timeout_s)
+        if (new := watcher.take_ready()) is not None:
+            pipeline.runtime = new
+            set_model_metrics(metrics, pipeline)
     breaker = (CrashLoopBreaker(settings.redis_url, settings.group_id, settings.redis_timeout_s,
                                 settings.redis_retry_after_s) if settings.crash_loop_breaker else None)
     if breaker is not None:

@@ -1,0 +1,180 @@
+"""`memeguard rollout BUNDLE_URI` and `memeguard rollback`: a versioned command on the control topic, then
+the workers' answers from the status topic (consumer/control.py has the worker side).
+
+The revision is the highest one on the control topic plus one; the command names the model version and
+fingerprint read from the bundle's manifest here, so a worker refuses any other bundle found at that path.
+A rollback re-publishes an earlier revision's bundle as a new, higher revision: the fleet only moves forward.
+"""
+
+import getpass
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from consumer.bundle import ModelBundle
+from consumer.control import (
+    ControlCommand,
+    WorkerStatus,
+    bundle_path_of,
+    parse_command,
+    read_topic,
+    send_command,
+    status_topic_of,
+)
+from consumer.errors import ConfigError
+from consumer.kafka_config import client_config
+from consumer.settings import KafkaSettings
+from consumer.topics import prepare_topics, wait_for_broker
+
+
+def model_version_of(bundle: ModelBundle) -> str:
+    """What BundleRuntime.version says for this bundle (runtime.py; without loading ONNX Runtime)."""
+    return f"{bundle.manifest.name}@{bundle.manifest.version}+{bundle.fingerprint[:8]}"
+
+
+def rollouts(bootstrap: str, control_topic: str) -> list[ControlCommand]:
+    """The rollout commands on the control topic, first publication of each revision only (workers apply
+    the first one they read; a revision published twice by a race loses its second copy)."""
+    seen: dict[int, ControlCommand] = {}
+    for msg in read_topic(bootstrap, control_topic):
+        c = parse_command(msg)
+        if c is not None and c.action == "rollout" and c.revision not in seen:
+            seen[c.revision or 0] = c
+    return [seen[r] for r in sorted(seen)]
+
+
+def rollback_target(history: list[ControlCommand], refused: set[int] = frozenset()) -> ControlCommand:
+    """The revision that served before the current one. Revisions a worker refused never served and are
+    skipped; a rollback's predecessor is the revision before the one it restored, so rollbacks in a row walk
+    back through history instead of toggling."""
+    by_revision = {c.revision: c for c in history}
+    history = [c for c in history if c.revision not in refused]
+    if not history:
+        raise ConfigError("Nothing to roll back: no rollout on the control topic served yet.")
+    current = history[-1]
+    point = current.restores or current.revision or 0
+    earlier = [c for c in history if (c.revision or 0) < point]
+    if not earlier:
+        raise ConfigError(f"Nothing to roll back to: revision {point} is the first rollout on the control topic.")
+    target = earlier[-1]
+    return by_revision.get(target.restores, target) if target.restores else target
+
+
+def command_for(uri: str | ModelBundle, revision: int, restores: int | None = None) -> ControlCommand:
+    # Every file's sha256: a broken copy is refused here, before the fleet sees it.
+    bundle = uri if isinstance(uri, ModelBundle) else ModelBundle.load(bundle_path_of(uri))
+    path = bundle.root
+    return ControlCommand(action="rollout", revision=revision, bundle_uri=str(path.resolve()),
+                          model_version=model_version_of(bundle), bundle_sha256=bundle.fingerprint,
+                          restores=restores, command_id=uuid.uuid4().hex, issued_at=datetime.now(UTC),
+                          issued_by=f"{getpass.getuser()}@{socket.gethostname()}")
+
+
+def publish(s: KafkaSettings, command_of_revision) -> ControlCommand:  # noqa: ANN001 (int -> ControlCommand)
+    wait_for_broker(s.kafka_bootstrap, 15)  # an unreachable broker: one clear error, not a librdkafka trace
+    prepare_topics(s, [s.control_topic], partitions=1)
+    history = rollouts(s.kafka_bootstrap, s.control_topic)
+    command = command_of_revision(history, (history[-1].revision or 0) + 1 if history else 1)
+    send_command(s.kafka_bootstrap, s.control_topic, command)
+    won = {c.revision: c.command_id for c in rollouts(s.kafka_bootstrap, s.control_topic)}
+    if won.get(command.revision) != command.command_id:
+        raise ConfigError(f"Another rollout took revision {command.revision} at the same time; run it again.")
+    return command
+
+
+def roll_out(s: KafkaSettings, uri: str) -> ControlCommand:
+    bundle = ModelBundle.load(bundle_path_of(uri))  # a wrong URI or a broken bundle fails before the broker is asked
+    return publish(s, lambda _history, revision: command_for(bundle, revision))
+
+
+def roll_back(s: KafkaSettings) -> ControlCommand:
+    def make(history: list[ControlCommand], revision: int) -> ControlCommand:
+        refused = {r for st in live_statuses(s).values() for r in st.refused}
+        target = rollback_target(history, refused)
+        return command_for(target.bundle_uri or "", revision, restores=target.revision)
+
+    return publish(s, make)
+
+
+def alive(st: WorkerStatus, now: datetime) -> bool:
+    """Not stopped and heard from within three heartbeats (the only use of clocks here: a skewed clock can
+    make a worker count as gone or alive, it never orders revisions)."""
+    return st.state != "stopped" and st.updated_at >= now - timedelta(seconds=3 * st.heartbeat_s)
+
+
+def live_statuses(s: KafkaSettings) -> dict[str, WorkerStatus]:
+    latest: dict[str, WorkerStatus] = {}
+    for msg in read_topic(s.kafka_bootstrap, status_topic_of(s.control_topic, s.status_topic)):
+        try:
+            latest[msg.key().decode()] = WorkerStatus.model_validate_json(msg.value())
+        except (ValueError, AttributeError):
+            continue
+    now = datetime.now(UTC)
+    return {w: st for w, st in latest.items() if alive(st, now)}
+
+
+@dataclass(frozen=True)
+class FleetReport:
+    revision: int
+    statuses: dict[str, WorkerStatus]
+    answered: set[str]
+
+    def ok(self, worker: str) -> bool:
+        st = self.statuses[worker]
+        return worker in self.answered and st.revision == self.revision and st.state in ("ready", "serving")
+
+    @property
+    def all_ok(self) -> bool:
+        return bool(self.statuses) and all(self.ok(w) for w in self.statuses)
+
+
+def wait_for_fleet(s: KafkaSettings, revision: int, timeout_s: float, expect: int = 0) -> FleetReport:
+    """Follow the status topic until every live worker (`alive`) answered `revision` (loaded or refused it)
+    and at least `expect` did, or the timeout."""
+    topic = status_topic_of(s.control_topic, s.status_topic)
+    consumer = Consumer(client_config(s.kafka_bootstrap, {"group.id": "memeguard-rollout", "enable.auto.commit": False}))
+    statuses: dict[str, WorkerStatus] = {}
+    answered: set[str] = set()
+    started = datetime.now(UTC)
+    deadline = time.monotonic() + timeout_s
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        parts = list(meta.partitions) if meta is not None and meta.error is None else []
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        # Statuses already on the topic are read through before any verdict: a worker's old record may come last.
+        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts}
+        ends = {p: high for p, (_low, high) in marks.items()}
+        behind = {p for p, (low, high) in marks.items() if high > low}
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5) if parts else time.sleep(0.5)
+            if msg is not None and not msg.error() and msg.partition() in behind \
+                    and msg.offset() >= ends[msg.partition()] - 1:
+                behind.discard(msg.partition())
+            if msg is not None and not msg.error() and msg.value() is not None:
+                try:
+                    st = WorkerStatus.model_validate_json(msg.value())
+                except ValueError:
+                    continue
+                if not alive(st, started):
+                    statuses.pop(st.worker_id, None)
+                    answered.discard(st.worker_id)
+                    continue
+                statuses[st.worker_id] = st
+                if (st.target_revision or 0) >= revision and st.state != "loading":
+                    answered.add(st.worker_id)
+                else:
+                    answered.discard(st.worker_id)
+            if not behind and len(statuses) >= max(expect, 1) and answered >= set(statuses):
+                break
+            if not parts:  # the topic appears with the first worker's status
+                meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+                if meta is not None and meta.error is None and meta.partitions:
+                    parts = list(meta.partitions)
+                    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    finally:
+        consumer.close()
+    return FleetReport(revision, statuses, answered)
