@@ -18,6 +18,7 @@ RUN pip install uv==0.13.8
 COPY pyproject.toml uv.lock README.md ./
 COPY schemas ./schemas
 COPY consumer ./consumer
+COPY scoring ./scoring
 COPY models/__init__.py ./models/__init__.py
 COPY exporters/__init__.py ./exporters/__init__.py
 

@@ -26,7 +26,7 @@ from bench.common import (
     throughput,
     write_result,
 )
-from tests.conftest import Topics
+from testkit.topics import Topics
 
 BATCHES = [1, 8, 32, 64]
 WAITS = [0.05, 0.5]

@@ -22,7 +22,7 @@ from bench.common import (
     write_result,
 )
 from schemas import Verdict
-from tests.conftest import Topics
+from testkit.topics import Topics
 
 RATES = [0.0, 0.3, 0.9]
 

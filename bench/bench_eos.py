@@ -28,9 +28,9 @@ from bench.common import (
     write_result,
 )
 from consumer.devinfra import kafka_version
-from tests.conftest import Topics
-from tests.faults.audit import audit
-from tests.faults.records import VERDICT, RecordSet
+from testkit.audit import audit
+from testkit.records import VERDICT, RecordSet
+from testkit.topics import Topics
 
 GUARANTEES = ("at_least_once", "exactly_once")
 

@@ -24,8 +24,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench.common import dev_stack, flush_cache, produce, start_worker, table, write_result
 from consumer.topics import ensure_topics
-from tests.conftest import Topics
-from tests.faults.records import memes, valid_event
+from testkit.records import memes, valid_event
+from testkit.topics import Topics
 
 VERDICT_LIKE_BYTES = 3 * 1024  # what a verdict with 20 technique scores and timings weighs
 

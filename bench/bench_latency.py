@@ -28,7 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from bench.bench_hotpath import rate, records, wait_committed
 from bench.common import bundle, dev_stack, flush_cache, percentile, produce, start_worker, table, write_result
 from consumer.topics import ensure_topics
-from tests.conftest import Topics
+from testkit.topics import Topics
 
 CONFIGS = {
     "one batch at a time, 0.2 s window": {"MEMEGUARD_PIPELINE_DEPTH": "1", "MEMEGUARD_MAX_WAIT_S": "0.2"},

@@ -25,8 +25,8 @@ from consumer.fetch import FetchPolicy, ImageFetcher
 from consumer.runtime import BundleRuntime
 from consumer.settings import WorkerSettings
 from consumer.topics import ensure_topics
-from tests.conftest import Topics
-from tests.faults.records import memes
+from testkit.records import memes
+from testkit.topics import Topics
 
 
 def inference_only(bundle_path: Path, n: int, batch: int) -> float:

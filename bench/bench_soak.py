@@ -1,8 +1,11 @@
-"""Soak: 100,000 events through one worker; resident memory sampled every few seconds; zero lost events.
+"""Soak: 100,000 events through one worker; the worker's resident memory sampled every few seconds; zero lost.
 
-On this CPU unique memes run at tens per second, so the soak repeats the 750 shipped memes: after the
-first pass every event is a cache hit (duplicate rate 1 - 750/n). Outputs are counted by event id.
-Run: `python -m bench.bench_soak [--n 100000 --max-minutes 15]`.
+On this CPU unique memes run at tens per second, so the soak repeats the 750 shipped memes: after the first
+pass they are cache hits. So that inference (and ONNX Runtime's memory) stays in play the whole time, a
+steady fraction of the events are misses (`--miss-fraction`, 1% by default), arriving as runs of `--batch`
+events with new text each (one full miss batch per 1/fraction batches), not one stray miss per batch.
+Outputs are counted by event id. RSS is the worker process's VmRSS (the process the bench starts).
+Run: `python -m bench.bench_soak [--n 100000 --miss-fraction 0.01 --max-minutes 15]`.
 """
 
 import argparse
@@ -16,8 +19,8 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bench.common import bundle, dev_stack, event_records, flush_cache, now_ms, produce, start_worker, table, write_result
-from tests.conftest import Topics
-from tests.faults.records import memes
+from testkit.records import memes
+from testkit.topics import Topics
 
 
 def rss_mib(pid: int) -> float:
@@ -53,11 +56,28 @@ def count_outputs(bootstrap: str, topics: Topics, n: int, deadline: float) -> tu
     return counts, dead_letters, last_ms
 
 
+def with_misses(records: list[tuple[str, bytes, bytes]], fraction: float, run: int) -> tuple[list, int]:
+    """Every 1/fraction-th run of `run` events gets new text per event (a new content hash: a cache miss)."""
+    if fraction <= 0:
+        return records, 0
+    every = max(1, round(1 / fraction))
+    out, misses = [], 0
+    for n, (event_id, key, value) in enumerate(records):
+        if (n // run) % every == every - 1:
+            event = json.loads(value)
+            event["text"] = f"{event.get('text') or ''} #soak-{n}"
+            value = json.dumps(event).encode()
+            misses += 1
+        out.append((event_id, key, value))
+    return out, misses
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--sample-s", type=float, default=5.0)
+    parser.add_argument("--miss-fraction", type=float, default=0.01, help="steady share of cache misses")
     parser.add_argument("--max-minutes", type=float, default=15.0)
     args = parser.parse_args(argv)
     bundle_path, bundle_name = bundle()
@@ -66,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     with dev_stack() as stack, tempfile.TemporaryDirectory() as tmp:
         flush_cache(stack)
         topics = Topics.unique()
-        records = event_records(0, args.n, topics.group, unique=unique)
+        records, steady_misses = with_misses(event_records(0, args.n, topics.group, unique=unique),
+                                             args.miss_fraction, args.batch)
         worker = start_worker(stack, bundle_path, topics, Path(tmp), MEMEGUARD_MAX_BATCH=str(args.batch),
                               MEMEGUARD_MAX_WAIT_S="0.5", MEMEGUARD_PROVIDERS="cpu")
         pid = worker.proc.pid
@@ -94,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     rss = [r for _, r in samples]
     result = {
         "bundle": bundle_name, "bundle_path": str(bundle_path), "events": args.n, "unique_contents": unique,
-        "duplicate_rate": round(1 - unique / args.n, 4), "max_batch": args.batch,
+        "duplicate_rate": round(1 - (unique + steady_misses) / args.n, 4), "max_batch": args.batch,
+        "workload": f"the {unique} shipped memes repeated (first pass: misses, then hits), plus a steady "
+                    f"{args.miss_fraction:.1%} of misses (new text) in runs of {args.batch} events: "
+                    f"{steady_misses} steady misses, {unique + steady_misses} misses in all",
+        "steady_misses": steady_misses,
         "verdicts_and_dead_letters_distinct": len(counts), "dead_letters": dead_letters,
         "duplicates_before_dedup": sum(counts.values()) - len(counts), "lost": lost, "unexpected_ids": unexpected,
         "finished": lost == 0, "worker_exit_code": exit_code,
@@ -104,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         "memes_per_s": round(len(counts) / max((last_ms - start_ms) / 1000, 1e-3), 1),
         "duration_s": round((last_ms - start_ms) / 1000, 1),
         "rss_mib": {"start": rss[0], "end": rss[-1], "peak": max(rss), "samples": len(rss),
-                    "after_warmup_min": min(rss[len(rss) // 10:]) if rss else None},
+                    "after_warmup_min": min(rss[len(rss) // 10:]) if rss else None,
+                    "after_warmup_max": max(rss[len(rss) // 10:]) if rss else None},
         "rss_samples_s_mib": samples,
     }
     table(f"soak ({bundle_name} bundle)", ["events", "distinct outputs", "lost", "memes/s", "RSS start/end/peak MiB"],

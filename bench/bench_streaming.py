@@ -25,8 +25,8 @@ from bench.common import (
 )
 from consumer.images import decode_image
 from consumer.runtime import BundleRuntime
-from tests.conftest import Topics
-from tests.faults.records import memes
+from testkit.records import memes
+from testkit.topics import Topics
 
 
 def offline_memes_per_s(bundle_path: Path, n: int, batch: int, first: int = 0) -> float:

@@ -25,9 +25,10 @@ from rich.table import Table
 
 from consumer.devinfra import DevStack, free_port
 from consumer.topics import ensure_topics
-from tests.conftest import Topics, WorkerProcess
-from tests.faults.audit import OutputReader
-from tests.faults.records import memes, valid_event
+from testkit.audit import OutputReader
+from testkit.records import memes, valid_event
+from testkit.topics import Topics
+from testkit.worker import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

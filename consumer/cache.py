@@ -1,9 +1,10 @@
 """Redis verdict cache keyed by model version + content hash. An outage degrades to no cache, never blocks."""
 
 import logging
-import time
 from collections import Counter
 
+from purgatory import AsyncCircuitBreakerFactory
+from purgatory.domain.model import OpenedState
 from redis.asyncio.cluster import RedisCluster
 
 from consumer.redis_client import REDIS_ERRORS, async_client
@@ -12,6 +13,7 @@ from schemas import Verdict
 log = logging.getLogger(__name__)
 
 PARSED_ENTRIES = 4096  # ~2 KB each: a few MiB of parsed verdicts kept for repeated hits
+CIRCUIT = "redis"
 
 
 def cache_key(model_version: str, content_hash: str, variant: str = "") -> str:
@@ -20,36 +22,37 @@ def cache_key(model_version: str, content_hash: str, variant: str = "") -> str:
 
 
 class VerdictCache:
-    """`get_many` / `put_many` swallow Redis failures: they count them and skip Redis for a cool-down."""
+    """`get_many` / `put_many` swallow Redis failures: they count them ("errors") and a circuit breaker (purgatory)
+    skips Redis for `retry_after_s` ("skipped"), then lets the next call probe it."""
 
     def __init__(self, url: str, ttl_s: int, timeout_s: float, retry_after_s: float) -> None:
         self.ttl_s = ttl_s
         self.retry_after_s = retry_after_s
         self.counts: Counter[str] = Counter()
-        self._down_until = 0.0
+        # One failure opens the circuit: a timed-out Redis would otherwise cost timeout_s on every batch. Only Redis
+        # errors count (a cancelled batch or a bug in our own code says nothing about Redis).
+        self._breakers = AsyncCircuitBreakerFactory(default_threshold=1, default_ttl=retry_after_s, exclude=[
+            (BaseException, lambda e: not isinstance(e, REDIS_ERRORS))])
         self._parsed: dict[bytes, Verdict] = {}  # raw entry -> parsed verdict, bounded (PARSED_ENTRIES)
         # A Redis Cluster URL gives a cluster client. Verdict keys carry no shared hash tag on purpose: one tag would
         # put the whole cache on one master; MGET is split per slot (no atomicity needed), pipelines per node.
         self._client = async_client(url, timeout_s, retry_on_timeout=False, health_check_interval=0) if url else None
 
-    @property
-    def available(self) -> bool:
-        return self._client is not None and time.monotonic() >= self._down_until
-
     def _outage(self, op: str, e: Exception) -> None:
-        self.counts["errors"] += 1
-        if time.monotonic() >= self._down_until:
-            log.warning("redis %s failed (%s); serving without cache for %.1fs", op, e, self.retry_after_s)
-        self._down_until = time.monotonic() + self.retry_after_s
+        self.counts["errors"] += 1  # each error opens the circuit, so this logs once per outage
+        log.warning("redis %s failed (%s); serving without cache for %.1fs", op, e, self.retry_after_s)
 
     async def get_many(self, keys: list[str]) -> list[Verdict | None]:
-        if not keys or not self.available:
-            if keys:
-                self.counts["skipped"] += len(keys)
+        if not keys or self._client is None:
+            self.counts["skipped"] += len(keys)
             return [None] * len(keys)
         try:
-            raw = await (self._client.mget_nonatomic(keys) if isinstance(self._client, RedisCluster)
-                         else self._client.mget(keys))
+            async with await self._breakers.get_breaker(CIRCUIT):
+                raw = await (self._client.mget_nonatomic(keys) if isinstance(self._client, RedisCluster)
+                             else self._client.mget(keys))
+        except OpenedState:
+            self.counts["skipped"] += len(keys)
+            return [None] * len(keys)
         except REDIS_ERRORS as e:
             self._outage("MGET", e)
             return [None] * len(keys)
@@ -74,15 +77,17 @@ class VerdictCache:
         return verdict
 
     async def put_many(self, items: dict[str, Verdict]) -> None:
-        if not items or not self.available:
+        if not items or self._client is None:
             return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
+            async with await self._breakers.get_breaker(CIRCUIT), self._client.pipeline(transaction=False) as pipe:
                 for key, verdict in items.items():
                     # NX: the first computation wins, so re-processed events keep identical scores.
                     pipe.set(key, verdict.model_dump_json(), nx=True, ex=self.ttl_s)
                 await pipe.execute()
             self.counts["stored"] += len(items)
+        except OpenedState:
+            pass  # Redis is resting after a failure: this batch's verdicts are not cached
         except REDIS_ERRORS as e:
             self._outage("SET", e)
         except Exception:  # noqa: BLE001 (a cache write must never fail a batch, whatever went wrong)

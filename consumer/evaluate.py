@@ -1,9 +1,8 @@
 """`memeguard evaluate`: run a bundle through the serving runtime on a SemEval-format file.
 
 Writes OUT/predictions.jsonl (`{"id", "labels", "scores"}` per record) and, when records carry labels,
-OUT/report.json (micro/macro F1 and per-technique precision, recall, F1, support). The F1 follows
-scikit-learn's `f1_score(..., zero_division=1)` on multi-hot vectors (the task's official metric), computed
-from counts here because the serving image does not ship scikit-learn.
+OUT/report.json (micro/macro F1 and per-technique precision, recall, F1, support): scikit-learn's
+`f1_score(..., zero_division=1)` on multi-hot vectors (the task's official metric), from scoring.metrics.
 """
 
 import argparse
@@ -22,41 +21,9 @@ from tqdm import tqdm
 from consumer.errors import ConfigError, MemeguardError
 from consumer.hashing import content_hash
 from consumer.runtime import BundleRuntime
+from scoring.metrics import micro_f1, multilabel_report  # noqa: F401 (re-exported: parity, replay, calibrate)
 
 log = logging.getLogger(__name__)
-
-
-def _ratio(num: float, den: float) -> float:
-    return float(num / den) if den else 1.0  # zero_division=1
-
-
-def multilabel_report(gold: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    """Micro/macro F1 and per-label figures for bool [N, K] arrays, as sklearn with zero_division=1."""
-    gold, pred = gold.astype(bool), pred.astype(bool)
-    tp = (gold & pred).sum(0).astype(float)
-    fp = (~gold & pred).sum(0).astype(float)
-    fn = (gold & ~pred).sum(0).astype(float)
-    per: dict[str, dict[str, float]] = {}
-    for k, name in enumerate(labels):
-        per[name] = {
-            "precision": _ratio(tp[k], tp[k] + fp[k]),
-            "recall": _ratio(tp[k], tp[k] + fn[k]),
-            # sklearn >= 1.3: F1 = 2tp / (2tp + fp + fn); ill-defined only when all three are zero.
-            "f1": _ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]),
-            "support": int(tp[k] + fn[k]),
-        }
-    TP, FP, FN = tp.sum(), fp.sum(), fn.sum()
-    return {
-        "micro_f1": _ratio(2 * TP, 2 * TP + FP + FN),
-        "macro_f1": float(np.mean([v["f1"] for v in per.values()])) if per else 1.0,
-        "micro_precision": _ratio(TP, TP + FP),
-        "micro_recall": _ratio(TP, TP + FN),
-        "per_technique": per,
-    }
-
-
-def micro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
-    return float(multilabel_report(gold, pred, [str(k) for k in range(gold.shape[1])])["micro_f1"])
 
 
 def multi_hot(label_lists: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:

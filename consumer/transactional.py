@@ -38,6 +38,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource
+from tenacity import RetryCallState, wait_exponential_jitter
 
 from consumer.crash_guard import CrashLoopBreaker
 from consumer.explanations import ExplanationPublisher
@@ -58,6 +59,8 @@ TRANSACTION_TIMEOUT_MS = 15_000  # a transaction spans only produce + commit (pr
 DELIVERY_TIMEOUT_S = TRANSACTION_TIMEOUT_MS / 1000 + 5
 WATCHDOG_MARGIN_S = 5.0  # a transactional call still blocked this long after its own timeout is wedged
 MAX_ABORTS_IN_A_ROW = 5
+# 0.4 s after the first abort, doubled per abort in a row, plus jitter (replicas aborting together retry apart), capped.
+ABORT_BACKOFF = wait_exponential_jitter(multiplier=0.4, max=5.0, jitter=0.2)
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 
 
@@ -261,7 +264,9 @@ class TransactionalWorker:
                 await self._give_up(records, e, f"{self._aborts_in_a_row} transactions aborted in a row")
             if self.breaker is not None:  # an abort is no crash: the records need no one-by-one replay
                 await self.breaker.finish(records)
-            await asyncio.sleep(min(0.2 * 2 ** self._aborts_in_a_row, 5.0))
+            backoff = RetryCallState(None, None, (), {})
+            backoff.attempt_number = self._aborts_in_a_row
+            await asyncio.sleep(ABORT_BACKOFF(backoff))
         except Exception as e:
             await self._give_up(records, e, "batch could not be committed")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from consumer.bundle import ModelBundle
 from consumer.errors import BundleError
-from exporters.cli import export_run
 from exporters.errors import ExportError
+from exporters.run import export_run
 
 RUN_FILES = ("tokenizer/tokenizer.json", "metrics.json", "thresholds.json", "checkpoint.pt")
 

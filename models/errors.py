@@ -1,8 +1,11 @@
 """Typed errors of the training side; every message names the input and what to do."""
 
+from consumer.errors import MemeguardError
 
-class ModelsError(Exception):
-    """Root of every error raised by `models/`."""
+
+class ModelsError(MemeguardError):
+    """Root of every error raised by `models/`: a branch of the project's one hierarchy (consumer.errors), so every
+    CLI catches MemeguardError alone. (models/ may import consumer/; the reverse never happens.)"""
 
 
 class ConfigError(ModelsError):

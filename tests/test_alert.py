@@ -151,19 +151,3 @@ def test_bad_rules_are_one_clear_error(tmp_path, capsys):
         AlertConfig.from_file(bad)
     assert main(["alert", "--rules", str(tmp_path / "missing.yaml")]) == 2
     assert "Cannot read the alert rules file" in capsys.readouterr().err
-
-
-def test_rate_limiter_spaces_requests_per_destination():
-    from consumer.alert.deliver import RateLimiter
-
-    async def schedule() -> list[float]:
-        limiter = RateLimiter(rate_per_s=1000.0)
-        slots = []
-        for _ in range(5):
-            await limiter.wait()
-            slots.append(limiter._next)
-        return slots
-
-    slots = asyncio.run(schedule())
-    gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
-    assert all(g >= 0.001 - 1e-9 for g in gaps), gaps  # never two requests closer than 1/rate

@@ -4,7 +4,7 @@ TGI, Ollama, hosted APIs), for a zero-shot verdict and a one-paragraph explanati
 Only memes the fast model sends to review get here, so this is never on the hot path for `allow`.
 A slow or dead endpoint must not hold the worker up: each call has a deadline, concurrency is
 bounded (and callers beyond a small queue are turned away at once), and after repeated failures a
-circuit breaker stops calling until a cool-down has passed.
+circuit breaker (purgatory) stops calling until a cool-down has passed, then lets a probe through.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import httpx
 from PIL import Image
+from purgatory import AsyncCircuitBreakerFactory
+from purgatory.domain.model import OpenedState
+from purgatory.service._async.circuitbreaker import AsyncCircuitBreaker
 
 from consumer.enrich.base import StageConfig
-from consumer.enrich.breaker import BreakerState, CircuitBreaker
 from schemas.enrichment import Explanation
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ PROMPT = (
     '"explanation": "<one paragraph: what the meme says, who it targets, and why>"}}'
 )
 VERDICTS = ("harmful", "not_harmful", "unsure")
+CIRCUIT = "explainer"
+# What a failing endpoint looks like; anything else is a bug and propagates.
+FAILURES = (TimeoutError, httpx.HTTPError, KeyError, IndexError, TypeError, ValueError)
 
 
 class ExplainerConfig(StageConfig):
@@ -88,7 +93,10 @@ def parse_reply(content: str) -> tuple[str, str]:
 class Explainer:
     def __init__(self, config: ExplainerConfig) -> None:
         self.config = config
-        self.breaker = CircuitBreaker(config.failure_threshold, config.cooldown_s)
+        # purgatory: opens after failure_threshold failures in a row, refuses calls for cooldown_s, then half-opens.
+        self.breakers = AsyncCircuitBreakerFactory(default_threshold=config.failure_threshold,
+                                                   default_ttl=config.cooldown_s)
+        self._breaker: AsyncCircuitBreaker | None = None  # the in-memory breaker, once made (its state is shared)
         self.stats = ExplainerStats()
         self._sem: asyncio.Semaphore | None = None
         self._sem_loop: asyncio.AbstractEventLoop | None = None
@@ -122,43 +130,38 @@ class Explainer:
     async def explain(self, image: Image.Image, text: str | None, verdict_summary: str) -> Explanation | None:
         """The model's verdict and explanation, or None when the endpoint is failing, slow or busy."""
         c = self.config
-        if self._admitted >= c.max_concurrency + c.max_waiting or not self.breaker.allow():
+        if self._admitted >= c.max_concurrency + c.max_waiting:
             self.stats.refused += 1
             return None
         self._admitted += 1  # in flight or queued; counted before any await so a burst sees it
         try:
-            # JPEG-encoding the image takes a few ms: keep it off the event loop.
-            body = await asyncio.to_thread(self.request_body, image, text, verdict_summary)
-            async with self._semaphore():
-                return await self._call(body)
+            self._breaker = breaker = await self.breakers.get_breaker(CIRCUIT)
+            async with breaker:  # raises OpenedState at once while the circuit is open
+                # JPEG-encoding the image takes a few ms: keep it off the event loop.
+                body = await asyncio.to_thread(self.request_body, image, text, verdict_summary)
+                async with self._semaphore():
+                    return await self._call(body)
+        except OpenedState:
+            self.stats.refused += 1
+            return None
+        except FAILURES as e:  # counted by the breaker on the way out of its block (a cancel counts too)
+            self.stats.failures += 1
+            log.warning("explainer call to %s failed (%s: %s); breaker %s", c.url, type(e).__name__, e, self.state)
+            return None
         finally:
             self._admitted -= 1
 
-    async def _call(self, body: dict) -> Explanation | None:
+    async def _call(self, body: dict) -> Explanation:
         c = self.config
         headers = {"Authorization": f"Bearer {c.api_key}"} if c.api_key else {}
         self.stats.calls += 1
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(c.timeout_s):
-                async with httpx.AsyncClient(timeout=c.timeout_s) as client:
-                    endpoint = f"{c.url.rstrip('/')}/chat/completions"
-                    resp = await client.post(endpoint, json=body, headers=headers)
-                    resp.raise_for_status()
-                    content = resp.json()["choices"][0]["message"]["content"]
-        except asyncio.CancelledError:
-            # Free a half-open probe slot, else the breaker would wait forever for its outcome.
-            self.breaker.record_failure()
-            raise
-        except (TimeoutError, httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as e:
-            self.stats.failures += 1
-            self.breaker.record_failure()
-            log.warning(
-                "explainer call to %s failed (%s: %s); breaker %s",
-                c.url, type(e).__name__, e, self.breaker.state.value,
-            )
-            return None
-        self.breaker.record_success()
+        async with asyncio.timeout(c.timeout_s):
+            async with httpx.AsyncClient(timeout=c.timeout_s) as client:
+                endpoint = f"{c.url.rstrip('/')}/chat/completions"
+                resp = await client.post(endpoint, json=body, headers=headers)
+                resp.raise_for_status()
+                content = resp.json()["choices"][0]["message"]["content"]
         verdict, explanation = parse_reply(str(content))
         return Explanation(
             verdict=verdict, explanation=explanation, model=c.model,
@@ -166,5 +169,6 @@ class Explainer:
         )
 
     @property
-    def state(self) -> BreakerState:
-        return self.breaker.state
+    def state(self) -> str:
+        """purgatory's state: "closed", "opened" (until the first call after the cool-down) or "half-opened"."""
+        return self._breaker.context.state if self._breaker is not None else "closed"

@@ -12,6 +12,7 @@ import numpy as np
 
 from consumer.evaluate import TrainingPool, multi_hot, multilabel_report, training_pool_report
 from schemas import DeadLetter, Verdict
+from scoring.metrics import binary_auroc
 
 
 @dataclass
@@ -38,26 +39,8 @@ class ReplayResult:
 
 
 def auroc(gold: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve via the rank-sum (Mann-Whitney U) identity, ties counted half.
-
-    None when only one class is present (the curve is undefined there).
-    """
-    gold = gold.astype(bool)
-    n_pos, n_neg = int(gold.sum()), int((~gold).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=float)
-    sorted_scores = scores[order]
-    i = 0
-    while i < len(scores):  # average ranks over runs of equal scores
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    u = ranks[gold].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    """None when only one class is present (the curve is undefined there)."""
+    return binary_auroc(gold.astype(bool), scores)
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:

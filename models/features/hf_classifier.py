@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -29,6 +28,7 @@ from transformers import (
 from models.features.dataset import load
 from models.paths import cache_dir, semeval_dir
 from schemas.techniques import TECHNIQUES
+from scoring.metrics import macro_f1, micro_f1
 
 Classifier = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_dir": str(args.model_dir),
         "view": args.view,
         "losses": losses,
-        "dev_micro_f1": float(f1_score(data.y[is_dev], pred, average="micro", zero_division=1)),
-        "dev_macro_f1": float(f1_score(data.y[is_dev], pred, average="macro", zero_division=1)),
+        "dev_micro_f1": micro_f1(data.y[is_dev], pred),
+        "dev_macro_f1": macro_f1(data.y[is_dev], pred),
     }
     print(json.dumps(report, indent=2))
     if args.out:

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
-from sklearn.metrics import f1_score
 from sklearn.model_selection import KFold
 
 from models.features.dataset import VIEWS, load
 from models.paths import cache_dir, semeval_dir
+from scoring.metrics import macro_f1, micro_f1
 
 THRESHOLDS = np.round(np.arange(0.05, 0.75, 0.025), 3)
 
@@ -83,14 +83,14 @@ def choose_threshold(x: np.ndarray, y: np.ndarray, c: float, folds: int = 3, see
     oof = np.zeros(y.shape, np.float32)
     for tr, te in KFold(folds, shuffle=True, random_state=seed).split(x):
         oof[te] = fit_predict(x[tr], y[tr], x[te], c)
-    scores = [f1_score(y, oof >= t, average="micro", zero_division=1) for t in THRESHOLDS]
+    scores = [micro_f1(y, oof >= t) for t in THRESHOLDS]
     return float(THRESHOLDS[int(np.argmax(scores))])
 
 
 def scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {
-        "micro_f1": round(float(f1_score(y, pred, average="micro", zero_division=1)), 4),
-        "macro_f1": round(float(f1_score(y, pred, average="macro", zero_division=1)), 4),
+        "micro_f1": round(micro_f1(y, pred), 4),
+        "macro_f1": round(macro_f1(y, pred), 4),
     }
 
 
