@@ -13,9 +13,12 @@ Without Redis the breaker is off (counted, logged once) and processing goes on.
 """
 
 import logging
-import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from purgatory import AsyncCircuitBreakerFactory
+from purgatory.domain.model import OpenedState
 
 from consumer.pipeline import RawRecord
 from consumer.redis_client import REDIS_ERRORS, async_client
@@ -31,7 +34,9 @@ class CrashLoopBreaker:
         self.group = group
         self.retry_after_s = retry_after_s
         self.counts: Counter[str] = Counter()
-        self._down_until = 0.0
+        # One Redis error opens the circuit for retry_after_s (as the verdict cache does); only Redis errors count.
+        self._breakers = AsyncCircuitBreakerFactory(default_threshold=1, default_ttl=retry_after_s, exclude=[
+            (BaseException, lambda e: not isinstance(e, REDIS_ERRORS))])
         # a redis+cluster:// URL gives a cluster client (consumer/redis_client.py)
         self._client = async_client(url, timeout_s, retry_on_timeout=False) if url else None
 
@@ -39,31 +44,39 @@ class CrashLoopBreaker:
         # The {…} hash tag keeps a partition's state in one Redis Cluster slot.
         return f"memeguard:attempts:{{{self.group}:{r.topic}:{r.partition}}}"
 
-    @property
-    def available(self) -> bool:
-        return self._client is not None and time.monotonic() >= self._down_until
-
-    def _outage(self, e: Exception) -> None:
-        self.counts["errors"] += 1
-        if time.monotonic() >= self._down_until:
+    async def _redis(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """`call()`'s result, or None while Redis is out (counted; the breaker is off until it answers again)."""
+        if self._client is None:
+            return None
+        try:
+            async with await self._breakers.get_breaker("redis"):
+                return await call()
+        except OpenedState:
+            return None
+        except REDIS_ERRORS as e:  # each error opens the circuit, so this logs once per outage
+            self.counts["errors"] += 1
             log.warning("crash-loop breaker off for %.1fs: redis failed (%s)", self.retry_after_s, e)
-        self._down_until = time.monotonic() + self.retry_after_s
+            return None
+
+    async def _pipeline(self, fill: Callable[[Any], None]) -> list[Any] | None:
+        async def run() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                fill(pipe)
+                return await pipe.execute()
+        return await self._redis(run)
 
     async def _incr(self, records: Iterable[RawRecord], prefix: str) -> list[int] | None:
         records = list(records)
-        if not records or not self.available:
+        if not records:
             return None
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for r in records:
-                    pipe.hincrby(self._key(r), f"{prefix}{r.offset}", 1)
-                for key in {self._key(r) for r in records}:
-                    pipe.expire(key, STATE_TTL_S)
-                replies = await pipe.execute()
-        except REDIS_ERRORS as e:
-            self._outage(e)
-            return None
-        return [int(n) for n in replies[: len(records)]]
+
+        def fill(pipe: Any) -> None:
+            for r in records:
+                pipe.hincrby(self._key(r), f"{prefix}{r.offset}", 1)
+            for key in {self._key(r) for r in records}:
+                pipe.expire(key, STATE_TTL_S)
+        replies = await self._pipeline(fill)
+        return None if replies is None else [int(n) for n in replies[: len(records)]]
 
     async def begin_batch(self, records: list[RawRecord]) -> bool:
         """True when a record of this batch was in flight in an attempt that never finished."""
@@ -86,37 +99,21 @@ class CrashLoopBreaker:
                 "processed again" + (f" (last error: {error})" if error else " (killed or crashed: no error recorded)"))
 
     async def _last_error(self, record: RawRecord) -> str | None:
-        try:
-            raw = await self._client.hget(self._key(record), f"e{record.offset}")
-        except REDIS_ERRORS as e:
-            self._outage(e)
-            return None
+        raw = await self._redis(lambda: self._client.hget(self._key(record), f"e{record.offset}"))
         return raw.decode("utf-8", "replace") if raw else None
 
     async def record_error(self, records: list[RawRecord], error: BaseException) -> None:
         """Called before an exit on an error: the text goes into a later `poison_record` dead letter."""
-        if not records or not self.available:
+        if not records:
             return
         text = safe_text(f"{type(error).__name__}: {error}", 500)
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for r in records:
-                    pipe.hset(self._key(r), f"e{r.offset}", text)
-                await pipe.execute()
-        except REDIS_ERRORS as e:
-            self._outage(e)
+        await self._pipeline(lambda pipe: [pipe.hset(self._key(r), f"e{r.offset}", text) for r in records])
 
     async def finish(self, records: list[RawRecord]) -> None:
         """The records' outputs are acknowledged: forget their attempts."""
-        if not records or not self.available:
-            return
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for r in records:
-                    pipe.hdel(self._key(r), f"b{r.offset}", f"i{r.offset}", f"e{r.offset}")
-                await pipe.execute()
-        except REDIS_ERRORS as e:
-            self._outage(e)
+        if records:
+            await self._pipeline(lambda pipe: [pipe.hdel(self._key(r), f"b{r.offset}", f"i{r.offset}", f"e{r.offset}")
+                                               for r in records])
 
     async def close(self) -> None:
         if self._client is not None:

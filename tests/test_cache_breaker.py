@@ -36,3 +36,25 @@ def test_redis_down_is_counted_then_skipped_then_probed_again():
 def test_no_redis_url_skips_everything():
     cache = VerdictCache("", ttl_s=60, timeout_s=0.5, retry_after_s=1.0)
     assert asyncio.run(cache.get_many(["a"])) == [None] and cache.counts == {"skipped": 1}
+
+
+def test_crash_loop_breaker_with_redis_down_counts_once_per_cool_down_and_lets_processing_go_on():
+    from consumer.crash_guard import CrashLoopBreaker
+    from consumer.pipeline import RawRecord
+
+    async def scenario() -> tuple[bool, str | None, dict, dict]:
+        breaker = CrashLoopBreaker(f"redis://127.0.0.1:{closed_port()}/0", "g", timeout_s=0.5, retry_after_s=0.3)
+        records = [RawRecord(None, b"{}", "raw", 0, o) for o in (1, 2)]
+        suspect = await breaker.begin_batch(records)  # fails: counted, circuit open
+        poison = await breaker.begin_alone(records[0])  # skipped while open: no second error
+        await breaker.finish(records)
+        during_cooldown = dict(breaker.counts)
+        await asyncio.sleep(0.4)
+        await breaker.finish(records)  # the probe after the cool-down reaches Redis and fails again
+        await breaker.close()
+        return suspect, poison, during_cooldown, dict(breaker.counts)
+
+    suspect, poison, during_cooldown, after_probe = asyncio.run(scenario())
+    assert (suspect, poison) == (False, None)  # without Redis the breaker is off, never a false poison verdict
+    assert during_cooldown == {"errors": 1}
+    assert after_probe == {"errors": 2}
