@@ -73,11 +73,13 @@ def raise_if_rejected(bootstrap: str, errors: list[KafkaError]) -> None:
                               "MEMEGUARD_KAFKA_SSL_CERTFILE/KEYFILE (a client certificate the broker trusts).")
 
 
-def ensure_topics(bootstrap: str, names: list[str], partitions: int, replication_factor: int = -1) -> None:
-    """Create the missing ones. replication_factor -1 = the broker's `default.replication.factor`."""
+def ensure_topics(bootstrap: str, names: list[str], partitions: int, replication_factor: int = -1,
+                  config: dict[str, str] | None = None) -> None:
+    """Create the missing ones. replication_factor -1 = the broker's `default.replication.factor`; `config` are
+    topic configs (e.g. `cleanup.policy=compact`)."""
     client = admin(bootstrap)
     existing = set(client.list_topics(timeout=10).topics)
-    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor)
+    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor, config=config or {})
               for n in names if n not in existing]
     if not wanted:
         return
@@ -95,12 +97,13 @@ def is_loopback(bootstrap: str) -> bool:
     return bool(hosts) and all(h in ("localhost", "::1") or h.startswith("127.") for h in hosts)
 
 
-def prepare_topics(s: KafkaSettings, names: list[str], partitions: int | None = None) -> None:
+def prepare_topics(s: KafkaSettings, names: list[str], partitions: int | None = None,
+                   config: dict[str, str] | None = None) -> None:
     """MEMEGUARD_CREATE_TOPICS: `auto` creates missing topics only on a loopback (development) broker;
     on a shared cluster topics are the platform's to create, so a missing one is one clear error."""
     create = s.create_topics == "always" or (s.create_topics == "auto" and is_loopback(s.kafka_bootstrap))
     if create:
-        ensure_topics(s.kafka_bootstrap, names, partitions or s.topic_partitions, s.topic_replication_factor)
+        ensure_topics(s.kafka_bootstrap, names, partitions or s.topic_partitions, s.topic_replication_factor, config)
         return
     existing = set(admin(s.kafka_bootstrap).list_topics(timeout=10).topics)
     missing = [n for n in names if n not in existing]

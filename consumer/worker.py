@@ -361,7 +361,9 @@ def run_worker(settings: WorkerSettings) -> None:
                                 intra_op_threads=settings.intra_op_threads, max_batch=settings.max_batch,
                                 poll_interval_s=settings.bundle_poll_s).start()
         status_topic = status_topic_of(settings.control_topic, settings.status_topic)
-        prepare_topics(settings, [settings.control_topic, status_topic], partitions=1)
+        prepare_topics(settings, [settings.control_topic], partitions=1)
+        # Compacted: the latest status of every worker id stays readable, however long the fleet runs.
+        prepare_topics(settings, [status_topic], partitions=1, config={"cleanup.policy": "compact"})
         # The fleet's latest rollout (memeguard rollout) is loaded and checked before the first batch.
         FleetMember(settings.kafka_bootstrap, settings.control_topic, status_topic, watcher, pipeline.runtime,
                     metrics, settings.worker_id, settings.fleet_heartbeat_s).start(settings.startup_timeout_s)

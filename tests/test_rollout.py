@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from confluent_kafka.admin import ConfigResource
 
 from consumer.bundle import MANIFEST, ModelBundle
 from consumer.cli import main as memeguard
@@ -16,7 +17,7 @@ from consumer.metrics import PipelineMetrics
 from consumer.rollout import model_version_of, rollback_target, wait_for_fleet
 from consumer.runtime import BundleRuntime
 from consumer.settings import KafkaSettings
-from consumer.topics import ensure_topics
+from consumer.topics import admin, ensure_topics
 from exporters.testing import write_tiny_bundle
 from schemas import Verdict
 from tests.kafka_helpers import produce_events, wait_outputs
@@ -44,6 +45,13 @@ def _verdict_versions(stack, topics, n: int) -> set[str]:
     return {o.model.version for o in outs}  # of these events only: the topic holds earlier verdicts too
 
 
+def _cleanup_policy(bootstrap: str, topic: str) -> str:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    client = admin(bootstrap)  # kept alive until the result is in (a destroyed handle fails the future)
+    configs = client.describe_configs([resource])[resource].result(timeout=10)
+    return configs["cleanup.policy"].value
+
+
 @pytest.mark.integration
 def test_rollout_rejection_rollback_and_a_late_worker(stack, worker_factory, tiny_bundle, bundle_b, topics,
                                                        tmp_path, monkeypatch, capsys) -> None:
@@ -67,6 +75,7 @@ def test_rollout_rejection_rollback_and_a_late_worker(stack, worker_factory, tin
     assert {w: (st.revision, st.model_version) for w, st in report.statuses.items()} == {
         "w1": (1, version_b), "w2": (1, version_b)}
     assert _verdict_versions(stack, topics, 8) == {"2.0.0-b"}
+    assert _cleanup_policy(stack.bootstrap, f"{control}.status") == "compact"  # latest status per worker kept
 
     # 2. A bundle whose golden outputs do not match: both refuse it, keep serving B, and the command fails.
     broken = _corrupt_golden(tiny_bundle, tmp_path / "broken")
