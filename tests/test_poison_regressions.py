@@ -247,3 +247,20 @@ def test_symlink_under_the_root_pointing_outside_is_forbidden(pipeline, root: Pa
     _, _, dlq = run(pipeline, records(json.dumps(doc).encode()))
     [dl] = dead_letters(dlq)
     assert dl.error_kind == ErrorKind.FORBIDDEN_URL and "outside the allowed root" in dl.message
+
+
+@pytest.mark.parametrize("fmt,size", [("PNG", (1, 40_000)), ("PNG", (40_000, 1)), ("JPEG", (1, 60_000)),
+                                      ("JPEG", (60_000, 2)), ("WEBP", (16_000, 1)), ("GIF", (1, 30_000))])
+def test_a_one_pixel_wide_image_is_a_verdict_not_an_internal_error(pipeline, fmt: str, size: tuple[int, int]) -> None:
+    """Legal images far under the pixel cap whose aspect ratio makes a naive resize (or a reduced-scale JPEG
+    decode) round a side to 0 pixels: they are memes to score, not failures. Probed 2026-12; it held already."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buf, fmt)
+    doc = valid_event(f"ev-thin-{fmt}-{size[0]}", None) | {"image_b64": base64.b64encode(buf.getvalue()).decode()}
+    _, verdicts, dlq = run(pipeline, records(json.dumps(doc).encode()))
+    assert dead_letters(dlq) == [] and len(verdicts.messages) == 1
