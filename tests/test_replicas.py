@@ -15,6 +15,7 @@ from consumer.alert.rules import AlertConfig
 from consumer.alert.run import Alerter
 from consumer.review.ingest import ReviewIngest
 from consumer.review.store import ReviewStore
+from consumer.settings import AlertSettings
 from consumer.topics import ensure_topics
 from tests import test_alert
 from tests.kafka_helpers import read_json_topic
@@ -65,10 +66,14 @@ def alerts_seen(stack, s) -> Counter:
     return Counter(subject(a) for a in read_json_topic(stack.bootstrap, s.alerts_topic))
 
 
-def test_two_alerter_replicas_split_the_partitions_and_alert_once(stack, topics, hooks, tmp_path):
+def two_partition_alerter(stack, topics, hooks, tmp_path) -> tuple[AlertSettings, AlertConfig]:
     ensure_topics(stack.bootstrap, [topics.output], 2)
     s = settings(stack, topics, alert_rules(tmp_path / "rules.yaml", hooks))
-    config = AlertConfig.from_file(s.alert_rules_file)
+    return s, AlertConfig.from_file(s.alert_rules_file)
+
+
+def test_two_alerter_replicas_split_the_partitions_and_alert_once(stack, topics, hooks, tmp_path):
+    s, config = two_partition_alerter(stack, topics, hooks, tmp_path)
     first, expected = verdict_batch("one")
     produce_to(stack.bootstrap, topics.output, first)
     with AlerterThread(Alerter(s, config)) as a, AlerterThread(Alerter(s, config)) as b:
@@ -88,9 +93,7 @@ def test_two_alerter_replicas_split_the_partitions_and_alert_once(stack, topics,
 
 def test_two_alerters_reading_the_same_verdicts_raise_each_alert_once(stack, topics, hooks, tmp_path):
     """The worst case of a rebalance: both replicas hold every record (two groups here)."""
-    ensure_topics(stack.bootstrap, [topics.output], 2)
-    s = settings(stack, topics, alert_rules(tmp_path / "rules.yaml", hooks))
-    config = AlertConfig.from_file(s.alert_rules_file)
+    s, config = two_partition_alerter(stack, topics, hooks, tmp_path)
     records, expected = verdict_batch("both")
     produce_to(stack.bootstrap, topics.output, records)
     other = s.model_copy(update={"alert_group_id": f"other-{topics.group}"})
