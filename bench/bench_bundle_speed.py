@@ -1,7 +1,7 @@
 """CPU serving speed of exported bundles, side by side: memes/s of `BundleRuntime.predict` on real dev memes.
 
-    python -m models.bundle_speed BUNDLE [BUNDLE ...] [--batch 16] [--threads 2] [--rounds 3]
-                                  [--out bench/results/bundle_speed_cpu.json]
+    python -m bench.bench_bundle_speed BUNDLE [BUNDLE ...] [--batch 16] [--threads 2] [--rounds 3]
+                                       [--out bench/results/bundle_speed_cpu.json]
 
 Times the serving runtime's own path (preprocessing of decoded images + tokenisation + ONNX Runtime), not
 decoding: the 63 dev memes are decoded once up front. Bundles are timed round-robin, round by round, so the
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]["memes_per_s"]
     for r in rows:
         r["speed_vs_first"] = round(r["memes_per_s"] / base, 3)
-    doc = {"command": "python -m models.bundle_speed " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    doc = {"command": "python -m bench.bench_bundle_speed " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
            "data": f"semeval2021_task6/dev.json ({len(memes)} memes, decoded once before timing)",
            "batch": args.batch, "threads": args.threads, "machine": machine(),
            "load_avg_before": load_before, "load_avg_after": load_avg(), "results": rows}
