@@ -163,6 +163,7 @@ class ImageFetcher:
         self.policy = policy
         self.resolver = resolver or system_resolver
         self.decoder = ImageDecoder(policy.decode)
+        self._root_prefix = os.path.join(str(policy.file_root), "")  # with its trailing separator
         self._ssl_context = ssl_context or httpx.create_ssl_context()  # certifi CAs, as httpx had
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: httpcore.AsyncConnectionPool | None = None
@@ -306,19 +307,24 @@ class ImageFetcher:
             if not stat.S_ISREG(info.st_mode):
                 return None
             try:
-                opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+                opened = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:  # no /proc: the full path
                 return None
-            if not opened.is_relative_to(self.policy.file_root):
+            # The kernel's name for an open file is absolute and canonical, as the resolved root is, so a string
+            # prefix (up to a separator) is Path.is_relative_to without building two Path objects per event.
+            root = self._root_prefix
+            if not (opened.startswith(root) or opened == root[:-1]):
                 raise InputError(f"{_show(url)} is outside the allowed root {self.policy.file_root}",
                                  ErrorKind.FORBIDDEN_URL)
             if info.st_size > self.policy.max_bytes:
                 raise InputError(f"{_show(url)} is {info.st_size} bytes, over the {self.policy.max_bytes}-byte cap",
                                  ErrorKind.IMAGE_TOO_LARGE)
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = f.read(info.st_size + 1)  # not max_bytes + 1: that allocates the whole cap per read
-                if len(data) > info.st_size:  # it grew since fstat: read on, up to the cap
-                    data += f.read(self.policy.max_bytes + 1 - len(data))
+            # Sized by fstat (not max_bytes + 1: that allocates the whole cap per read); os.read, not a buffered
+            # file object; a short read (or a file that grew since fstat) reads on, up to the cap.
+            data = os.read(fd, info.st_size + 1)
+            while len(data) <= self.policy.max_bytes and (
+                    more := os.read(fd, min(1 << 16, self.policy.max_bytes + 1 - len(data)))):
+                data += more  # chunked: os.read allocates what it is asked for before reading
             if len(data) > self.policy.max_bytes:  # it grew since fstat
                 raise InputError(f"{_show(url)} is over the {self.policy.max_bytes}-byte cap", ErrorKind.IMAGE_TOO_LARGE)
             return data

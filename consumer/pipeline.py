@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,13 @@ from consumer.runtime import BundleRuntime
 from schemas import DeadLetter, ErrorKind, MemeEvent, Origin, TechniqueScore, Verdict
 
 log = logging.getLogger(__name__)
+
+# Every inference call runs on this one thread. glibc gives each thread that allocates its own malloc arena and
+# keeps what is freed there: ONNX Runtime's activations (hundreds of MiB at batch 64, handed back after each
+# call by the `bounded` memory mode) left a high-water mark in each of the default executor's threads that
+# ran a call (measured: worker RSS 0.7-0.9 GiB, peak 1.5 GiB, over a soak; one thread: see docs/benchmarks.md).
+# Batches reach inference one at a time anyway (the worker's pipelining keeps their order).
+_INFERENCE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memeguard-inference")
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,11 @@ class ModerationPipeline:
             return self._fail(item, ErrorKind.INVALID_JSON, "record value is null (a tombstone): no event to moderate")
         if len(value) > self.max_event_bytes:
             return self._fail(item, ErrorKind.OVERSIZED, f"record is {len(value)} bytes, over {self.max_event_bytes}")
+        try:  # the fast path: pydantic-core parses and validates the bytes at once
+            item.event = MemeEvent.model_validate_json(value)
+            return
+        except (ValueError, RecursionError):
+            pass  # its JSON parser is stricter than json's: the path below classifies and words the error
         try:
             payload = json.loads(value)
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers over Python's digit limit
@@ -233,8 +246,9 @@ class ModerationPipeline:
         lap("cache_get")
 
         batch.pending = pending
-        batch.hits = {i.hash: self._with_current_policy(v) for i, v in zip(pending, cached, strict=True)
-                      if v is not None}
+        for i, v in zip(pending, cached, strict=True):
+            if v is not None and i.hash not in batch.hits:  # the policy once per distinct meme, not per event
+                batch.hits[i.hash] = self._with_current_policy(v)
         misses: dict[str, _Item] = {}
         for i in pending:
             if i.hash not in batch.hits:
@@ -302,7 +316,8 @@ class ModerationPipeline:
         if not items:
             return {}
         try:
-            prediction = await asyncio.to_thread(runtime.predict, [i.image for i in items], [i.text for i in items])
+            prediction = await asyncio.get_running_loop().run_in_executor(
+                _INFERENCE_THREAD, runtime.predict, [i.image for i in items], [i.text for i in items])
         except Exception as e:  # an ONNX Runtime failure must dead-letter the batch, not kill the worker
             log.exception("inference failed for a batch of %d", len(items))
             for i in items:

@@ -101,6 +101,10 @@ class Delivery:
         self.done = True
 
     def __await__(self):
+        if self.done:  # the batch's first await flushed them all: no coroutine per record for the rest
+            if self.error is not None:
+                raise KafkaException(self.error)
+            return iter(())
         return self._wait().__await__()
 
     async def _wait(self) -> None:

@@ -31,6 +31,9 @@ ProviderSpec = tuple[str, dict[str, Any]]
 # - "no_arena": plain malloc per tensor: 512 / 932 MiB (glibc fragmentation).
 # - "ort_default": ONNX Runtime's defaults: 1842 / 1974 MiB.
 MEMORY_MODES = ("bounded", "no_mem_pattern", "no_arena", "ort_default")
+# Those figures are sampled between calls. During a call at batch 64 the worker's RSS was ~1.6 GiB (the
+# worker-level soak, bench/results/bench_soak_before.json): CPU calls are capped at this many memes instead.
+CPU_CALL_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,9 @@ def session_options(intra_op_threads: int = 0, memory: str = "bounded") -> tuple
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
+    # ORT's threads otherwise spin for a while after each call, waiting for the next one: on a CPU host that
+    # burns the cores the worker's decode threads and event loop need between calls (and other processes').
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if memory != "ort_default":
         options.enable_mem_pattern = False
     if memory == "bounded":
@@ -193,6 +199,10 @@ class BundleRuntime:
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._text = TextEncoder(bundle.root, m.text) if m.text is not None else None
         self._float_type = np.float16 if self._expects_fp16() else np.float32
+        # On the CPU provider a call's activations grow with its batch (~1 GiB at 64 for the default bundle,
+        # handed back after the call by the `bounded` memory mode) while throughput does not (docs/benchmarks.md,
+        # batching): calls there are at most CPU_CALL_BATCH memes; GPU providers take max_batch at once.
+        self.call_batch = min(self.max_batch, CPU_CALL_BATCH) if self.provider == CPU else self.max_batch
         self.thresholds = np.asarray(m.thresholds, dtype=np.float32)
 
     @classmethod
@@ -242,13 +252,14 @@ class BundleRuntime:
         return Prediction(technique_probs=probs, harmful_probs=harmful)
 
     def predict(self, images: Sequence[Image.Image], texts: Sequence[str]) -> Prediction:
-        """One ONNX Runtime call per `max_batch` memes (TensorRT's profile ends there)."""
+        """One ONNX Runtime call per `call_batch` memes (`max_batch`, where TensorRT's profile ends; on the CPU
+        provider at most CPU_CALL_BATCH)."""
         if len(images) != len(texts):
             raise ValueError("images and texts must be the same length")
-        if len(images) <= self.max_batch:
+        step = self.call_batch
+        if len(images) <= step:
             return self.run_feeds(self.feeds(images, texts))
-        parts = [self.predict(images[i:i + self.max_batch], texts[i:i + self.max_batch])
-                 for i in range(0, len(images), self.max_batch)]
+        parts = [self.predict(images[i:i + step], texts[i:i + step]) for i in range(0, len(images), step)]
         harmful = [p.harmful_probs for p in parts]
         return Prediction(
             technique_probs=np.concatenate([p.technique_probs for p in parts]),
