@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from consumer.runtime import BundleRuntime
+from consumer.core.runtime import BundleRuntime
 from exporters.memes import DEFAULT_DATA, load_memes
 from models.paths import REPO_ROOT
 from models.sweep_mpnet import load_avg, machine

@@ -38,11 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import machine  # noqa: E402
-from consumer.evaluate import load_training_pool, multi_hot, multilabel_report, training_pool_report  # noqa: E402
-from consumer.hashing import content_hash  # noqa: E402
-from consumer.images import REDUCED_GAP, REDUCING_GAP, open_image  # noqa: E402
-from consumer.preprocess import _normalisation_table, image_to_tensor  # noqa: E402
-from consumer.runtime import BundleRuntime  # noqa: E402
+from consumer.core.hashing import content_hash  # noqa: E402
+from consumer.core.images import REDUCED_GAP, REDUCING_GAP, open_image  # noqa: E402
+from consumer.core.preprocess import _normalisation_table, image_to_tensor  # noqa: E402
+from consumer.core.runtime import BundleRuntime  # noqa: E402
+from consumer.evaluate.run import load_training_pool, multi_hot, multilabel_report, training_pool_report  # noqa: E402
 from schemas import ImagePreprocessing  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "semeval2021_task6"
@@ -55,7 +55,7 @@ MAX_MICRO_F1_DELTA = 0.02
 
 
 def pillow(gap: int | None):
-    """The worker's decode (consumer.images) at a gap (None: full resolution), then the model's tensor."""
+    """The worker's decode (consumer.core.images) at a gap (None: full resolution), then the model's tensor."""
     def run(data: bytes, spec: ImagePreprocessing) -> np.ndarray:
         target = spec.size if gap else None
         return image_to_tensor(open_image(data, MAX_PIXELS, target=target, gap=gap or REDUCING_GAP).decode(), spec)

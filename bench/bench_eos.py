@@ -27,7 +27,7 @@ from bench.common import (
     throughput,
     write_result,
 )
-from consumer.devinfra import kafka_version
+from consumer.devinfra.stack import kafka_version
 from testkit.audit import audit
 from testkit.records import VERDICT, RecordSet
 from testkit.topics import Topics
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     with dev_stack() as stack, tempfile.TemporaryDirectory() as tmp:
         if stack.broker != "kafka":
             raise SystemExit("exactly-once needs Apache Kafka (MEMEGUARD_DEV_BROKER=kafka)")
-        broker = f"Apache Kafka {kafka_version()} (single KRaft node, consumer/devinfra.py)"
+        broker = f"Apache Kafka {kafka_version()} (single KRaft node, consumer/devinfra/stack.py)"
         for r in range(args.rounds):
             for guarantee in GUARANTEES if r % 2 == 0 else reversed(GUARANTEES):
                 runs.append({"round": r + 1, **one_round(stack, bundle_path, guarantee, args.n, args.batch,

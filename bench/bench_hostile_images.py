@@ -95,7 +95,7 @@ def generate(folder: Path) -> list[dict]:
 
 
 def _old_decode(data: bytes, max_pixels: int):
-    """consumer/images.py as it was before issue 11 (verbatim logic)."""
+    """consumer/core/images.py as it was before issue 11 (verbatim logic)."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -122,9 +122,9 @@ def _old_decode(data: bytes, max_pixels: int):
 def child(mode: str, folder: Path) -> dict:
     from types import SimpleNamespace
 
+    from consumer.core.fetch import FetchPolicy, ImageFetcher
+    from consumer.core.pipeline import ModerationPipeline, RawRecord, _Item
     from consumer.errors import InputError
-    from consumer.fetch import FetchPolicy, ImageFetcher
-    from consumer.pipeline import ModerationPipeline, RawRecord, _Item
     from consumer.settings import WorkerSettings
     from schemas import ImagePreprocessing
 

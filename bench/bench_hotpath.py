@@ -23,7 +23,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench.common import dev_stack, flush_cache, produce, start_worker, table, write_result
-from consumer.topics import ensure_topics
+from consumer.kafka.topics import ensure_topics
 from testkit.records import memes, valid_event
 from testkit.topics import Topics
 

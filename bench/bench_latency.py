@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bench.bench_hotpath import rate, records, wait_committed
 from bench.common import bundle, dev_stack, flush_cache, percentile, produce, start_worker, table, write_result
-from consumer.topics import ensure_topics
+from consumer.kafka.topics import ensure_topics
 from testkit.topics import Topics
 
 CONFIGS = {

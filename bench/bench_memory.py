@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_memory.py --batches 120      # -> bench/results/memory.json
 
 Drives `BundleRuntime` directly (not the full worker: no Kafka, Redis, fetch or decode), one fresh process
-per memory mode (consumer.runtime.MEMORY_MODES), one after the other, same workload, so the modes are compared
+per memory mode (consumer.core.runtime.MEMORY_MODES), one after the other, same workload, so the modes are compared
 side by side in one run. The workload is what the worker's inference sees: batches of 64 real memes (dev and
 train images, decoded once beforehand to the model's tensors) with real meme texts drawn at random, so the
 padded sequence length changes with every batch; every fourth batch is a partial one of 1-64 memes (a batch
@@ -38,8 +38,8 @@ def rss_mib() -> float:
 
 
 def child(mode: str, bundle: Path, batches: int, every: int, threads: int, seed: int) -> dict:
-    from consumer.images import decode_image
-    from consumer.runtime import BundleRuntime
+    from consumer.core.images import decode_image
+    from consumer.core.runtime import BundleRuntime
 
     start_rss = rss_mib()
     runtime = BundleRuntime.load(bundle, intra_op_threads=threads, memory=mode)

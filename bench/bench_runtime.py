@@ -28,7 +28,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from consumer.runtime import BundleRuntime  # noqa: E402
+from consumer.core.runtime import BundleRuntime  # noqa: E402
 from exporters.bundle_writer import export_bundle  # noqa: E402
 from exporters.contract import torch_outputs  # noqa: E402
 from exporters.memes import DEFAULT_DATA, load_memes  # noqa: E402

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from bench.bench_hotpath import output_stamps, rate, wait_committed
 from bench.common import bundle, dev_stack, event_records, flush_cache, produce, start_worker, table, write_result
-from consumer.fetch import FetchPolicy, ImageFetcher
-from consumer.runtime import BundleRuntime
+from consumer.core.fetch import FetchPolicy, ImageFetcher
+from consumer.core.runtime import BundleRuntime
+from consumer.kafka.topics import ensure_topics
 from consumer.settings import WorkerSettings
-from consumer.topics import ensure_topics
 from testkit.records import memes
 from testkit.topics import Topics
 

@@ -23,8 +23,8 @@ from bench.common import (
     throughput,
     write_result,
 )
-from consumer.images import decode_image
-from consumer.runtime import BundleRuntime
+from consumer.core.images import decode_image
+from consumer.core.runtime import BundleRuntime
 from testkit.records import memes
 from testkit.topics import Topics
 

@@ -23,8 +23,8 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
 
-from consumer.devinfra import DevStack, free_port
-from consumer.topics import ensure_topics
+from consumer.devinfra.stack import DevStack, free_port
+from consumer.kafka.topics import ensure_topics
 from testkit.audit import OutputReader
 from testkit.records import memes, valid_event
 from testkit.topics import Topics

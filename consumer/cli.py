@@ -36,7 +36,7 @@ def _forward(module: str, command: str, rest: list[str]) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from consumer.settings import WorkerSettings
-    from consumer.worker import run_worker, run_worker_processes
+    from consumer.worker.service import run_worker, run_worker_processes
 
     if args.processes > 1:
         return run_worker_processes(args.processes, args.cuda_devices.split(",") if args.cuda_devices else None)
@@ -46,7 +46,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from consumer import paths
-    from consumer.devinfra import DevStack
+    from consumer.devinfra.stack import DevStack
 
     stack = DevStack.at(paths.cache_dir() / "dev", args.kafka_port, args.redis_port, broker=args.broker)
     if args.action == "up":
@@ -64,7 +64,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from consumer import paths
-    from consumer.produce import check_images, new_run_id, produce_events, read_folder, read_semeval, to_events
+    from consumer.demo.produce import check_images, new_run_id, produce_events, read_folder, read_semeval, to_events
     from consumer.settings import KafkaSettings
 
     s = KafkaSettings()
@@ -88,7 +88,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     from consumer.display import add_outcome, outcome_table
-    from consumer.outputs import read_outputs
+    from consumer.kafka.outputs import read_outputs
     from consumer.settings import KafkaSettings
 
     s = KafkaSettings()
@@ -105,7 +105,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from consumer.demo import run_demo
+    from consumer.demo.run import run_demo
 
     return run_demo(limit=args.limit)
 
@@ -113,7 +113,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
 
-    from consumer.logs import configure_logging
+    from consumer.ops.logs import configure_logging
     from consumer.replay.run import ReplayOptions, replay
     from consumer.settings import WorkerSettings
 
@@ -141,7 +141,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_alert(args: argparse.Namespace) -> int:
     from consumer.alert.run import run_alerter
-    from consumer.logs import configure_logging
+    from consumer.ops.logs import configure_logging
     from consumer.settings import AlertSettings
 
     overrides = {"alert_rules_file": Path(args.rules)} if args.rules else {}
@@ -154,12 +154,12 @@ def cmd_alert(args: argparse.Namespace) -> int:
 def cmd_review(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from consumer.logs import configure_logging, logging_config
+    from consumer.kafka.topics import prepare_topics, wait_for_broker
+    from consumer.ops.logs import configure_logging, logging_config
     from consumer.review.app import create_app
     from consumer.review.ingest import ReviewIngest
     from consumer.review.store import ReviewStore
     from consumer.settings import ReviewSettings
-    from consumer.topics import prepare_topics, wait_for_broker
 
     s = ReviewSettings()
     configure_logging(s.log_format, s.log_level)
@@ -178,8 +178,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 def cmd_rollout(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from consumer.rollout import roll_back, roll_out, wait_for_fleet
     from consumer.settings import KafkaSettings
+    from consumer.worker.rollout import roll_back, roll_out, wait_for_fleet
 
     s = KafkaSettings()
     command = roll_out(s, args.bundle_uri) if args.command == "rollout" else roll_back(s)
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in TRAINING_COMMANDS:
         return _forward(*TRAINING_COMMANDS[argv[0]], argv[1:])
     if argv and argv[0] == "evaluate":
-        from consumer.evaluate import main as evaluate_main
+        from consumer.evaluate.run import main as evaluate_main
 
         return evaluate_main(argv[1:])
     if argv and argv[0] == "hash-password":

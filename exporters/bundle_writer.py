@@ -14,8 +14,8 @@ from typing import Literal
 
 import onnxruntime as ort
 
-from consumer.bundle import MANIFEST, ModelBundle, digest_files
-from consumer.runtime import BundleRuntime
+from consumer.core.bundle import MANIFEST, ModelBundle, digest_files
+from consumer.core.runtime import BundleRuntime
 from exporters.contract import HARMFUL_OUT, TECHNIQUE_OUT, ExportableModel
 from exporters.errors import ExportError, ParityError
 from exporters.golden import write_golden

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from consumer.bundle import ModelBundle
+from consumer.core.bundle import ModelBundle
 from consumer.errors import BundleError
 from exporters.errors import ExportError
 from exporters.run import export_run

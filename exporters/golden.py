@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from consumer.runtime import BundleRuntime
+from consumer.core.runtime import BundleRuntime
 from exporters.memes import Meme
 from schemas.manifest import GoldenSet
 

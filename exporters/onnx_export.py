@@ -73,7 +73,7 @@ def optimize_portable(src: Path, dst: Path) -> Path:
 
     BASIC (constant folding, redundant node removal) runs everywhere: CPU, CUDA and TensorRT. The
     higher levels insert ORT-only fused ops that TensorRT cannot take, so the runtime applies those
-    online per provider (`ORT_ENABLE_ALL` in `consumer/runtime.py`).
+    online per provider (`ORT_ENABLE_ALL` in `consumer/core/runtime.py`).
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC

@@ -1,6 +1,6 @@
 """Parity: the exported graph in ONNX Runtime against PyTorch eager, on the same preprocessed real memes.
 
-Both sides get exactly the numpy arrays the serving preprocessing (`consumer/preprocess.py`) produces,
+Both sides get exactly the numpy arrays the serving preprocessing (`consumer/core/preprocess.py`) produces,
 so the check isolates the graph; preprocessing parity with training is pinned by the models' tests.
 """
 
@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from consumer.evaluate import micro_f1, multi_hot
-from consumer.runtime import BundleRuntime
+from consumer.core.runtime import BundleRuntime
+from consumer.evaluate.run import micro_f1, multi_hot
 from exporters.contract import ExportableModel, torch_outputs
 from exporters.memes import Meme
 from schemas.manifest import PrecisionParity

@@ -1,4 +1,4 @@
-"""The one training-side preprocessing; `consumer/preprocess.py` re-implements it in numpy and must match.
+"""The one training-side preprocessing; `consumer/core/preprocess.py` re-implements it in numpy and must match.
 
 Image: decode by content (Pillow) → RGB → squash-resize to S×S (bilinear) → /255 → (x-mean)/std → CHW.
 Text: `tokenizers.Tokenizer` from `tokenizer.json`, truncation at max_length, padding to the batch's longest.

@@ -15,7 +15,7 @@ from schemas.manifest import ImagePreprocessing, TextPreprocessing
 
 CONFIG, METRICS, THRESHOLDS, CHECKPOINT = "config.yaml", "metrics.json", "thresholds.json", "checkpoint.pt"
 PREPROCESSING, TOKENIZER, RUN_INFO = "preprocessing.json", "tokenizer/tokenizer.json", "run.json"
-TRAINING_POOL = "training_pool.json"  # read by `memeguard evaluate` / `replay` (consumer.evaluate.TrainingPool)
+TRAINING_POOL = "training_pool.json"  # read by `memeguard evaluate` / `replay` (consumer.evaluate.run.TrainingPool)
 
 
 @dataclass
@@ -74,13 +74,13 @@ def save_run(
 def save_training_pool(run_dir: Path, splits: list[str], memes: list[Meme]) -> None:
     """The content hashes of every meme the final model was fitted on, so serving-side reports can say
     which of the memes they score the model has seen. Same hash as the worker's de-duplication key."""
-    from consumer.hashing import content_hash  # the definition the verdicts' content_hash uses
+    from consumer.core.hashing import content_hash  # the definition the verdicts' content_hash uses
 
     hashes = sorted({content_hash(m.image.read_bytes(), m.text) for m in memes})
     write_json(run_dir / TRAINING_POOL, {
         "splits": list(splits),
         "n_memes": len(memes),
-        "hash": "consumer.hashing.content_hash: sha256(sha256(image bytes) + NFKC-casefolded text)",
+        "hash": "consumer.core.hashing.content_hash: sha256(sha256(image bytes) + NFKC-casefolded text)",
         "content_hashes": hashes,
     })
 

@@ -31,7 +31,7 @@ mv "$LIBS.tmp" "$LIBS"
 
 # Optional speed-up; the broker starts without it (a little slower) if this fails.
 if [ -x .venv/bin/python ]; then
-  .venv/bin/python -c "from consumer.devinfra import build_kafka_class_archive as b; b()" \
+  .venv/bin/python -c "from consumer.devinfra.stack import build_kafka_class_archive as b; b()" \
     || echo "warning: no class-data archive for Kafka (the broker still starts, ~2x slower)" >&2
 fi
 touch "$STAMP"

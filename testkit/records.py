@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from consumer.produce import MemeSource, read_semeval
+from consumer.demo.produce import MemeSource, read_semeval
 from schemas import ErrorKind, MemeEvent
 
 SEMEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval2021_task6"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.devinfra import BROKERS, DevStack, free_port
+from consumer.devinfra.stack import BROKERS, DevStack, free_port
 from testkit.topics import Topics
 from testkit.worker import WorkerProcess
 
@@ -43,9 +43,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> DevStack:
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A real three-master Redis Cluster on loopback (consumer.devinfra.RedisCluster), once per session. A test
+    """A real three-master Redis Cluster on loopback (consumer.devinfra.stack.RedisCluster), once per session. A test
     that kills a master starts it again before it ends (`redis_cluster.start(i)`)."""
-    from consumer.devinfra import RedisCluster
+    from consumer.devinfra.stack import RedisCluster
 
     cluster = RedisCluster.at(tmp_path_factory.mktemp("redis-cluster"))
     cluster.up()
@@ -56,7 +56,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
 def broker_version(kind: str) -> str:
     if kind != "kafka":
         return kind
-    from consumer.devinfra import kafka_version
+    from consumer.devinfra.stack import kafka_version
     from consumer.errors import ConfigError
 
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consumer import pipeline  # noqa: E402
 from consumer.cli import main  # noqa: E402
+from consumer.core import pipeline  # noqa: E402
 
 # prepare() is the first stage of every path (the pipelined worker's and process()'s)
 _prepare = pipeline.ModerationPipeline.prepare

@@ -6,11 +6,11 @@ import ipaddress
 import socket
 from pathlib import Path
 
-from consumer.cache import VerdictCache
-from consumer.fetch import FetchPolicy, ImageFetcher
-from consumer.pipeline import ModerationPipeline
-from consumer.policy import DecisionPolicy
-from consumer.runtime import BundleRuntime
+from consumer.core.cache import VerdictCache
+from consumer.core.fetch import FetchPolicy, ImageFetcher
+from consumer.core.pipeline import ModerationPipeline
+from consumer.core.policy import DecisionPolicy
+from consumer.core.runtime import BundleRuntime
 from tests.generative import tiny_png
 
 

@@ -6,8 +6,8 @@ from collections import Counter
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from consumer.outputs import read_outputs
-from consumer.topics import ensure_topics
+from consumer.kafka.outputs import read_outputs
+from consumer.kafka.topics import ensure_topics
 from schemas import DeadLetter, MemeEvent, Verdict
 
 

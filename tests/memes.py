@@ -4,7 +4,7 @@ import base64
 import uuid
 from pathlib import Path
 
-from consumer.produce import read_semeval, to_events
+from consumer.demo.produce import read_semeval, to_events
 from schemas import MemeEvent
 
 SEMEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval2021_task6"

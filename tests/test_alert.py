@@ -16,8 +16,8 @@ from consumer.alert.rules import AlertConfig
 from consumer.alert.run import Alerter
 from consumer.cli import main
 from consumer.errors import ConfigError
+from consumer.kafka.topics import ensure_topics
 from consumer.settings import AlertSettings
-from consumer.topics import ensure_topics
 from schemas import TECHNIQUES, Decision, ModelInfo, TechniqueScore, Verdict
 from tests.kafka_helpers import produce_raw, read_json_topic
 

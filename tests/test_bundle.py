@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from consumer.bundle import MANIFEST, ModelBundle
+from consumer.core.bundle import MANIFEST, ModelBundle
+from consumer.core.runtime import BundleRuntime
 from consumer.errors import BundleError
-from consumer.runtime import BundleRuntime
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ Redis for the cool-down, and the first call after it probes Redis again."""
 import asyncio
 import socket
 
-from consumer.cache import VerdictCache
+from consumer.core.cache import VerdictCache
 
 
 def closed_port() -> int:
@@ -39,8 +39,8 @@ def test_no_redis_url_skips_everything():
 
 
 def test_crash_loop_breaker_with_redis_down_counts_once_per_cool_down_and_lets_processing_go_on():
-    from consumer.crash_guard import CrashLoopBreaker
-    from consumer.pipeline import RawRecord
+    from consumer.core.pipeline import RawRecord
+    from consumer.worker.crash_guard import CrashLoopBreaker
 
     async def scenario() -> tuple[bool, str | None, dict, dict]:
         breaker = CrashLoopBreaker(f"redis://127.0.0.1:{closed_port()}/0", "g", timeout_s=0.5, retry_after_s=0.3)

@@ -15,10 +15,10 @@ import pytest
 
 from consumer.alert.rules import AlertConfig
 from consumer.cli import build_parser, main
-from consumer.devinfra import free_port
-from consumer.logs import JsonFormatter
+from consumer.devinfra.stack import free_port
+from consumer.kafka.topics import ensure_topics
+from consumer.ops.logs import JsonFormatter
 from consumer.settings import WorkerSettings
-from consumer.topics import ensure_topics
 from schemas import TECHNIQUES, Decision, ModelInfo, TechniqueScore, Verdict
 from tests.kafka_helpers import produce_raw, read_json_topic
 

@@ -17,11 +17,11 @@ import pytest
 from confluent_kafka import KafkaException, Producer
 from pydantic import ValidationError
 
-from consumer.cache import VerdictCache
-from consumer.devinfra import free_port, port_open, redis_binary
-from consumer.kafka_config import KafkaSecurity, client_config
+from consumer.core.cache import VerdictCache
+from consumer.devinfra.stack import free_port, port_open, redis_binary
+from consumer.kafka.config import KafkaSecurity, client_config
 from consumer.settings import WorkerSettings
-from consumer.worker import create_app
+from consumer.worker.service import create_app
 from schemas import TECHNIQUES, Decision, ModelInfo, TechniqueScore, Verdict
 
 CONSUMER = Path(__file__).resolve().parents[1] / "consumer"

@@ -47,7 +47,7 @@ def test_a_record_that_kills_the_worker_twice_is_dead_lettered_as_poison_on_the_
 
 
 def _all_out(stack, topics, good, crash) -> bool:
-    from consumer.outputs import read_outputs
+    from consumer.kafka.outputs import read_outputs
 
     seen = {o.event_id for o in read_outputs(stack.bootstrap, topics.output, topics.dlq, idle_timeout_s=0.5,
                                              deadline_s=5)}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from consumer.alert.rules import AlertConfig
-from consumer.ops_http import LIVENESS_PATH, READINESS_PATH
+from consumer.ops.server import LIVENESS_PATH, READINESS_PATH
 from consumer.settings import AlertSettings, ReviewSettings, WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]

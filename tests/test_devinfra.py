@@ -5,9 +5,9 @@ import redis
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from consumer.devinfra import BROKERS, DevStack, KafkaCluster, free_port
+from consumer.devinfra.stack import BROKERS, DevStack, KafkaCluster, free_port
 from consumer.errors import ConfigError
-from consumer.topics import ensure_topics, wait_for_broker
+from consumer.kafka.topics import ensure_topics, wait_for_broker
 
 pytestmark = pytest.mark.integration
 

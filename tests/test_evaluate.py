@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consumer import evaluate
-from consumer.evaluate import multilabel_report
+from consumer.evaluate import run as evaluate
+from consumer.evaluate.run import multilabel_report
 from exporters.testing import synthetic_memes
 from schemas import TECHNIQUES
 

@@ -1,4 +1,4 @@
-"""Exactly-once mode (consumer/transactional.py) on Apache Kafka: real worker processes, real faults, and an
+"""Exactly-once mode (consumer/worker/transactional.py) on Apache Kafka: real worker processes, real faults, and an
 audit that reads the outputs with `isolation.level=read_committed` (librdkafka's default, tests/faults/audit.py):
 the outputs of aborted transactions must stay invisible, so every event shows up exactly once *before* any
 de-duplication, and the input offsets end committed through the transactions.
@@ -15,11 +15,11 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from consumer.devinfra import KafkaCluster
-from consumer.pipeline import Outcome, RawRecord, dead_letter
-from consumer.publish import TRUNCATED_ORIGINAL_BYTES, OutcomePublisher
-from consumer.topics import ensure_topics
-from consumer.transactional import ProducerTopic
+from consumer.core.pipeline import Outcome, RawRecord, dead_letter
+from consumer.core.publish import TRUNCATED_ORIGINAL_BYTES, OutcomePublisher
+from consumer.devinfra.stack import KafkaCluster
+from consumer.kafka.topics import ensure_topics
+from consumer.worker.transactional import ProducerTopic
 from schemas import ErrorKind
 from tests.faults.audit import OutputReader, audit, rate_per_s, report
 from tests.faults.records import mixed
@@ -219,7 +219,7 @@ def test_exactly_once_zombie_is_fenced_by_the_group(stack, hides_aborted, worker
 
 @pytest.fixture(scope="module")
 def cluster(stack, tmp_path_factory: pytest.TempPathFactory):
-    """Three KRaft brokers, replication factor 3, min.insync.replicas=2 (consumer/devinfra.py)."""
+    """Three KRaft brokers, replication factor 3, min.insync.replicas=2 (consumer/devinfra/stack.py)."""
     if stack.broker != "kafka":
         pytest.skip("the three-broker cluster is Apache Kafka")
     state = tmp_path_factory.mktemp("cluster")

@@ -5,8 +5,8 @@ import asyncio
 
 from PIL import Image
 
-from consumer.explanations import ExplanationPublisher
-from consumer.pipeline import Outcome, RawRecord
+from consumer.core.pipeline import Outcome, RawRecord
+from consumer.worker.explanations import ExplanationPublisher
 from schemas import Decision, ModelInfo, TechniqueScore, Verdict, VerdictExplanation
 from schemas.enrichment import Explanation
 from tests.inprocess import MemoryTopic

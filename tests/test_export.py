@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from consumer.bundle import ModelBundle
-from consumer.runtime import BundleRuntime
+from consumer.core.bundle import ModelBundle
+from consumer.core.runtime import BundleRuntime
 from exporters import cli
 from exporters.bundle_writer import export_bundle
 from exporters.errors import ParityError

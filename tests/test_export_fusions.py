@@ -10,7 +10,7 @@ assemble = pytest.importorskip("models.assemble")
 config = pytest.importorskip("models.config")
 inference = pytest.importorskip("models.inference")
 
-from consumer.bundle import ModelBundle  # noqa: E402
+from consumer.core.bundle import ModelBundle  # noqa: E402
 from exporters.bundle_writer import export_bundle  # noqa: E402
 from exporters.testing import synthetic_memes, tiny_tokenizer_json  # noqa: E402
 from schemas import TECHNIQUES  # noqa: E402

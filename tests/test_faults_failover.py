@@ -1,5 +1,5 @@
 """Broker failover with the at-least-once worker (issue 12, item 4), on a three-broker Apache Kafka cluster
-(KRaft, replication factor 3, min.insync.replicas=2; consumer/devinfra.py):
+(KRaft, replication factor 3, min.insync.replicas=2; consumer/devinfra/stack.py):
 
 1. SIGKILL the broker that leads every input and output partition mid-stream (restarted only once the
    stream is done, for the next scenario: the worker has to finish on the two survivors);
@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.devinfra import KafkaCluster
+from consumer.devinfra.stack import KafkaCluster
 from tests.faults.audit import OutputReader, audit, report
 from tests.faults.records import mixed
 from tests.faults.workers import fault_worker

@@ -33,7 +33,7 @@ def test_poison_flood_half_invalid_all_dead_lettered_valid_unaffected(stack, wor
     assert worker.stop() == 0, worker.log()  # never crashed, never restarted
 
 
-MAX_EVENT_BYTES = 2048  # the worker's producer refuses records over 2 x this (consumer/worker.py)
+MAX_EVENT_BYTES = 2048  # the worker's producer refuses records over 2 x this (consumer/worker/service.py)
 
 
 def test_verdict_too_large_to_publish_is_dead_lettered_and_partition_moves_on(stack, worker_factory, topics,

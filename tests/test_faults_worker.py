@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.devinfra import broker_service, free_port
-from consumer.topics import ensure_topics
+from consumer.devinfra.stack import broker_service, free_port
+from consumer.kafka.topics import ensure_topics
 from tests.faults.audit import OutputReader, audit, rate_per_s, report
 from tests.faults.records import mixed
 from tests.faults.workers import fault_worker

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from consumer.core.fetch import FetchPolicy, ImageFetcher
+from consumer.core.images import decode_image
 from consumer.errors import InputError
-from consumer.fetch import FetchPolicy, ImageFetcher
-from consumer.images import decode_image
 from schemas import ErrorKind, MemeEvent
 
 

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from consumer import fetch as fetch_module
+from consumer.core import fetch as fetch_module
+from consumer.core.fetch import FetchPolicy, ImageFetcher, blocked_reason
 from consumer.errors import InputError
-from consumer.fetch import FetchPolicy, ImageFetcher, blocked_reason
 from schemas import ErrorKind, MemeEvent
 from tests.test_fetch import fetch, kind_of
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from consumer.pipeline import RawRecord
-from consumer.publish import OutcomePublisher
-from consumer.worker import process_isolating_failures
+from consumer.core.pipeline import RawRecord
+from consumer.core.publish import OutcomePublisher
+from consumer.worker.service import process_isolating_failures
 from schemas import DeadLetter, ErrorKind, Verdict
 from tests.generative import keys, record_values
 from tests.inprocess import MemoryTopic, build_pipeline, write_image_root

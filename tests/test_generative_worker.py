@@ -14,8 +14,8 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from consumer.outputs import read_outputs
-from consumer.topics import ensure_topics
+from consumer.kafka.outputs import read_outputs
+from consumer.kafka.topics import ensure_topics
 from schemas import DeadLetter, ErrorKind, Verdict
 from tests.generative import headers, keys, record_values
 from tests.memes import SEMEVAL, read_semeval

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from consumer.bundle import MANIFEST, ModelBundle, digest_files
+from consumer.core.bundle import MANIFEST, ModelBundle, digest_files
+from consumer.core.runtime import BundleRuntime
 from consumer.errors import BundleError
-from consumer.hot_reload import BundleWatcher, validate_runtime
-from consumer.runtime import BundleRuntime
+from consumer.worker.hot_reload import BundleWatcher, validate_runtime
 from exporters.testing import write_tiny_bundle
 
 

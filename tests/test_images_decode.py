@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from consumer import images as images_module
+from consumer.core import images as images_module
+from consumer.core.images import DecodePolicy, ImageDecoder, decode_image, open_image
 from consumer.errors import InputError
-from consumer.images import DecodePolicy, ImageDecoder, decode_image, open_image
 from schemas import ErrorKind
 
 EXAMPLES = int(os.environ.get("MEMEGUARD_IMAGE_EXAMPLES", "250"))
@@ -427,8 +427,8 @@ def test_decodes_run_in_waves_under_the_pixel_budget_and_none_is_dropped(monkeyp
 def test_pipeline_decode_stage_uses_the_fetchers_decoder_and_the_models_input_size(tmp_path):
     from types import SimpleNamespace
 
-    from consumer.fetch import FetchPolicy, ImageFetcher
-    from consumer.pipeline import ModerationPipeline, RawRecord, _Item
+    from consumer.core.fetch import FetchPolicy, ImageFetcher
+    from consumer.core.pipeline import ModerationPipeline, RawRecord, _Item
     from schemas import ImagePreprocessing
 
     runtime = SimpleNamespace(manifest=SimpleNamespace(image=ImagePreprocessing(size=32)))

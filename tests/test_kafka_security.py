@@ -1,6 +1,6 @@
 """TLS and SASL against a real Apache Kafka broker: the worker, `produce` and `replay` through MEMEGUARD_KAFKA_*.
 
-One module-scoped KRaft node (started by consumer/devinfra.py's KafkaNode, with listener properties) has no
+One module-scoped KRaft node (started by consumer/devinfra/stack.py's KafkaNode, with listener properties) has no
 PLAINTEXT broker listener at all:
 - SASL_PLAINTEXT with SCRAM-SHA-512 (also the inter-broker listener); the users `admin` and `memeguard` are
   written into the metadata log when the storage is formatted (`StorageTool format --add-scram`);
@@ -23,7 +23,7 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from consumer.devinfra import DevStack, KafkaNode, Service, free_port, port_open
+from consumer.devinfra.stack import DevStack, KafkaNode, Service, free_port, port_open
 from schemas import Verdict
 from tests.conftest import REPO
 from tests.memes import dev_events
@@ -79,7 +79,7 @@ class SecuredKafkaNode(KafkaNode):
 
     def prepare(self) -> None:
         if not (self.data_dir / "meta.properties").is_file():
-            from consumer.devinfra import kafka_home, kafka_java, new_cluster_id
+            from consumer.devinfra.stack import kafka_home, kafka_java, new_cluster_id
 
             self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
             scram = [arg for user, pw in self.scram_users
@@ -197,8 +197,8 @@ def client_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> str:
 
 
 def moderate_end_to_end(worker_factory, topics, monkeypatch, env: dict[str, str], n: int = 6) -> None:
-    from consumer.outputs import collect
-    from consumer.produce import produce_events
+    from consumer.demo.produce import produce_events
+    from consumer.kafka.outputs import collect
 
     worker = worker_factory(**env).start()
     bootstrap = client_env(monkeypatch, env)
@@ -302,8 +302,8 @@ def test_acl_denying_the_output_topic_stops_the_batch_uncommitted(secured, worke
         ResourceType,
     )
 
-    from consumer.produce import produce_events
-    from consumer.topics import ensure_topics
+    from consumer.demo.produce import produce_events
+    from consumer.kafka.topics import ensure_topics
 
     env = secured.sasl_env()
     bootstrap = client_env(monkeypatch, env)

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consumer.bundle import ModelBundle
+from consumer.core.bundle import ModelBundle
+from consumer.core.policy import DecisionPolicy
+from consumer.core.runtime import BundleRuntime
 from consumer.learning.calibrate import (
     ALLOW,
     BLOCK,
@@ -26,8 +28,6 @@ from consumer.learning.promote import Gate, gate_checks
 from consumer.learning.reviews import resolve
 from consumer.learning.shadow import in_sample
 from consumer.learning.topic_reader import Record
-from consumer.policy import DecisionPolicy
-from consumer.runtime import BundleRuntime
 from schemas import TECHNIQUES, Decision, ModelInfo, TechniqueScore, Verdict
 from tests.memes import SEMEVAL
 

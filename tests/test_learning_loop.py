@@ -10,14 +10,14 @@ import uuid
 import numpy as np
 import pytest
 
-from consumer.bundle import ModelBundle
 from consumer.cli import main as memeguard
+from consumer.core.bundle import ModelBundle
+from consumer.core.policy import DecisionPolicy
+from consumer.core.runtime import BundleRuntime
 from consumer.learning.calibrate import BLOCK, REVIEW, decide_all, score_data
 from consumer.learning.shadow import ShadowOptions, run_shadow
-from consumer.policy import DecisionPolicy
 from consumer.review.ingest import ReviewIngest
 from consumer.review.store import ReviewStore
-from consumer.runtime import BundleRuntime
 from consumer.settings import WorkerSettings
 from schemas import Decision, MemeEvent, Verdict
 from tests.kafka_helpers import produce_events, read_json_topic, wait_outputs

@@ -7,9 +7,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.devinfra import free_port
-from consumer.metrics import PipelineMetrics
-from consumer.ops_http import Health, OpsServer, broker_probe, redis_probe
+from consumer.devinfra.stack import free_port
+from consumer.ops.metrics import PipelineMetrics
+from consumer.ops.server import Health, OpsServer, broker_probe, redis_probe
 from tests.kafka_helpers import produce_events, produce_raw, wait_outputs
 from tests.memes import dev_events
 

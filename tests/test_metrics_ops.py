@@ -8,7 +8,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from consumer.alert.run import AlertMetrics
-from consumer.metrics import PipelineMetrics
+from consumer.ops.metrics import PipelineMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_compose_runs_prometheus_and_grafana_from_ops():
 def test_ops_server_serves_prometheus_client_exposition_and_the_probes():
     import httpx
 
-    from consumer.ops_http import LIVENESS_PATH, READINESS_PATH, Health, OpsServer
+    from consumer.ops.server import LIVENESS_PATH, READINESS_PATH, Health, OpsServer
 
     metrics = PipelineMetrics()
     metrics.events_in.inc(3)

@@ -9,8 +9,8 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from consumer.pipeline import RawRecord
-from consumer.runtime import BundleRuntime
+from consumer.core.pipeline import RawRecord
+from consumer.core.runtime import BundleRuntime
 from tests.faults.audit import OutputReader
 from tests.faults.records import POISON_KINDS, memes, poison, valid_event
 from tests.inprocess import build_pipeline, write_image_root

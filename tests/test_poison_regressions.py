@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord
+from consumer.core.policy import DecisionPolicy
+from consumer.core.publish import OutcomePublisher
 from consumer.errors import ConfigError
-from consumer.metrics import PipelineMetrics
-from consumer.pipeline import ModerationPipeline, Outcome, RawRecord
-from consumer.policy import DecisionPolicy
-from consumer.publish import OutcomePublisher
+from consumer.kafka.topics import is_loopback, prepare_topics
+from consumer.ops.metrics import PipelineMetrics
 from consumer.settings import KafkaSettings, WorkerSettings
-from consumer.topics import is_loopback, prepare_topics
-from consumer.worker import enrichment_fingerprint, process_isolating_failures
+from consumer.worker.service import enrichment_fingerprint, process_isolating_failures
 from schemas import DeadLetter, Decision, ErrorKind, MemeEvent, Origin, Verdict
 from tests.generative import valid_event
 from tests.inprocess import MemoryTopic, build_pipeline, write_image_root
@@ -207,7 +207,7 @@ def test_a_restarted_worker_removes_its_stale_ready_file_before_anything_else(tm
     import subprocess
     import sys
 
-    from consumer.devinfra import free_port
+    from consumer.devinfra.stack import free_port
 
     ready = tmp_path / "worker.ready"
     ready.touch()  # left by the previous container

@@ -1,7 +1,7 @@
 import pytest
 
+from consumer.core.policy import DecisionPolicy
 from consumer.errors import ConfigError
-from consumer.policy import DecisionPolicy
 from schemas import TECHNIQUES, Decision, TechniqueScore
 
 

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from consumer.kafka_config import KafkaSecurity
+from consumer.kafka.config import KafkaSecurity
 from consumer.settings import AlertSettings, ReviewSettings, WorkerSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"

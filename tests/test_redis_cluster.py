@@ -20,11 +20,11 @@ from redis.crc import key_slot
 from consumer.alert.rules import AlertConfig
 from consumer.alert.run import Alerter
 from consumer.alert.state import AlertState, Claim
+from consumer.core.redis_client import async_client, hash_tag, parse_cluster_url, sync_client
 from consumer.errors import ConfigError
-from consumer.redis_client import async_client, hash_tag, parse_cluster_url, sync_client
+from consumer.kafka.topics import ensure_topics
 from consumer.review.ingest import ReviewIngest
 from consumer.review.store import ReviewStore
-from consumer.topics import ensure_topics
 from schemas import Verdict
 from tests import test_alert
 from tests.kafka_helpers import produce_events, produce_raw, read_json_topic
@@ -215,8 +215,8 @@ def test_async_client_on_cluster_answers_mget_in_one_slot(redis_cluster):
 
 
 def test_crash_loop_breaker_on_cluster(redis_cluster):
-    from consumer.crash_guard import CrashLoopBreaker
-    from consumer.pipeline import RawRecord
+    from consumer.core.pipeline import RawRecord
+    from consumer.worker.crash_guard import CrashLoopBreaker
 
     async def go() -> tuple[bool, bool, str | None, int]:
         breaker = CrashLoopBreaker(redis_cluster.url, f"g-{TAG}", timeout_s=1.0, retry_after_s=1.0)
@@ -238,7 +238,7 @@ def test_crash_loop_breaker_on_cluster(redis_cluster):
 def test_verdict_cache_on_cluster_spreads_keys_and_counts_a_dead_master(redis_cluster):
     """The worker's cache on the cluster: one batch's keys live on every master and come back in one call
     (MGET split per slot); with a master dead the batch degrades to misses, counted, and serves again after."""
-    from consumer.cache import VerdictCache, cache_key
+    from consumer.core.cache import VerdictCache, cache_key
 
     keys = [cache_key("m@1", f"{TAG}-{i:03d}") for i in range(48)]
     assert len(masters_of(redis_cluster, keys)) == 3

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from consumer.core.images import REDUCED_GAP, REDUCING_GAP, DecodePolicy, ImageDecoder, decode_image, open_image
+from consumer.core.preprocess import image_to_tensor, images_to_batch
+from consumer.core.runtime import BundleRuntime
 from consumer.errors import InputError
-from consumer.images import REDUCED_GAP, REDUCING_GAP, DecodePolicy, ImageDecoder, decode_image, open_image
-from consumer.preprocess import image_to_tensor, images_to_batch
-from consumer.runtime import BundleRuntime
 from consumer.settings import WorkerSettings
 from schemas import ErrorKind, ImagePreprocessing
 

@@ -9,8 +9,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from consumer.cli import main
-from consumer.evaluate import multi_hot, multilabel_report
-from consumer.produce import read_semeval, to_events
+from consumer.demo.produce import read_semeval, to_events
+from consumer.evaluate.run import multi_hot, multilabel_report
 from consumer.replay.report import auroc
 from consumer.replay.run import ReplayOptions, replay
 from consumer.settings import WorkerSettings

@@ -13,10 +13,10 @@ from confluent_kafka import Producer
 
 from consumer.alert.rules import AlertConfig
 from consumer.alert.run import Alerter
+from consumer.kafka.topics import ensure_topics
 from consumer.review.ingest import ReviewIngest
 from consumer.review.store import ReviewStore
 from consumer.settings import AlertSettings
-from consumer.topics import ensure_topics
 from tests import test_alert
 from tests.kafka_helpers import read_json_topic
 from tests.memes import event

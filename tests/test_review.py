@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from consumer.hashing import content_hash
+from consumer.core.hashing import content_hash
 from consumer.review.app import create_app
 from consumer.review.auth import CSRF_COOKIE, SESSION_COOKIE, hash_password, verify_password
 from consumer.review.ingest import ReviewIngest

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.devinfra import free_port
+from consumer.devinfra.stack import free_port
 from consumer.review.app import create_app
 from consumer.review.ingest import ReviewIngest
 from consumer.review.store import ReviewStore

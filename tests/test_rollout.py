@@ -9,15 +9,15 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka.admin import ConfigResource
 
-from consumer.bundle import MANIFEST, ModelBundle
 from consumer.cli import main as memeguard
-from consumer.control import ControlCommand, FleetMember, bundle_path_of
+from consumer.core.bundle import MANIFEST, ModelBundle
+from consumer.core.runtime import BundleRuntime
 from consumer.errors import ConfigError
-from consumer.metrics import PipelineMetrics
-from consumer.rollout import model_version_of, rollback_target, wait_for_fleet
-from consumer.runtime import BundleRuntime
+from consumer.kafka.topics import admin, ensure_topics
+from consumer.ops.metrics import PipelineMetrics
 from consumer.settings import KafkaSettings
-from consumer.topics import admin, ensure_topics
+from consumer.worker.control import ControlCommand, FleetMember, bundle_path_of
+from consumer.worker.rollout import model_version_of, rollback_target, wait_for_fleet
 from exporters.testing import write_tiny_bundle
 from schemas import Verdict
 from tests.kafka_helpers import produce_events, wait_outputs
@@ -121,7 +121,7 @@ def test_rollout_refuses_a_corrupt_bundle_before_publishing(tiny_bundle: Path, t
     bad = Path(shutil.copytree(tiny_bundle, tmp_path / "bad"))
     (bad / "model.onnx").write_bytes(b"not onnx")
     monkeypatch.setenv("MEMEGUARD_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # never reached: refused before
-    from consumer.rollout import command_for
+    from consumer.worker.rollout import command_for
 
     with pytest.raises(Exception, match="sha256"):
         command_for(str(bad), 1)
@@ -191,8 +191,8 @@ def test_exactly_once_worker_follows_rollouts_and_plain_reloads(stack, worker_fa
                                                                 topics, monkeypatch) -> None:
     import time
 
-    from consumer.control import send_command
-    from consumer.rollout import live_statuses
+    from consumer.worker.control import send_command
+    from consumer.worker.rollout import live_statuses
 
     control = f"control-{topics.group}"
     monkeypatch.setenv("MEMEGUARD_KAFKA_BOOTSTRAP", stack.bootstrap)

@@ -7,10 +7,10 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from consumer.bundle import ModelBundle
+from consumer.core.bundle import ModelBundle
+from consumer.core.preprocess import image_to_tensor
+from consumer.core.runtime import CPU, CUDA, TENSORRT, BundleRuntime, engine_cache_dir, profile_shapes, provider_plan
 from consumer.errors import ConfigError
-from consumer.preprocess import image_to_tensor
-from consumer.runtime import CPU, CUDA, TENSORRT, BundleRuntime, engine_cache_dir, profile_shapes, provider_plan
 from exporters.testing import synthetic_memes, write_tiny_bundle
 from schemas import ImagePreprocessing
 
@@ -128,7 +128,7 @@ def test_serving_modules_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, consumer.runtime, consumer.bundle, consumer.hot_reload, consumer.evaluate; "
+    code = ("import sys, consumer.core.runtime, consumer.core.bundle, consumer.worker.hot_reload, consumer.evaluate.run; "
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('models', 'exporters'))]; "
             "sys.exit(repr(bad) if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from consumer import evaluate
-from consumer.evaluate import load_training_pool
-from consumer.hashing import content_hash
+from consumer.core.hashing import content_hash
+from consumer.evaluate import run as evaluate
+from consumer.evaluate.run import load_training_pool
 from consumer.replay.report import EventInfo, ReplayResult, build_report
 from exporters.bundle_writer import export_bundle
 from exporters.testing import load_tiny_run, synthetic_memes, write_tiny_run

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from consumer.devinfra import free_port
+from consumer.devinfra.stack import free_port
 from schemas import DeadLetter, ErrorKind, Verdict
 from tests.kafka_helpers import audit, committed_offsets, produce_events, produce_raw, wait_outputs
 from tests.memes import SEMEVAL, dev_events, event, meme_bytes

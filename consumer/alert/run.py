@@ -33,12 +33,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from consumer.alert.deliver import Webhook
 from consumer.alert.rules import AlertConfig, Destination, Rule
 from consumer.alert.state import AlertState, Claim
+from consumer.core.redis_client import REDIS_ERRORS, probe
 from consumer.errors import ConfigError
-from consumer.kafka_config import client_config
-from consumer.ops_http import Health, OpsServer, broker_probe
-from consumer.redis_client import REDIS_ERRORS, probe
+from consumer.kafka.config import client_config
+from consumer.kafka.topics import prepare_topics, wait_for_broker
+from consumer.ops.server import Health, OpsServer, broker_probe
 from consumer.settings import AlertSettings
-from consumer.topics import prepare_topics, wait_for_broker
 from schemas import Verdict
 
 log = logging.getLogger(__name__)

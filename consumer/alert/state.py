@@ -17,8 +17,8 @@ claim script and the mark-sent transaction never cross slots):
 import enum
 import uuid
 
+from consumer.core.redis_client import async_client, hash_tag
 from consumer.errors import ConfigError
-from consumer.redis_client import async_client, hash_tag
 
 CLAIM_TTL_S = 120  # longer than a delivery with retries takes; a replica that died holding a claim delays
 # that alert by at most this long (the next owner of the partition waits, then sends it)

@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from consumer.bundle import MANIFEST, ModelBundle, digest_files
+from consumer.core.bundle import MANIFEST, ModelBundle, digest_files
+from consumer.core.images import decode_image
+from consumer.core.policy import DecisionPolicy
+from consumer.core.runtime import BundleRuntime
 from consumer.errors import ConfigError, InputError
-from consumer.evaluate import load_records, multi_hot, multilabel_report
-from consumer.images import decode_image
+from consumer.evaluate.run import load_records, multi_hot, multilabel_report
 from consumer.learning.dataset import DATASET_FILE, IMAGES_DIR
-from consumer.policy import DecisionPolicy
-from consumer.runtime import BundleRuntime
 from schemas.manifest import Calibration
 
 log = logging.getLogger(__name__)

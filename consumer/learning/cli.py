@@ -13,7 +13,7 @@ err = Console(stderr=True)
 
 
 def _policy(path: str | None):
-    from consumer.policy import DecisionPolicy
+    from consumer.core.policy import DecisionPolicy
     from consumer.settings import WorkerSettings
 
     return DecisionPolicy.from_file(Path(path) if path else WorkerSettings().policy_file)
@@ -55,7 +55,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_shadow(args: argparse.Namespace) -> int:
     from consumer.learning.shadow import ShadowOptions, run_shadow
-    from consumer.logs import configure_logging
+    from consumer.ops.logs import configure_logging
     from consumer.settings import WorkerSettings
 
     settings = WorkerSettings()

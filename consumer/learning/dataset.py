@@ -26,9 +26,9 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from consumer.core.fetch import FetchPolicy, ImageFetcher
+from consumer.core.hashing import content_hash
 from consumer.errors import InputError
-from consumer.fetch import FetchPolicy, ImageFetcher
-from consumer.hashing import content_hash
 from consumer.learning.reviews import Resolution, Resolved, resolve
 from consumer.learning.topic_reader import read_topic
 from consumer.settings import WorkerSettings

@@ -7,7 +7,7 @@ The gate (docs/learning.md, "Promotion gate"), candidate against the bundle serv
 4. Block precision does not fall by more than `max_precision_drop`.
 5. The review rate is within `review_budget` (default: the review-rate target the candidate was calibrated to).
 Only when every check passes is a `reload` command with the candidate's path sent on the control topic; each
-worker validates the bundle again in the background and swaps it in between batches (consumer/hot_reload.py).
+worker validates the bundle again in the background and swaps it in between batches (consumer/worker/hot_reload.py).
 """
 
 import os
@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from consumer.bundle import ModelBundle
-from consumer.control import ControlCommand, send_command
+from consumer.core.bundle import ModelBundle
+from consumer.core.policy import DecisionPolicy
+from consumer.core.runtime import BundleRuntime
 from consumer.errors import BundleError
-from consumer.hot_reload import validate_runtime
 from consumer.learning.calibrate import Scored, full_report, score_data
-from consumer.policy import DecisionPolicy
-from consumer.runtime import BundleRuntime
+from consumer.worker.control import ControlCommand, send_command
+from consumer.worker.hot_reload import validate_runtime
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from consumer.errors import ConfigError
-from consumer.kafka_config import client_config
+from consumer.kafka.config import client_config
 
 
 @dataclass(frozen=True)

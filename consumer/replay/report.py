@@ -1,6 +1,6 @@
 """The evaluation report of one replay: what the verdicts of a labelled topic say about the model.
 
-F1 figures reuse `consumer.evaluate.multilabel_report` (scikit-learn's zero_division=1 semantics), so
+F1 figures reuse `consumer.evaluate.run.multilabel_report` (scikit-learn's zero_division=1 semantics), so
 `memeguard replay` and `memeguard evaluate` cannot disagree on the metric.
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from consumer.evaluate import TrainingPool, multi_hot, multilabel_report, training_pool_report
+from consumer.evaluate.run import TrainingPool, multi_hot, multilabel_report, training_pool_report
 from schemas import DeadLetter, Verdict
 from scoring.metrics import binary_auroc
 

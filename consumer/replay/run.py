@@ -1,6 +1,6 @@
 """`memeguard replay`: a labelled topic through the worker's own pipeline, into verdicts and a report.
 
-The pipeline is built by `consumer.worker.build_pipeline` (same fetcher, cache, policy, enrichment and
+The pipeline is built by `consumer.worker.service.build_pipeline` (same fetcher, cache, policy, enrichment and
 runtime as production), with the bundle swapped when `--bundle` is given. With `--compare-bundle` every
 batch goes through both pipelines, so the two reports see exactly the same events.
 """
@@ -20,17 +20,17 @@ from confluent_kafka import Producer
 from PIL import Image
 from tqdm import tqdm
 
+from consumer.core.pipeline import ModerationPipeline, RawRecord
 from consumer.errors import ConfigError
-from consumer.evaluate import load_training_pool
-from consumer.kafka_config import client_config
-from consumer.metrics import PipelineMetrics
-from consumer.ops_http import Health, OpsServer
-from consumer.pipeline import ModerationPipeline, RawRecord
+from consumer.evaluate.run import load_training_pool
+from consumer.kafka.config import client_config
+from consumer.kafka.topics import wait_for_broker
+from consumer.ops.metrics import PipelineMetrics
+from consumer.ops.server import Health, OpsServer
 from consumer.replay.html import render
 from consumer.replay.report import EventInfo, ReplayResult, build_report, compare_reports, disagreements
 from consumer.replay.source import TopicSnapshot
 from consumer.settings import WorkerSettings
-from consumer.topics import wait_for_broker
 from schemas import MemeEvent
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def event_info(record: RawRecord, joined: dict[str, list[str]]) -> EventInfo | N
 
 
 def _pipelines(settings: WorkerSettings, opts: ReplayOptions) -> list[ModerationPipeline]:
-    from consumer.worker import build_pipeline  # imports Faust: only when a replay really runs
+    from consumer.worker.service import build_pipeline  # imports Faust: only when a replay really runs
 
     bundles = [opts.bundle or settings.bundle_path] + ([opts.compare_bundle] if opts.compare_bundle else [])
     for b in bundles:

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from consumer.core.pipeline import RawRecord
 from consumer.errors import ConfigError
-from consumer.kafka_config import client_config
-from consumer.pipeline import RawRecord
+from consumer.kafka.config import client_config
 
 log = logging.getLogger(__name__)
 

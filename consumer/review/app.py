@@ -29,11 +29,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.templating import Jinja2Templates
 from PIL import Image
 
+from consumer.core.fetch import FetchPolicy, ImageFetcher
+from consumer.core.hashing import content_hash
+from consumer.core.images import decode_image
 from consumer.errors import InputError
-from consumer.fetch import FetchPolicy, ImageFetcher
-from consumer.hashing import content_hash
-from consumer.images import decode_image
-from consumer.kafka_config import client_config
+from consumer.kafka.config import client_config
 from consumer.review.auth import (
     CSRF_COOKIE,
     CSRF_FIELD,

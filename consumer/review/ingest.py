@@ -14,7 +14,7 @@ import time
 
 from confluent_kafka import Consumer, TopicPartition
 
-from consumer.kafka_config import client_config
+from consumer.kafka.config import client_config
 from consumer.review.store import MAX_INLINE_IMAGE_CHARS, ReviewStore
 from schemas import Decision, Verdict
 

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter
 
-from consumer.redis_client import REDIS_ERRORS, hash_tag, sync_client
+from consumer.core.redis_client import REDIS_ERRORS, hash_tag, sync_client
 from schemas import Verdict
 
 REF_TTL_S = 24 * 3600

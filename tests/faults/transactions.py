@@ -8,7 +8,7 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from consumer.topics import ensure_topics
+from consumer.kafka.topics import ensure_topics
 
 
 def broker_hides_aborted_records(bootstrap: str) -> bool:

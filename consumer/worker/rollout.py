@@ -1,5 +1,5 @@
 """`memeguard rollout BUNDLE_URI` and `memeguard rollback`: a versioned command on the control topic, then
-the workers' answers from the status topic (consumer/control.py has the worker side).
+the workers' answers from the status topic (consumer/worker/control.py has the worker side).
 
 The revision is the highest one on the control topic plus one; the command names the model version and
 fingerprint read from the bundle's manifest here, so a worker refuses any other bundle found at that path.
@@ -15,8 +15,12 @@ from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from consumer.bundle import ModelBundle
-from consumer.control import (
+from consumer.core.bundle import ModelBundle
+from consumer.errors import ConfigError
+from consumer.kafka.config import client_config
+from consumer.kafka.topics import prepare_topics, wait_for_broker
+from consumer.settings import KafkaSettings
+from consumer.worker.control import (
     ControlCommand,
     WorkerStatus,
     bundle_path_of,
@@ -25,10 +29,6 @@ from consumer.control import (
     send_command,
     status_topic_of,
 )
-from consumer.errors import ConfigError
-from consumer.kafka_config import client_config
-from consumer.settings import KafkaSettings
-from consumer.topics import prepare_topics, wait_for_broker
 
 
 def model_version_of(bundle: ModelBundle) -> str:

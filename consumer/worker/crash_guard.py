@@ -20,8 +20,8 @@ from typing import Any
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
-from consumer.pipeline import RawRecord
-from consumer.redis_client import REDIS_ERRORS, async_client
+from consumer.core.pipeline import RawRecord
+from consumer.core.redis_client import REDIS_ERRORS, async_client
 from schemas.text_safety import safe_text
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class CrashLoopBreaker:
         # One Redis error opens the circuit for retry_after_s (as the verdict cache does); only Redis errors count.
         self._breakers = AsyncCircuitBreakerFactory(default_threshold=1, default_ttl=retry_after_s, exclude=[
             (BaseException, lambda e: not isinstance(e, REDIS_ERRORS))])
-        # a redis+cluster:// URL gives a cluster client (consumer/redis_client.py)
+        # a redis+cluster:// URL gives a cluster client (consumer/core/redis_client.py)
         self._client = async_client(url, timeout_s, retry_on_timeout=False) if url else None
 
     def _key(self, r: RawRecord) -> str:

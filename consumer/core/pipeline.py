@@ -18,13 +18,13 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
-from consumer.cache import VerdictCache, cache_key
+from consumer.core.cache import VerdictCache, cache_key
+from consumer.core.fetch import ImageFetcher
+from consumer.core.hashing import content_hash
+from consumer.core.images import decode_image
+from consumer.core.policy import DecisionPolicy
+from consumer.core.runtime import BundleRuntime
 from consumer.errors import InputError
-from consumer.fetch import ImageFetcher
-from consumer.hashing import content_hash
-from consumer.images import decode_image
-from consumer.policy import DecisionPolicy
-from consumer.runtime import BundleRuntime
 from schemas import DeadLetter, ErrorKind, MemeEvent, Origin, TechniqueScore, Verdict
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class ModerationPipeline:
         self.max_event_bytes = max_event_bytes
         self.max_image_pixels = max_image_pixels
         self.enricher = enricher
-        # Only for memes sent to review, and after the verdict is published (consumer.explanations).
+        # Only for memes sent to review, and after the verdict is published (consumer.worker.explanations).
         self.explainer = explainer
         # Settings that change scores without changing the model (enrichment stages and options) are part of
         # the cache key; the decision policy is re-applied to every hit, so a policy change acts at once.
@@ -195,7 +195,7 @@ class ModerationPipeline:
     async def _decode(self, items: list[_Item], runtime: BundleRuntime | None = None, tensors: bool = False) -> None:
         """Decode the batch's misses in bounded memory: at most `decode_concurrency` decodes and
         `batch_pixel_budget` decoded pixels at once (a batch over the budget decodes in waves; nothing is
-        dropped for it). Images are decoded downscaled to what their readers need (consumer.images): the
+        dropped for it). Images are decoded downscaled to what their readers need (consumer.core.images): the
         model's input side, or `enrichment_side` when enrichment or the explainer look at them too. With
         `tensors` (and neither of them), the decode threads go straight to the model's input tensors."""
         spec = getattr(getattr(runtime or self.runtime, "manifest", None), "image", None)

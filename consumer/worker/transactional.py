@@ -1,5 +1,5 @@
 """Exactly-once mode (MEMEGUARD_PROCESSING_GUARANTEE=exactly_once): the worker's own consume loop on
-confluent-kafka's transactional API. The Faust agent (consumer/worker.py) stays the at-least-once default.
+confluent-kafka's transactional API. The Faust agent (consumer/worker/service.py) stays the at-least-once default.
 
 Why not Faust: its exactly-once mode keeps one transactional producer per *output* partition and commits
 offsets per *input* partition, so a verdict can sit in one open transaction while its input offset commits
@@ -23,7 +23,7 @@ aborted, and the partitions' new owner starts from the last committed offsets.
 Errors. Anything that fails inside a transaction aborts it; the consumer is rewound to the batch's first
 uncommitted offsets and the records are consumed again (after `MAX_ABORTS_IN_A_ROW` aborts in a row, or a
 fatal error, the process exits with code 75 like worker.abandon(): nothing of the batch is committed).
-Serialisation, the DLQ, last-resort and truncated dead letters are OutcomePublisher's (consumer/publish.py)
+Serialisation, the DLQ, last-resort and truncated dead letters are OutcomePublisher's (consumer/core/publish.py)
 through an adapter; a record larger than the topic's `max.message.bytes` is refused before it is produced
 (a broker-side refusal would doom the whole transaction), which sends it down the publisher's fallbacks.
 """
@@ -40,17 +40,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import ConfigResource
 from tenacity import RetryCallState, wait_exponential_jitter
 
-from consumer.crash_guard import CrashLoopBreaker
-from consumer.explanations import ExplanationPublisher
-from consumer.hot_reload import BundleWatcher
-from consumer.kafka_config import client_config
-from consumer.metrics import PipelineMetrics
-from consumer.ops_http import Health
-from consumer.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
-from consumer.publish import CALL_TIMEOUT_S, Deadline, OutcomePublisher, ProducerTopic, RecordTooLarge  # noqa: F401
+from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
+from consumer.core.publish import CALL_TIMEOUT_S, Deadline, OutcomePublisher, ProducerTopic, RecordTooLarge  # noqa: F401
+from consumer.kafka.config import client_config
+from consumer.kafka.topics import admin
+from consumer.ops.metrics import PipelineMetrics
+from consumer.ops.server import Health
 from consumer.settings import WorkerSettings
-from consumer.topics import admin
-from consumer.worker import abandon, log_dead_letters, process_isolating_failures, set_model_metrics
+from consumer.worker.crash_guard import CrashLoopBreaker
+from consumer.worker.explanations import ExplanationPublisher
+from consumer.worker.hot_reload import BundleWatcher
+from consumer.worker.service import abandon, log_dead_letters, process_isolating_failures, set_model_metrics
 from schemas import ErrorKind
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from consumer.pipeline import Outcome
+from consumer.core.pipeline import Outcome
 from schemas import Verdict, VerdictExplanation
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from consumer.bundle import ModelBundle
+from consumer.core.bundle import ModelBundle
+from consumer.core.preprocess import TextEncoder, images_to_batch
 from consumer.errors import BundleError, ConfigError
-from consumer.preprocess import TextEncoder, images_to_batch
 from schemas import BundleManifest, ModelInfo
 
 log = logging.getLogger(__name__)

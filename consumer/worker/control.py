@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from consumer.errors import ConfigError
-from consumer.kafka_config import client_config
+from consumer.kafka.config import client_config
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from consumer.kafka_config import client_config
+from consumer.kafka.config import client_config
 from schemas import DeadLetter, Verdict
 
 

@@ -7,7 +7,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tenacity import Retrying, retry_if_exception_type, stop_before_delay, wait_exponential_jitter
 
 from consumer.errors import ConfigError
-from consumer.kafka_config import client_config
+from consumer.kafka.config import client_config
 from consumer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

@@ -37,8 +37,8 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import httpcore
 import httpx
 
+from consumer.core.images import DecodePolicy, ImageDecoder
 from consumer.errors import InputError
-from consumer.images import DecodePolicy, ImageDecoder
 from schemas import ErrorKind, MemeEvent
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from consumer.core.hashing import content_hash
+from consumer.core.runtime import BundleRuntime
 from consumer.errors import ConfigError, MemeguardError
-from consumer.hashing import content_hash
-from consumer.runtime import BundleRuntime
 from scoring.metrics import micro_f1, multilabel_report  # noqa: F401 (re-exported: parity, replay, calibrate)
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ TRAINING_POOL_FILE = "run/training_pool.json"  # written by models/run_dir.save_
 
 @dataclass(frozen=True)
 class TrainingPool:
-    """Content hashes (`consumer.hashing.content_hash`) of the memes a bundle's model was fitted on."""
+    """Content hashes (`consumer.core.hashing.content_hash`) of the memes a bundle's model was fitted on."""
 
     splits: list[str]
     hashes: frozenset[str]

@@ -93,7 +93,7 @@ class PipelineMetrics:
         self.model_loaded.labels(version=version, provider=provider).set(1)
 
     def observe_batch(self, outcomes: list[Any], now: datetime | None = None) -> None:
-        """Outcomes of one batch once the broker acknowledged them (consumer.pipeline.Outcome)."""
+        """Outcomes of one batch once the broker acknowledged them (consumer.core.pipeline.Outcome)."""
         now = now or datetime.now(UTC)
         self.events_in.inc(len(outcomes))
         self.batch_size.observe(len(outcomes))

@@ -48,8 +48,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from consumer.core.preprocess import image_to_tensor
 from consumer.errors import InputError
-from consumer.preprocess import image_to_tensor
 from schemas import ErrorKind, ImagePreprocessing
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")  # the formats whose conversion is defined and tested
@@ -280,7 +280,7 @@ class TensorDecoder(Protocol):
 
 class PillowTensorDecoder:
     """The CPU path: `PreparedImage.decode` (draft, convert once, box-reduce) then one resize and the
-    normalisation straight into CHW (`consumer.preprocess.image_to_tensor`)."""
+    normalisation straight into CHW (`consumer.core.preprocess.image_to_tensor`)."""
 
     name = "pillow"
 

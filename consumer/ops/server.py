@@ -23,9 +23,9 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from consumer import redis_client
-from consumer.kafka_config import client_config
-from consumer.metrics import PipelineMetrics
+from consumer.core import redis_client
+from consumer.kafka.config import client_config
+from consumer.ops.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from pathlib import Path
 from rich.console import Console
 
 from consumer import paths
-from consumer.devinfra import DevStack
+from consumer.demo.produce import new_run_id, produce_events, read_semeval, to_events
+from consumer.devinfra.stack import DevStack
 from consumer.display import print_outcomes
 from consumer.errors import ConfigError
-from consumer.outputs import collect
-from consumer.produce import new_run_id, produce_events, read_semeval, to_events
+from consumer.kafka.outputs import collect
+from consumer.kafka.topics import prepare_topics
 from consumer.settings import WorkerSettings
-from consumer.topics import prepare_topics
 from schemas import DeadLetter, Verdict
 
 console = Console()

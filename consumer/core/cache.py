@@ -7,7 +7,7 @@ from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 from redis.asyncio.cluster import RedisCluster
 
-from consumer.redis_client import REDIS_ERRORS, async_client
+from consumer.core.redis_client import REDIS_ERRORS, async_client
 from schemas import Verdict
 
 log = logging.getLogger(__name__)

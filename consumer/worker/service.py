@@ -13,23 +13,23 @@ import faust
 import yaml
 from confluent_kafka import Producer
 
-from consumer.cache import VerdictCache
-from consumer.control import FleetMember, status_topic_of
-from consumer.crash_guard import CrashLoopBreaker
+from consumer.core.cache import VerdictCache
+from consumer.core.fetch import FetchPolicy, ImageFetcher
+from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
+from consumer.core.policy import DecisionPolicy
+from consumer.core.publish import RECORD_OVERHEAD_BYTES, OutcomePublisher, ProducerTopic
+from consumer.core.runtime import BundleRuntime
 from consumer.enrich import EnrichmentPipeline
-from consumer.explanations import ExplanationPublisher
-from consumer.fetch import FetchPolicy, ImageFetcher
-from consumer.hot_reload import BundleWatcher
-from consumer.kafka_config import KafkaSecurity, client_config
-from consumer.logs import configure_logging, logging_config
-from consumer.metrics import PipelineMetrics
-from consumer.ops_http import Health, OpsServer, broker_probe, redis_probe
-from consumer.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
-from consumer.policy import DecisionPolicy
-from consumer.publish import RECORD_OVERHEAD_BYTES, OutcomePublisher, ProducerTopic
-from consumer.runtime import BundleRuntime
+from consumer.kafka.config import KafkaSecurity, client_config
+from consumer.kafka.topics import prepare_topics, wait_for_broker
+from consumer.ops.logs import configure_logging, logging_config
+from consumer.ops.metrics import PipelineMetrics
+from consumer.ops.server import Health, OpsServer, broker_probe, redis_probe
 from consumer.settings import WorkerSettings
-from consumer.topics import prepare_topics, wait_for_broker
+from consumer.worker.control import FleetMember, status_topic_of
+from consumer.worker.crash_guard import CrashLoopBreaker
+from consumer.worker.explanations import ExplanationPublisher
+from consumer.worker.hot_reload import BundleWatcher
 from schemas import ErrorKind
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def producer_limit(settings: WorkerSettings) -> int:
 
 
 def output_producer(settings: WorkerSettings) -> Producer:
-    """Verdicts and dead letters go out through librdkafka, not Faust's aiokafka producer (consumer/publish.py):
+    """Verdicts and dead letters go out through librdkafka, not Faust's aiokafka producer (consumer/core/publish.py):
     idempotent, so retries neither duplicate nor reorder a partition's outputs, and acks=all."""
     return Producer(client_config(settings.kafka_bootstrap, {
         "enable.idempotence": True,
@@ -375,8 +375,8 @@ def run_worker(settings: WorkerSettings) -> None:
     if breaker is not None:
         metrics.watch_counts("memeguard_crash_loop_breaker", "Suspect batches, poison records, Redis errors.", "event",
                              lambda: dict(breaker.counts))
-    if settings.processing_guarantee == "exactly_once":  # Faust cannot: see consumer/transactional.py
-        from consumer.transactional import run_transactional
+    if settings.processing_guarantee == "exactly_once":  # Faust cannot: see consumer/worker/transactional.py
+        from consumer.worker.transactional import run_transactional
 
         run_transactional(settings, pipeline, watcher, metrics, health, breaker)
         return

@@ -548,7 +548,7 @@ class RedisClusterNode(Service):
 class RedisCluster:
     """Three (or `size`) Redis Cluster masters on loopback, no replicas, the 16384 slots split between them by
     `redis-cli --cluster create`. Nodes are addressed by index (0…size-1). `url` is the form memeguard's
-    clients take (`redis+cluster://host:port,…`, see consumer/redis_client.py)."""
+    clients take (`redis+cluster://host:port,…`, see consumer/core/redis_client.py)."""
 
     nodes: tuple[RedisClusterNode, ...]
 

@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, Producer
 from tqdm import tqdm
 
 from consumer.errors import ConfigError
-from consumer.kafka_config import client_config
+from consumer.kafka.config import client_config
 from schemas import MemeEvent
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
@@ -72,7 +72,7 @@ def new_run_id() -> str:
 def produce_events(bootstrap: str, topic: str, events: list[MemeEvent], rate: float | None = None,
                    progress: bool = True) -> int:
     """Publish keyed by post id; waits for every delivery report. Returns the number acknowledged."""
-    from consumer.topics import raise_if_rejected
+    from consumer.kafka.topics import raise_if_rejected
 
     connection_errors: list[KafkaError] = []
     producer = Producer(client_config(bootstrap, {"acks": "all", "enable.idempotence": False, "linger.ms": 5,

@@ -1,7 +1,7 @@
 """Publish outcomes and wait for the broker's acknowledgement before the batch counts as done.
 
 Both workers publish through librdkafka (confluent-kafka): `ProducerTopic` is one topic of one producer,
-transactional (consumer/transactional.py) or plain idempotent (the Faust worker, consumer/worker.py, whose
+transactional (consumer/worker/transactional.py) or plain idempotent (the Faust worker, consumer/worker/service.py, whose
 outputs used to go through Faust's aiokafka producer: ~1 ms of Python per record and a round trip through
 Faust's send buffer; librdkafka batches and acknowledges in C).
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from consumer.pipeline import Outcome, RawRecord, dead_letter, last_resort_dead_letter
+from consumer.core.pipeline import Outcome, RawRecord, dead_letter, last_resort_dead_letter
 from schemas import DeadLetter, ErrorKind
 
 TRUNCATED_ORIGINAL_BYTES = 64 * 1024

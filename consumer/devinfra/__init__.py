@@ -1,0 +1,1 @@
+"""Development infrastructure: the embedded broker (Apache Kafka or Tansu), redis-server and Redis Cluster."""

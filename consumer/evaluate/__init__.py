@@ -1,0 +1,1 @@
+"""`memeguard evaluate`: score a bundle on a labelled split offline."""
