@@ -11,6 +11,7 @@ import pytest
 from consumer.core.bundle import ModelBundle
 from consumer.core.policy import DecisionPolicy
 from consumer.core.runtime import BundleRuntime
+from consumer.kafka.topic_reader import Record
 from consumer.learning.calibrate import (
     ALLOW,
     BLOCK,
@@ -27,7 +28,6 @@ from consumer.learning.compare import compare_verdicts
 from consumer.learning.promote import Gate, gate_checks
 from consumer.learning.reviews import resolve
 from consumer.learning.shadow import in_sample
-from consumer.learning.topic_reader import Record
 from schemas import TECHNIQUES, Decision, ModelInfo, TechniqueScore, Verdict
 from tests.memes import SEMEVAL
 

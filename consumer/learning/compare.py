@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from consumer.learning.topic_reader import read_topic
+from consumer.kafka.topic_reader import read_topic
 from schemas import Decision, Verdict
 
 DECISIONS = [d.value for d in Decision]

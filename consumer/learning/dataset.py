@@ -29,8 +29,8 @@ from tqdm import tqdm
 from consumer.core.fetch import FetchPolicy, ImageFetcher
 from consumer.core.hashing import content_hash
 from consumer.errors import InputError
+from consumer.kafka.topic_reader import read_topic
 from consumer.learning.reviews import Resolution, Resolved, resolve
-from consumer.learning.topic_reader import read_topic
 from consumer.settings import WorkerSettings
 from schemas import MemeEvent, Verdict
 

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.learning.topic_reader import Record
+from consumer.kafka.topic_reader import Record
 
 
 @dataclass(frozen=True)

@@ -90,36 +90,12 @@ def send_command(bootstrap: str, topic: str, command: ControlCommand) -> None:
         raise TimeoutError(f"control command not acknowledged by {bootstrap}")
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
-    """Every record of `topic` up to its current end (assigned, no group): the control topic's history."""
-    consumer = Consumer(client_config(bootstrap, {"group.id": "memeguard-control", "enable.auto.commit": False}))
+def parse_command(value: bytes | None, offset: int) -> ControlCommand | None:
+    """The command in a control-topic record, or None (logged) when it is not a valid one."""
     try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return []
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s) for p in meta.partitions}
-        todo = {p for p, (low, high) in ends.items() if high > low}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
-        out: list[Any] = []
-        while todo:
-            msg = consumer.poll(timeout_s)
-            if msg is None:
-                raise TimeoutError(f"reading {topic} on {bootstrap} stalled")
-            if msg.error():
-                continue
-            out.append(msg)
-            if msg.offset() >= ends[msg.partition()][1] - 1:
-                todo.discard(msg.partition())
-        return out
-    finally:
-        consumer.close()
-
-
-def parse_command(msg: Any) -> ControlCommand | None:
-    try:
-        return ControlCommand.model_validate_json(msg.value())
+        return ControlCommand.model_validate_json(value or b"")
     except ValidationError as e:
-        log.warning("ignoring invalid control command at offset %d: %s", msg.offset(), e)
+        log.warning("ignoring invalid control command at offset %d: %s", offset, e)
         return None
 
 
@@ -163,7 +139,7 @@ class ControlListener:
                 msg = consumer.poll(0.5)
                 if msg is None or msg.error():
                     continue
-                command = parse_command(msg)
+                command = parse_command(msg.value(), msg.offset())
                 if msg.partition() in behind:
                     if msg.offset() >= ends[msg.partition()] - 1:
                         behind.discard(msg.partition())

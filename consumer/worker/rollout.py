@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from consumer.core.bundle import ModelBundle
 from consumer.errors import ConfigError
 from consumer.kafka.config import client_config
+from consumer.kafka.topic_reader import read_topic
 from consumer.kafka.topics import prepare_topics, wait_for_broker
 from consumer.settings import KafkaSettings
 from consumer.worker.control import (
@@ -25,7 +26,6 @@ from consumer.worker.control import (
     WorkerStatus,
     bundle_path_of,
     parse_command,
-    read_topic,
     send_command,
     status_topic_of,
 )
@@ -40,8 +40,8 @@ def rollouts(bootstrap: str, control_topic: str) -> list[ControlCommand]:
     """The rollout commands on the control topic, first publication of each revision only (workers apply
     the first one they read; a revision published twice by a race loses its second copy)."""
     seen: dict[int, ControlCommand] = {}
-    for msg in read_topic(bootstrap, control_topic):
-        c = parse_command(msg)
+    for record in read_topic(bootstrap, control_topic, timeout_s=30):
+        c = parse_command(record.value, record.offset)
         if c is not None and c.action == "rollout" and c.revision not in seen:
             seen[c.revision or 0] = c
     return [seen[r] for r in sorted(seen)]
@@ -108,9 +108,9 @@ def alive(st: WorkerStatus, now: datetime) -> bool:
 
 def live_statuses(s: KafkaSettings) -> dict[str, WorkerStatus]:
     latest: dict[str, WorkerStatus] = {}
-    for msg in read_topic(s.kafka_bootstrap, status_topic_of(s.control_topic, s.status_topic)):
+    for record in read_topic(s.kafka_bootstrap, status_topic_of(s.control_topic, s.status_topic), timeout_s=30):
         try:
-            latest[msg.key().decode()] = WorkerStatus.model_validate_json(msg.value())
+            latest[record.key.decode()] = WorkerStatus.model_validate_json(record.value)
         except (ValueError, AttributeError):
             continue
     now = datetime.now(UTC)

@@ -27,7 +27,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 120.0,
     Stopping at the watermarks (not after idle polls) makes the result a function of what the topic held
     when the read began, so commands built on it are repeatable. A missing topic reads as empty.
     """
-    consumer = Consumer(client_config(bootstrap, {"group.id": "memeguard-learning-reader",
+    consumer = Consumer(client_config(bootstrap, {"group.id": "memeguard-topic-reader",
                                                   "enable.auto.commit": False,
                                                   "fetch.message.max.bytes": 16 * 1024 * 1024}))
     try:
