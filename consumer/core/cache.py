@@ -3,11 +3,10 @@
 import logging
 from collections import Counter
 
-from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 from redis.asyncio.cluster import RedisCluster
 
-from consumer.core.redis_client import REDIS_ERRORS, async_client
+from consumer.core.redis_client import REDIS_ERRORS, async_client, outage_breaker
 from schemas import Verdict
 
 log = logging.getLogger(__name__)
@@ -29,10 +28,7 @@ class VerdictCache:
         self.ttl_s = ttl_s
         self.retry_after_s = retry_after_s
         self.counts: Counter[str] = Counter()
-        # One failure opens the circuit: a timed-out Redis would otherwise cost timeout_s on every batch. Only Redis
-        # errors count (a cancelled batch or a bug in our own code says nothing about Redis).
-        self._breakers = AsyncCircuitBreakerFactory(default_threshold=1, default_ttl=retry_after_s, exclude=[
-            (BaseException, lambda e: not isinstance(e, REDIS_ERRORS))])
+        self._breakers = outage_breaker(retry_after_s)
         self._parsed: dict[bytes, Verdict] = {}  # raw entry -> parsed verdict, bounded (PARSED_ENTRIES)
         # A Redis Cluster URL gives a cluster client. Verdict keys carry no shared hash tag on purpose: one tag would
         # put the whole cache on one master; MGET is split per slot (no atomicity needed), pipelines per node.

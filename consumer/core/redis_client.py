@@ -22,6 +22,7 @@ from urllib.parse import unquote
 
 import redis
 import redis.asyncio as aioredis
+from purgatory import AsyncCircuitBreakerFactory
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import ExponentialWithJitterBackoff
@@ -35,6 +36,14 @@ CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> 
 # RedisError subclass, and a socket problem can surface as a bare OSError.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 CLUSTER_RETRIES = 2  # MOVED after a failover, a node restarting: re-read the slot map, try again, then give up
+
+
+def outage_breaker(retry_after_s: float) -> AsyncCircuitBreakerFactory:
+    """A circuit breaker for a best-effort Redis user: one Redis error opens it for `retry_after_s` (a timed-out
+    Redis would otherwise cost its timeout on every batch), then one call probes again. Only Redis errors count:
+    a cancelled batch or a bug in our own code says nothing about Redis."""
+    return AsyncCircuitBreakerFactory(default_threshold=1, default_ttl=retry_after_s,
+                                      exclude=[(BaseException, lambda e: not isinstance(e, REDIS_ERRORS))])
 
 
 def hash_tag(value: str) -> str:

@@ -17,11 +17,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
 from consumer.core.pipeline import RawRecord
-from consumer.core.redis_client import REDIS_ERRORS, async_client
+from consumer.core.redis_client import REDIS_ERRORS, async_client, outage_breaker
 from schemas.text_safety import safe_text
 
 log = logging.getLogger(__name__)
@@ -34,9 +33,7 @@ class CrashLoopBreaker:
         self.group = group
         self.retry_after_s = retry_after_s
         self.counts: Counter[str] = Counter()
-        # One Redis error opens the circuit for retry_after_s (as the verdict cache does); only Redis errors count.
-        self._breakers = AsyncCircuitBreakerFactory(default_threshold=1, default_ttl=retry_after_s, exclude=[
-            (BaseException, lambda e: not isinstance(e, REDIS_ERRORS))])
+        self._breakers = outage_breaker(retry_after_s)
         # a redis+cluster:// URL gives a cluster client (consumer/core/redis_client.py)
         self._client = async_client(url, timeout_s, retry_on_timeout=False) if url else None
 
