@@ -121,7 +121,9 @@ def audit(scenario: str, records: RecordSet, outputs: list[Output], allow_duplic
             assert got == want, f"{scenario}: {event_id} expected {want}, got {got}: {getattr(o, 'message', '')}"
         if want == VERDICT:
             scores = {tuple(t.score for t in o.techniques) + (o.harmful_score,) for o in outs}
-            assert len(scores) == 1, f"{scenario}: re-processing {event_id} changed its scores"
+            # Re-scored after a kill that fell between publish and the cache store: another batch, so the same
+            # last-bits tolerance as identical content below.
+            assert _spread(scores) <= CONTENT_TOLERANCE, f"{scenario}: re-processing {event_id} changed its scores"
             scores_by_content[records.content[event_id]] |= scores
         else:
             for o in outs:  # the dead letter names where its record lies and carries it unchanged
