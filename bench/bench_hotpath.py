@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -141,7 +142,8 @@ def worker_run(stack, bundle_path: Path, topics: Topics, n: int, workdir: Path, 
         worker = start_worker(stack, bundle_path, topics, workdir, **env)
         spy = None
         if profile is not None:  # py-spy's collapsed stacks (`--format raw`), one line per stack with its count
-            spy = subprocess.Popen(["py-spy", "record", "--nonblocking", "--format", "raw", "--rate", "200",
+            py_spy = str(Path(sys.executable).parent / "py-spy")  # the venv's, whether or not it is on PATH
+            spy = subprocess.Popen([py_spy, "record", "--nonblocking", "--format", "raw", "--rate", "200",
                                     "-o", str(profile), "-p", str(worker.proc.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--miss-fraction", type=float, default=0.01, help="steady share of cache misses")
     parser.add_argument("--max-minutes", type=float, default=15.0)
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra worker environment, e.g. MEMEGUARD_MAX_BATCH=32 (stored with the result)")
+    parser.add_argument("--out", default="bench_soak", help="result file name in bench/results/")
     args = parser.parse_args(argv)
+    extra_env = dict(kv.split("=", 1) for kv in args.env)
     bundle_path, bundle_name = bundle()
     unique = len(memes())
     samples: list[tuple[float, float]] = []
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         records, steady_misses = with_misses(event_records(0, args.n, topics.group, unique=unique),
                                              args.miss_fraction, args.batch)
         worker = start_worker(stack, bundle_path, topics, Path(tmp), MEMEGUARD_MAX_BATCH=str(args.batch),
-                              MEMEGUARD_MAX_WAIT_S="0.5", MEMEGUARD_PROVIDERS="cpu")
+                              MEMEGUARD_MAX_WAIT_S="0.5", MEMEGUARD_PROVIDERS="cpu", **extra_env)
         pid = worker.proc.pid
         start_ms, t0 = now_ms(), time.monotonic()
         stop = threading.Event()
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "bundle": bundle_name, "bundle_path": str(bundle_path), "events": args.n, "unique_contents": unique,
         "duplicate_rate": round(1 - (unique + steady_misses) / args.n, 4), "max_batch": args.batch,
+        "worker_env": extra_env,
         "workload": f"the {unique} shipped memes repeated (first pass: misses, then hits), plus a steady "
                     f"{args.miss_fraction:.1%} of misses (new text) in runs of {args.batch} events: "
                     f"{steady_misses} steady misses, {unique + steady_misses} misses in all",
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     table(f"soak ({bundle_name} bundle)", ["events", "distinct outputs", "lost", "memes/s", "RSS start/end/peak MiB"],
           [[args.n, len(counts), lost, result["memes_per_s"],
             f"{result['rss_mib']['start']} / {result['rss_mib']['end']} / {result['rss_mib']['peak']}"]])
-    write_result("bench_soak", result)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

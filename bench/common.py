@@ -144,9 +144,9 @@ def percentile(values: list[float], q: float) -> float:
 def write_result(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    command = f"{Path(sys.executable).name} -m bench.{name.replace('-', '_')} " + " ".join(sys.argv[1:])
+    command = f"{Path(sys.executable).name} -m bench.{Path(sys.argv[0]).stem} " + " ".join(sys.argv[1:])
     path.write_text(json.dumps({"command": command.strip(), "machine": machine(), **payload}, indent=2) + "\n")
-    console.print(f"wrote {path.relative_to(REPO)}")
+    console.print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return path
 
 

@@ -74,6 +74,10 @@ class WorkerSettings(KafkaSettings):
         64_000_000, ge=1, description="Decoded pixels in flight at once; a batch over it decodes in waves.")
     reduced_decode: bool = Field(
         True, description="Decode JPEG at the smallest DCT scale >= the model's input (else >= 2x); see images.py.")
+    malloc_mmap_threshold_bytes: int = Field(
+        1024 * 1024, ge=0, description="glibc: blocks this large are mmapped and unmapped on free (0: glibc's "
+                                       "dynamic threshold); see consumer/core/malloc.py.")
+    malloc_arena_max: int = Field(2, ge=0, description="glibc: malloc arenas at most (0: glibc's 8 per core).")
     trt_engine_cache_dir: Path | None = Field(
         None, description="Writable directory for TensorRT engines (a volume in containers); default: next to "
                           "the bundle when writable, else ~/.cache/memeguard/trt.")

@@ -36,7 +36,6 @@ independent reference):
 """
 
 import asyncio
-import ctypes
 import io
 import os
 import threading
@@ -48,6 +47,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from consumer.core.malloc import trim
 from consumer.core.preprocess import image_to_tensor
 from consumer.errors import InputError
 from schemas import ErrorKind, ImagePreprocessing
@@ -235,18 +235,6 @@ def _on_white(rgb: Image.Image, alpha: Image.Image) -> Image.Image:
     return background
 
 
-def _malloc_trim() -> Callable[[], None]:
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # glibc
-    except (OSError, AttributeError):
-        return lambda: None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: trim(0)
-
-
-_trim = _malloc_trim()
-
-
 def _decode_and_trim(prepared: PreparedImage, finish: Callable[[Image.Image], object] | None = None):
     """Decode (then `finish` the picture, e.g. into a tensor), then hand a large decode's freed source back to
     the OS. glibc keeps freed blocks in the decoding thread's arena, so without this each decode thread keeps
@@ -256,7 +244,7 @@ def _decode_and_trim(prepared: PreparedImage, finish: Callable[[Image.Image], ob
         return finish(image) if finish is not None else image
     finally:
         if prepared.cost >= _TRIM_FROM_PIXELS:
-            _trim()
+            trim()
 
 
 class TensorDecoder(Protocol):

@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 
 from consumer.core.cache import VerdictCache
 from consumer.core.fetch import FetchPolicy, ImageFetcher
+from consumer.core.malloc import bound_heap
 from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
 from consumer.core.policy import DecisionPolicy
 from consumer.core.publish import RECORD_OVERHEAD_BYTES, OutcomePublisher, ProducerTopic
@@ -344,6 +345,7 @@ def build_enrichment(settings: WorkerSettings) -> EnrichmentPipeline | None:
 
 def run_worker(settings: WorkerSettings) -> None:
     """Blocks until SIGTERM/SIGINT. Un-acknowledged events of an interrupted batch are re-delivered."""
+    bound_heap(settings.malloc_mmap_threshold_bytes, settings.malloc_arena_max)  # before any thread starts
     configure_logging(settings.log_format, settings.log_level)
     if settings.ready_file is not None:  # a restarted container is not ready until it consumes again
         settings.ready_file.unlink(missing_ok=True)
