@@ -63,6 +63,18 @@ def load_avg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def write_sweep(out: Path, doc: dict, merge: bool, key: str) -> None:
+    """Write a sweep's result file; with `merge` a partial run replaces only its own rows (same `key`) of the
+    file already there."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if merge and out.is_file():
+        names = {r[key] for r in doc["results"]}
+        doc = {**doc, "results": [r for r in json.loads(out.read_text())["results"] if r[key] not in names]
+               + doc["results"]}
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 # ----- decision rules on out-of-fold probabilities (scored cross-fitted, as protocol.cross_validate) -----
 
 def _global_threshold(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -281,13 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                     "the official test split is never read",
            "machine": machine(), "note": "2 cores shared with other jobs; seconds are wall time under that load",
            "results": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.only and args.out.is_file():  # a partial run adds to (replaces same-named rows of) the file
-        old = json.loads(args.out.read_text())
-        names = {r["variant"] for r in rows}
-        doc["results"] = [r for r in old["results"] if r["variant"] not in names] + rows
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_sweep(args.out, doc, merge=bool(args.only), key="variant")
     return 0
 
 

@@ -31,7 +31,7 @@ from models.paths import REPO_ROOT
 from models.protocol import cross_validate
 from models.quality_features import mpnet_quality_features, token_states
 from models.sources import FeatureSource
-from models.sweep_mpnet import load_avg, machine
+from models.sweep_mpnet import load_avg, machine, write_sweep
 from models.thresholds import tune_thresholds
 from models.train import _load_pool
 
@@ -291,13 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                     "split is never read",
            "machine": machine(), "note": "2 cores shared with other helpers' jobs, run under nice -n 19",
            "results": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.out.is_file():  # a partial run replaces same-named rows of the file
-        old = json.loads(args.out.read_text())
-        names = {r["config"] for r in rows}
-        doc["results"] = [r for r in old["results"] if r["config"] not in names] + rows
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_sweep(args.out, doc, merge=True, key="config")
     return 0
 
 

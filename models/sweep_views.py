@@ -37,7 +37,7 @@ from models.paths import REPO_ROOT, cache_dir
 from models.protocol import cross_validate
 from models.quality_features import mpnet_quality_features
 from models.sources import FeatureSource
-from models.sweep_mpnet import load_avg, machine
+from models.sweep_mpnet import load_avg, machine, write_sweep
 from models.sweep_quality import view
 from models.thresholds import tune_thresholds
 from models.train import _load_pool
@@ -316,13 +316,7 @@ def main(argv: list[str] | None = None) -> int:
            "fold_micro_f1_std is the std of the 5 per-fold micro-F1s; vs_default_* are paired per-fold "
            "differences against the default's row of the same run",
            "results": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.only and args.out.is_file():  # a partial run replaces same-named rows of the file
-        old = json.loads(args.out.read_text())
-        names = {r["config"] for r in rows}
-        doc["results"] = [r for r in old["results"] if r["config"] not in names] + rows
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_sweep(args.out, doc, merge=bool(args.only), key="config")
     return 0
 
 

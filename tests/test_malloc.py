@@ -43,6 +43,3 @@ def test_freed_large_blocks_stay_resident_with_glibc_defaults_and_go_back_with_b
     assert retained_mib("default") >= 48  # the control: the effect is there to be removed
     assert retained_mib("bounded") <= 8
 
-
-def test_zero_leaves_glibc_defaults() -> None:
-    assert malloc.bound_heap(0, 0) is True
