@@ -10,6 +10,8 @@ thread too), timed by the thread's CPU clock:
 - `pillow_full`: full-resolution decode, convert, one resize (what training does; `decode_image` without target)
 - `pillow_gap2`: the worker before this change: JPEG draft and box reduce keep both sides >= 2 x 224
 - `pillow_reduced`: reduced decoding (MEMEGUARD_REDUCED_DECODE=true): the smallest scale >= 224
+- `pillow_reduced_whole_file`: the same without the scan subset (consumer/core/jpeg_scans.py), which only a
+  progressive JPEG at 1/8 scale uses (here: `JPEG_shipped` and `JPEG_progressive` at 32 px)
 - `opencv_reduced`: `cv2.imdecode(IMREAD_REDUCED_COLOR_{2,4,8})` at the same scale, `cv2.resize`, the same
   normalisation (no header checks, no orientation or alpha rules: a speed reference, not a candidate)
 
@@ -54,11 +56,12 @@ MAX_SCORE_DELTA = 0.05
 MAX_MICRO_F1_DELTA = 0.02
 
 
-def pillow(gap: int | None):
+def pillow(gap: int | None, dc_subset: bool = True):
     """The worker's decode (consumer.core.images) at a gap (None: full resolution), then the model's tensor."""
     def run(data: bytes, spec: ImagePreprocessing) -> np.ndarray:
         target = spec.size if gap else None
-        return image_to_tensor(open_image(data, MAX_PIXELS, target=target, gap=gap or REDUCING_GAP).decode(), spec)
+        prepared = open_image(data, MAX_PIXELS, target=target, gap=gap or REDUCING_GAP, dc_subset=dc_subset)
+        return image_to_tensor(prepared.decode(), spec)
     return run
 
 
@@ -75,7 +78,7 @@ def opencv_reduced(data: bytes, spec: ImagePreprocessing) -> np.ndarray:
 
 
 PATHS = {"pillow_full": pillow(None), "pillow_gap2": pillow(REDUCING_GAP), "pillow_reduced": pillow(REDUCED_GAP),
-         "opencv_reduced": opencv_reduced}
+         "pillow_reduced_whole_file": pillow(REDUCED_GAP, dc_subset=False), "opencv_reduced": opencv_reduced}
 
 
 def convert(blobs: list[bytes], out: Path) -> dict[str, list[bytes]]:
@@ -114,6 +117,7 @@ def time_paths(converted: dict[str, list[bytes]], spec: ImagePreprocessing, roun
             row[name] = {"ms_per_image": round(ms, 2), "images_per_s_one_core": round(1000 / ms, 1)}
         row["speedup_reduced_vs_gap2"] = round(best["pillow_gap2"] / best["pillow_reduced"], 2)
         row["speedup_reduced_vs_full"] = round(best["pillow_full"] / best["pillow_reduced"], 2)
+        row["speedup_dc_subset_vs_whole_file"] = round(best["pillow_reduced_whole_file"] / best["pillow_reduced"], 2)
         results[fmt] = row
     return results
 
@@ -194,7 +198,8 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for fmt, row in [*result["formats"].items(), *((f"{k} @32px", v) for k, v in result["jpeg_at_32px"].items())]:
         print(fmt, {k: v["ms_per_image"] for k, v in row.items() if isinstance(v, dict)},
-              "reduced vs gap2 x", row["speedup_reduced_vs_gap2"], "vs full x", row["speedup_reduced_vs_full"])
+              "reduced vs gap2 x", row["speedup_reduced_vs_gap2"], "vs full x", row["speedup_reduced_vs_full"],
+              "DC-scale subset vs whole file x", row["speedup_dc_subset_vs_whole_file"])
     for p in result["parity"]:
         print(p["bundle"], p["f1"], p["reduced_vs_gap2 (off -> on)"], "within tolerance:", p["within_tolerance"])
     return 0 if all(p["within_tolerance"] for p in result["parity"]) else 1

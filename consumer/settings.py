@@ -74,6 +74,9 @@ class WorkerSettings(KafkaSettings):
         64_000_000, ge=1, description="Decoded pixels in flight at once; a batch over it decodes in waves.")
     reduced_decode: bool = Field(
         True, description="Decode JPEG at the smallest DCT scale >= the model's input (else >= 2x); see images.py.")
+    jpeg_scan_subset: bool = Field(
+        True, description="At 1/8 scale, decode a progressive JPEG from only the scans that scale reads (same "
+                          "pixels); see consumer/core/jpeg_scans.py.")
     malloc_mmap_threshold_bytes: int = Field(
         1024 * 1024, ge=0, description="glibc: blocks this large are mmapped and unmapped on free (0: glibc's "
                                        "dynamic threshold); see consumer/core/malloc.py.")

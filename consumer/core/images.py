@@ -16,7 +16,9 @@ Every step happens before the pixels are decoded, on the header only:
   default; **reduced decoding** (`MEMEGUARD_REDUCED_DECODE`, on by default, `DecodePolicy.reduced`) takes gap 1
   for the model's input: the smallest DCT scale >= the input side, so a 0.7 MP JPEG meme decodes at 1/2
   scale, a quarter of the pixels (the scores move by less than the tolerance bench/bench_decode.py checks on
-  the dev split). PNG, WebP and GIF have no reduced decode: they decode in full, as before.
+  the dev split). At 1/8 scale a progressive JPEG (every shipped meme is one) decodes from only the scans
+  that scale reads (`consumer/core/jpeg_scans.py`): the same pixels in about half the time. PNG, WebP and GIF
+  have no reduced decode: they decode in full, as before.
   Without `target` the picture is decoded at full resolution, as before.
 - **Memory**: the conversion runs in strips, so a decode holds the source, the output and one strip; with
   `target` the output is the reduced picture. `ImageDecoder` bounds how many decodes run at once and how
@@ -47,6 +49,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from consumer.core.jpeg_scans import dc_scale_subset
 from consumer.core.malloc import trim
 from consumer.core.preprocess import image_to_tensor
 from consumer.errors import InputError
@@ -79,6 +82,7 @@ class DecodePolicy:
     # >= 2 x this (OCR, faces, objects and the explainer all work at or below it), so kept memory is bounded.
     enrichment_side: int = 1024
     reduced: bool = True  # JPEG at the smallest DCT scale >= target (gap 1) instead of >= 2 x target
+    scan_subset: bool = True  # a progressive JPEG at 1/8 scale decodes from the scans that scale reads
 
     @property
     def gap(self) -> int:
@@ -87,15 +91,17 @@ class DecodePolicy:
     @classmethod
     def from_settings(cls, s) -> "DecodePolicy":
         return cls(formats=tuple(s.image_formats), concurrency=s.decode_concurrency,
-                   batch_pixel_budget=s.batch_pixel_budget, reduced=s.reduced_decode)
+                   batch_pixel_budget=s.batch_pixel_budget, reduced=s.reduced_decode,
+                   scan_subset=s.jpeg_scan_subset)
 
 
 class PreparedImage:
     """An image whose header passed every check; `decode()` decodes and converts it (CPU and memory)."""
 
-    def __init__(self, image: Image.Image, target: int | None) -> None:
+    def __init__(self, image: Image.Image, target: int | None, whole: Image.Image | None = None) -> None:
         self.image = image
         self.target = target
+        self.whole = whole  # when `image` is a scan subset of a JPEG (jpeg_scans): the whole file, if it fails
         self.format = image.format
         # Pixels the decode will allocate (after draft). A WebP counts 4 times: libwebp's canvas, the frame
         # bytes Pillow copies out of it and the image itself are alive at once (measured: ~15 bytes a pixel).
@@ -104,7 +110,8 @@ class PreparedImage:
     def decode(self) -> Image.Image:
         try:
             image, self.image = self.image, None  # the source goes as soon as the picture is converted
-            image.load()
+            image = _load(image, self.whole)
+            self.whole = None
             orientation = image.getexif().get(_ORIENTATION, 1)
             # The box reduce keeps REDUCING_GAP whatever the draft's gap: below it, a box filter visibly departs
             # from the bilinear resize training used, and for PNG/WebP/GIF it saves nothing measurable (the
@@ -128,10 +135,11 @@ class PreparedImage:
 
 
 def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED_FORMATS,
-               target: int | None = None, gap: int = REDUCING_GAP) -> PreparedImage:
+               target: int | None = None, gap: int = REDUCING_GAP, dc_subset: bool = True) -> PreparedImage:
     """Identify, check the format and the pixel cap, and prepare a downscaled decode; decodes nothing.
 
-    With `target`, a JPEG's DCT scale keeps both sides >= `gap` x `target` (module docstring)."""
+    With `target`, a JPEG's DCT scale keeps both sides >= `gap` x `target` (module docstring); at 1/8 scale a
+    progressive JPEG decodes from its DC-scale scans only (`dc_subset`, same pixels)."""
     if gap not in (REDUCED_GAP, REDUCING_GAP):
         raise ValueError(f"gap must be {REDUCED_GAP} or {REDUCING_GAP}, not {gap}")
     plugins = [p for f in formats for p in _PILLOW_FORMATS.get(f.upper(), ())]
@@ -168,7 +176,40 @@ def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED
             image.close()
             raise InputError(f"JPEG header is not decodable ({type(e).__name__}: {e})",
                              ErrorKind.IMAGE_UNDECODABLE) from e
+        subset = _dc_scale_subset(image, data, side) if dc_subset else None
+        if subset is not None:
+            return PreparedImage(subset, target, whole=image)
     return PreparedImage(image, target)
+
+
+def _load(image: Image.Image, whole: Image.Image | None) -> Image.Image:
+    if whole is None:
+        image.load()
+        return image
+    try:
+        image.load()
+        return image
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 (the subset is ours, not the input: the whole file decides)
+        whole.load()
+        return whole
+
+
+def _dc_scale_subset(image: Image.Image, data: bytes, side: int) -> Image.Image | None:
+    """At 1/8 scale, a progressive JPEG opened from only the scans that scale reads (same pixels, about half
+    the decode time: consumer/core/jpeg_scans.py), or None to decode the whole file."""
+    if image.format != "JPEG" or image.decoderconfig[:1] != (8,) or not image.info.get("progressive"):
+        return None
+    subset = dc_scale_subset(data)
+    if subset is None:
+        return None
+    try:
+        small = Image.open(io.BytesIO(subset), formats=["JPEG"])
+        small.draft("RGB", (side, side))
+    except Exception:  # noqa: BLE001 (as above)
+        return None
+    return small if (small.size, small.mode) == (image.size, image.mode) else None
 
 
 def _webp_canvas(data: bytes) -> tuple[int, int] | None:
@@ -331,7 +372,8 @@ class ImageDecoder:
         # Reduced decoding is for the model's input only: a picture kept for enrichment or the explainer
         # (target >= enrichment_side) keeps their documented >= 2 x enrichment_side.
         gap = self.policy.gap if target is None or target < self.policy.enrichment_side else REDUCING_GAP
-        prepared = open_image(data, max_pixels, formats=self.policy.formats, target=target, gap=gap)
+        prepared = open_image(data, max_pixels, formats=self.policy.formats, target=target, gap=gap,
+                              dc_subset=self.policy.scan_subset)
         with self.budget.reserve(prepared.cost):
             return run(prepared)
 

@@ -1,0 +1,86 @@
+"""A progressive JPEG decoded at 1/8 scale from only the scans that scale reads (consumer/core/jpeg_scans.py)
+gives the same pixels as the whole file, on the shipped memes and on hostile variants of them."""
+
+import io
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from consumer.core.images import decode_image, open_image
+from consumer.core.jpeg_scans import dc_scale_subset
+from consumer.errors import InputError
+from consumer.demo.produce import read_semeval
+from tests.memes import SEMEVAL
+
+TARGET = 32  # the tests' tiny bundle: a 0.7 MP meme decodes at 1/8 scale
+MAX_PIXELS = 40_000_000
+
+
+def _dev_jpegs() -> list[bytes]:
+    blobs = [(SEMEVAL / "images" / m.image_path.name).read_bytes() for m in read_semeval(SEMEVAL / "dev.json")]
+    return [b for b in blobs if b[:3] == b"\xff\xd8\xff"]
+
+
+DEV_JPEGS = _dev_jpegs()
+
+
+def _pixels(data: bytes, dc_subset: bool) -> np.ndarray:
+    return np.asarray(open_image(data, MAX_PIXELS, target=TARGET, gap=1, dc_subset=dc_subset).decode())
+
+
+def test_the_dev_memes_decode_to_the_same_pixels_from_the_subset_at_one_eighth_scale():
+    assert len(DEV_JPEGS) >= 50
+    used = 0
+    for data in DEV_JPEGS:
+        whole = open_image(data, MAX_PIXELS, target=TARGET, gap=1, dc_subset=False)
+        if whole.image.decoderconfig[:1] != (8,):
+            continue  # a small meme decodes at 1/4: the subset is not used
+        subset = dc_scale_subset(data)
+        assert subset is not None and len(subset) < 0.7 * len(data)  # it drops most of the file
+        assert open_image(data, MAX_PIXELS, target=TARGET, gap=1).whole is not None  # and decode_image uses it
+        np.testing.assert_array_equal(_pixels(data, True), np.asarray(whole.decode()))
+        used += 1
+    assert used >= 0.9 * len(DEV_JPEGS)
+
+
+def test_baseline_jpegs_and_other_scales_decode_the_whole_file():
+    picture = Image.open(io.BytesIO(DEV_JPEGS[0])).convert("RGB")
+    buf = io.BytesIO()
+    picture.save(buf, "JPEG", quality=90)  # baseline
+    assert dc_scale_subset(buf.getvalue()) is None
+    assert open_image(buf.getvalue(), MAX_PIXELS, target=TARGET, gap=1).whole is None
+    assert open_image(DEV_JPEGS[0], MAX_PIXELS, target=224, gap=1).whole is None  # 1/2 scale reads the AC scans
+    assert open_image(DEV_JPEGS[0], MAX_PIXELS).whole is None  # full resolution
+
+
+@pytest.mark.parametrize("cut", [0.1, 0.3, 0.6, 0.9])
+def test_a_truncated_meme_has_the_same_outcome_kind_or_a_valid_picture(cut):
+    data = DEV_JPEGS[1][: int(len(DEV_JPEGS[1]) * cut)]
+    try:
+        picture = decode_image(data, MAX_PIXELS, target=TARGET, gap=1)
+    except InputError as e:
+        assert e.kind.value == "image_undecodable"
+    else:
+        assert picture.mode == "RGB" and min(picture.size) >= TARGET
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), flips=st.integers(1, 40), which=st.integers(0, 9))
+def test_corrupted_memes_end_as_a_picture_or_an_input_error(seed, flips, which):
+    """Bytes flipped anywhere (markers, scan headers, entropy data): the parser returns a subset or None
+    without raising or looping, and the decode ends as a picture or an InputError, never anything else."""
+    rng = np.random.default_rng(seed)
+    data = bytearray(DEV_JPEGS[which % len(DEV_JPEGS)])
+    for at in rng.integers(0, len(data), flips):
+        data[at] = int(rng.integers(0, 256))
+    data = bytes(data)
+    subset = dc_scale_subset(data)
+    assert subset is None or len(subset) <= len(data) + 2
+    try:
+        picture = decode_image(data, MAX_PIXELS, target=TARGET, gap=1)
+    except InputError:
+        return
+    assert picture.mode == "RGB"
