@@ -166,11 +166,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--label", default="", help="e.g. 'before' / 'after': stored with the figures")
     parser.add_argument("--out", default="hotpath", help="result file name in bench/results/")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra worker environment, e.g. MEMEGUARD_PROCESSING_GUARANTEE=exactly_once (stored)")
     parser.add_argument("--profile", type=Path, help="directory for py-spy profiles of the hits and misses runs")
     args = parser.parse_args(argv)
     from exporters.testing import write_tiny_bundle
 
-    env = {"MEMEGUARD_MAX_BATCH": str(args.batch), "MEMEGUARD_PROVIDERS": "cpu"}
+    env = {"MEMEGUARD_MAX_BATCH": str(args.batch), "MEMEGUARD_PROVIDERS": "cpu",
+           **dict(kv.split("=", 1) for kv in args.env)}
     with dev_stack() as stack, tempfile.TemporaryDirectory() as tmp:
         bundle_path = write_tiny_bundle(Path(tmp) / "tiny", seed=0)
         flush_cache(stack)
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"hits / bare = {ratio} (target >= 0.5); misses = {misses['events_per_s']} events/s (target >= 400); "
           f"whole-file decode: {misses_whole['events_per_s']} events/s")
     write_result(args.out, {
-        "label": args.label, "bundle": "tiny (exporters.testing.write_tiny_bundle, seed 0)", "batch": args.batch,
+        "label": args.label, "worker_env": env, "bundle": "tiny (exporters.testing.write_tiny_bundle, seed 0)", "batch": args.batch,
         "partitions": 2, "images": "shipped SemEval memes that are JPEG by content, file://",
         "bare": bare, "hits": hits, "misses": misses, "misses_whole_file_jpeg_decode": misses_whole,
         "hits_over_bare": ratio,

@@ -84,3 +84,16 @@ def test_corrupted_memes_end_as_a_picture_or_an_input_error(seed, flips, which):
     except InputError:
         return
     assert picture.mode == "RGB"
+
+
+def test_a_subset_that_fails_to_decode_falls_back_to_the_whole_file():
+    data = DEV_JPEGS[2]
+    prepared = open_image(data, MAX_PIXELS, target=TARGET, gap=1)
+    assert prepared.whole is not None
+    subset = dc_scale_subset(data)
+    broken = subset[: len(subset) // 2]  # cut inside the scans: Pillow opens it and refuses to load it
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(broken)).load()
+    prepared.image = Image.open(io.BytesIO(broken))
+    prepared.image.draft("RGB", (TARGET, TARGET))
+    np.testing.assert_array_equal(np.asarray(prepared.decode()), _pixels(data, False))
