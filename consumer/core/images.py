@@ -183,15 +183,15 @@ def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED
 
 
 def _load(image: Image.Image, whole: Image.Image | None) -> Image.Image:
-    if whole is None:
-        image.load()
-        return image
+    """`image` decoded; a scan subset that fails to decode is not the input's fault: the whole file decides."""
     try:
         image.load()
         return image
     except MemoryError:
         raise
-    except Exception:  # noqa: BLE001 (the subset is ours, not the input: the whole file decides)
+    except Exception:
+        if whole is None:
+            raise
         whole.load()
         return whole
 
