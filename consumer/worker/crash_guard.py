@@ -26,6 +26,15 @@ from schemas.text_safety import safe_text
 log = logging.getLogger(__name__)
 
 STATE_TTL_S = 7 * 24 * 3600
+# One call per partition key instead of one HINCRBY per record: a batch of 64 cost ~3.8 ms of the worker's CPU
+# in redis-py's per-command packing and parsing (14% of a cache hit's). KEYS[1] the partition's hash,
+# ARGV[1] the TTL, ARGV[2..] the fields; returns each field's new count, in order.
+_INCREMENT_FIELDS = """
+local counts = {}
+for i = 2, #ARGV do counts[i - 1] = redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return counts
+"""
 
 
 class CrashLoopBreaker:
@@ -62,18 +71,20 @@ class CrashLoopBreaker:
                 return await pipe.execute()
         return await self._redis(run)
 
-    async def _incr(self, records: Iterable[RawRecord], prefix: str) -> list[int] | None:
-        records = list(records)
-        if not records:
-            return None
+    def _fields_by_key(self, records: Iterable[RawRecord], prefixes: str) -> dict[str, list[str]]:
+        fields: dict[str, list[str]] = {}
+        for r in records:
+            fields.setdefault(self._key(r), []).extend(f"{p}{r.offset}" for p in prefixes)
+        return fields
 
-        def fill(pipe: Any) -> None:
-            for r in records:
-                pipe.hincrby(self._key(r), f"{prefix}{r.offset}", 1)
-            for key in {self._key(r) for r in records}:
-                pipe.expire(key, STATE_TTL_S)
-        replies = await self._pipeline(fill)
-        return None if replies is None else [int(n) for n in replies[: len(records)]]
+    async def _incr(self, records: Iterable[RawRecord], prefix: str) -> list[int] | None:
+        """Each record's new attempt count (in no particular order), or None while Redis is out."""
+        fields = self._fields_by_key(records, prefix)
+        if not fields:
+            return None
+        replies = await self._pipeline(lambda pipe: [pipe.eval(_INCREMENT_FIELDS, 1, key, STATE_TTL_S, *names)
+                                                     for key, names in fields.items()])
+        return None if replies is None else [int(n) for counts in replies for n in counts]
 
     async def begin_batch(self, records: list[RawRecord]) -> bool:
         """True when a record of this batch was in flight in an attempt that never finished."""
@@ -108,9 +119,9 @@ class CrashLoopBreaker:
 
     async def finish(self, records: list[RawRecord]) -> None:
         """The records' outputs are acknowledged: forget their attempts."""
-        if records:
-            await self._pipeline(lambda pipe: [pipe.hdel(self._key(r), f"b{r.offset}", f"i{r.offset}", f"e{r.offset}")
-                                               for r in records])
+        fields = self._fields_by_key(records, "bie")
+        if fields:
+            await self._pipeline(lambda pipe: [pipe.hdel(key, *names) for key, names in fields.items()])
 
     async def close(self) -> None:
         if self._client is not None:
