@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"hits / bare = {ratio} (target >= 0.5); misses = {misses['events_per_s']} events/s (target >= 400); "
           f"whole-file decode: {misses_whole['events_per_s']} events/s")
     write_result(args.out, {
-        "label": args.label, "worker_env": env, "bundle": "tiny (exporters.testing.write_tiny_bundle, seed 0)", "batch": args.batch,
+        "label": args.label, "worker_env": env, "bundle": "tiny (exporters.testing.write_tiny_bundle, seed 0)",
+        "batch": args.batch,
         "partitions": 2, "images": "shipped SemEval memes that are JPEG by content, file://",
         "bare": bare, "hits": hits, "misses": misses, "misses_whole_file_jpeg_decode": misses_whole,
         "hits_over_bare": ratio,

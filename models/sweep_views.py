@@ -22,7 +22,6 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,15 +33,14 @@ from models.config import RunConfig, load_config
 from models.data import Meme, multi_hot
 from models.metrics import binarize, summary
 from models.paths import REPO_ROOT, cache_dir
-from models.protocol import cross_validate
 from models.quality_features import mpnet_quality_features
 from models.sources import FeatureSource
-from models.sweep_mpnet import load_avg, machine, write_sweep
+from models.sweep_mpnet import machine, write_sweep
 from models.sweep_quality import view
+from models.sweep_table import Fitter, SweepTable
 from models.thresholds import tune_thresholds
 from models.train import _load_pool
 
-Fitter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 STAGES = ("faces", "objects", "attributes")  # + sentiment and feature_text, which the pipeline adds itself
 
 
@@ -181,53 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         variant.img, variant.txt = x_img, x_txt
         return variant.fit_predict
 
-    rows: list[dict] = []
-    oofs: dict[str, np.ndarray] = {}
-    fold_scores: dict[str, np.ndarray] = {}
-    splits0: list[np.ndarray] = []
     default = "default: MPNet mean L3/6 + EfficientNet (recomputed)"
-
-    def record(name: str, oof: np.ndarray, started: float, command: str, note: str = "") -> None:
-        pred = np.zeros_like(y, dtype=np.int64)
-        per_fold = []
-        for te in splits0:
-            rest = np.setdiff1d(np.arange(len(y)), te)
-            pred[te] = binarize(oof[te], tune_thresholds(oof[rest], y[rest], "micro"))
-            s = summary(y[te], pred[te])
-            per_fold.append((s["micro_f1"], s["macro_f1"]))
-        r = summary(y, pred)
-        pf = np.array(per_fold)
-        fold_scores[name] = pf
-        row = {"config": name, "cv_micro_f1": round(r["micro_f1"], 4), "cv_macro_f1": round(r["macro_f1"], 4),
-               "fold_micro_f1": [round(v, 4) for v in pf[:, 0]], "fold_micro_f1_std": round(float(pf[:, 0].std()), 4),
-               "fold_macro_f1_std": round(float(pf[:, 1].std()), 4),
-               "split": f"{folds}-fold CV seed {seed} over train+dev ({len(y)} memes)",
-               "command": command, "wall_seconds": round(time.perf_counter() - started, 1), "load_avg": load_avg()}
-        if name != default and default in fold_scores:
-            d = pf[:, 0] - fold_scores[default][:, 0]
-            row["vs_default_fold_micro_diff_mean"] = round(float(d.mean()), 4)
-            row["vs_default_fold_micro_diff_std"] = round(float(d.std(ddof=1)), 4)
-            row["vs_default_folds_better"] = int((d > 0).sum())
-        if note:
-            row["note"] = note
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    table = SweepTable(y, folds, seed, default, args.only)
+    rows = table.rows
 
     def run(name: str, fit: Fitter, note: str = "") -> None:
-        if args.only and args.only not in name and name != default:
-            return
-        started = time.perf_counter()
-        r = cross_validate(fit, y, n_labels, folds, seed, "micro")
-        oofs[name] = r.oof
-        splits0[:] = r.folds
-        record(name, r.oof, started, f"nice -n 19 python -m models.sweep_views --only {shlex.quote(name)}", note)
+        table.run(name, fit, f"nice -n 19 python -m models.sweep_views --only {shlex.quote(name)}",
+                  {"note": note} if note else None)
 
     def ensemble(name: str, *members: str) -> None:
-        if (args.only and args.only not in name) or any(m not in oofs for m in members):
-            return
-        oof = sum(oofs[m] for m in members) / len(members)
-        record(name, oof, time.perf_counter(),
-               "nice -n 19 python -m models.sweep_views (probability average of the named rows' OOF probabilities)")
+        table.ensemble(name, "nice -n 19 python -m models.sweep_views", *members)
 
     mean36 = view(feats, "mean", [3, 6])
     ft36 = view(feats_ft, "mean", [3, 6])

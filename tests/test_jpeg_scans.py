@@ -11,8 +11,8 @@ from PIL import Image
 
 from consumer.core.images import decode_image, open_image
 from consumer.core.jpeg_scans import dc_scale_subset
-from consumer.errors import InputError
 from consumer.demo.produce import read_semeval
+from consumer.errors import InputError
 from tests.memes import SEMEVAL
 
 TARGET = 32  # the tests' tiny bundle: a 0.7 MP meme decodes at 1/8 scale

@@ -5,6 +5,7 @@ import torch
 
 from models.quality_features import masked_max
 from models.sweep_quality import LabelAttention, label_attention_fitter, per_label_choice
+from models.sweep_table import SweepTable
 
 
 def test_masked_max_ignores_padding() -> None:
@@ -55,3 +56,17 @@ def test_per_label_choice_takes_each_labels_better_member() -> None:
     fit = per_label_choice([good_for(0), good_for(1)], y)
     te = np.arange(10, 20)
     np.testing.assert_array_equal(fit(np.arange(10), te), y[te])
+
+
+def test_sweep_table_scores_rows_fold_by_fold_against_the_default() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 3)) < 0.4).astype(np.int64)
+    table = SweepTable(y, folds=3, seed=0, default="default")
+    table.run("default", lambda tr, te: y[te].astype(np.float32), "cmd")  # an oracle: every fold perfect
+    table.run("noise", lambda tr, te: rng.random((len(te), 3)).astype(np.float32), "cmd")
+    table.ensemble("ens", "cmd", "default", "noise")
+    default, noise, ens = table.rows
+    assert default["cv_micro_f1"] == 1.0 and "vs_default_folds_better" not in default
+    assert noise["cv_micro_f1"] < 0.8
+    assert noise["vs_default_folds_better"] == 0 and noise["vs_default_fold_micro_diff_mean"] < -0.2
+    assert ens["members"] == ["default", "noise"] and ens["cv_micro_f1"] > noise["cv_micro_f1"]
