@@ -16,6 +16,8 @@ whole file at 1/8 scale (tests/test_jpeg_scans.py holds it to that on the shippe
 parser does not recognise returns None and the caller decodes the whole file.
 """
 
+import re
+
 _SOF2 = 0xC2  # progressive, Huffman: the only frame type handled
 _OTHER_SOF = {0xC0, 0xC1, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _SOS, _EOI = 0xDA, 0xD9
@@ -77,17 +79,13 @@ def _subsampled_components(sof: bytes) -> set[int] | None:
     return {c for c, f in factors.items() if f >> 4 < h_max or f & 0x0F < v_max}
 
 
+# The marker that ends a scan's entropy-coded data: 0xFF followed by anything but a stuffed 0x00, a restart
+# marker 0xD0..D7 (both inside the scan) or another 0xFF (a fill byte: the marker starts at the last 0xFF).
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
 def _entropy_end(data: bytes, pos: int) -> int | None:
-    """Offset of the marker that ends the entropy-coded data starting at `pos` (0xFF00 is a stuffed byte,
-    0xFFD0..D7 a restart marker inside the scan), or None when the data runs out first."""
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= len(data):
-            return None
-        following = data[pos + 1]
-        if following == 0x00 or 0xD0 <= following <= 0xD7:
-            pos += 2
-        elif following == 0xFF:
-            pos += 1
-        else:
-            return pos
+    """Offset of the marker that ends the entropy-coded data starting at `pos`, or None when the data runs
+    out first."""
+    found = _SCAN_END.search(data, pos)
+    return None if found is None else found.start()
