@@ -6,11 +6,14 @@
     first by a separate run over the same memes);
 (c) misses: the real worker, every event a miss (unique text per event) on the tests' tiny bundle, real
     meme JPEGs via file://, so decode, hashing and the worker's own costs show, not the model's; then the same
-    with MEMEGUARD_JPEG_SCAN_SUBSET=false (every progressive JPEG decoded from its whole file).
+    with MEMEGUARD_JPEG_SCAN_SUBSET=false (every progressive JPEG decoded from its whole file);
+(d) with `--hit-processes N`: the all-hits case again with `worker --processes N` (CPU summed over the
+    supervisor and its N children) beside N bare loops (threads of this process, a partition each): how the
+    hit path scales with processes on the same cores.
 
 Throughput is outputs over broker time (first to last output's timestamp), so worker start-up and group
 joins are not counted; CPU per event is the worker process's user + system time over the same window.
-Run: `python -m bench.bench_hotpath [--hits 6000 --misses 2000 --batch 64]` (about 2 minutes).
+Run: `python -m bench.bench_hotpath [--hits 6000 --misses 2000 --batch 64 --hit-processes 2]` (about 2 minutes).
 """
 
 import argparse
@@ -19,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,9 +53,19 @@ def records(run: str, n: int, unique: int | None, unique_text: bool) -> list[tup
     return out
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+def cpu_s(pid: int) -> tuple[float, set[int]]:
+    """utime + stime of `pid` and of its live child processes (`worker --processes N` runs N children), and
+    which processes were counted (a child that exits takes its CPU time with it)."""
+    total, counted = 0, set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1]: the parent's pid
+            total += int(fields[11]) + int(fields[12])
+            counted.add(int(stat.parent.name))
+    return total / os.sysconf("SC_CLK_TCK"), counted
 
 
 def committed_all(bootstrap: str, group: str, topic: str, partitions: int, total: int) -> bool:
@@ -97,29 +111,48 @@ def rate(stamps: list[int]) -> float:
     return round((len(stamps) - 1) / max(span, 1e-3), 1)
 
 
-def bare_loop(bootstrap: str, topics: Topics, n: int, batch: int) -> dict:
-    """What a minimal Python consumer does per event: parse, emit ~3 KB, wait for acks, commit per batch."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topics.group, "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest"})
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
-    consumer.subscribe([topics.input])
+def bare_loop(bootstrap: str, topics: Topics, n: int, batch: int, members: int = 1) -> dict:
+    """What a minimal Python consumer does per event: parse, emit ~3 KB, wait for acks, commit per batch.
+    With `members` > 1: that many such loops on threads of this process, one partition each (assigned, so no
+    group rebalance), until the n events are done between them (librdkafka does the waiting off the GIL)."""
     padding = "x" * VERDICT_LIKE_BYTES
-    done, cpu0 = 0, time.process_time()
-    failures = []
-    try:
-        while done < n:
-            messages = [m for m in consumer.consume(batch, 0.5) if not m.error()]
-            for m in messages:
-                event = json.loads(m.value())
-                out = json.dumps({"event_id": event["event_id"], "post_id": event["post_id"], "pad": padding})
-                producer.produce(topics.output, key=m.key(), value=out.encode(),
-                                 on_delivery=lambda err, _msg: err and failures.append(err))
-            producer.flush(30)  # every output acknowledged before the batch's offsets commit
-            if messages:
-                consumer.commit(asynchronous=False)
-            done += len(messages)
-    finally:
-        consumer.close()
+    failures: list = []
+    done = [0]
+    lock = threading.Lock()
+
+    def loop(partition: int | None) -> None:
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topics.group, "enable.auto.commit": False,
+                             "auto.offset.reset": "earliest"})
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+        if partition is None:
+            consumer.subscribe([topics.input])
+        else:
+            consumer.assign([TopicPartition(topics.input, partition, OFFSET_BEGINNING)])
+        try:
+            while done[0] < n:
+                messages = [m for m in consumer.consume(batch, 0.5) if not m.error()]
+                for m in messages:
+                    event = json.loads(m.value())
+                    out = json.dumps({"event_id": event["event_id"], "post_id": event["post_id"], "pad": padding})
+                    producer.produce(topics.output, key=m.key(), value=out.encode(),
+                                     on_delivery=lambda err, _msg: err and failures.append(err))
+                producer.flush(30)  # every output acknowledged before the batch's offsets commit
+                if messages:
+                    consumer.commit(asynchronous=False)
+                with lock:
+                    done[0] += len(messages)
+        finally:
+            consumer.close()
+
+    cpu0 = time.process_time()
+    if members == 1:
+        loop(None)
+    else:
+        threads = [threading.Thread(target=loop, args=(p,)) for p in range(members)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert not failures, failures[:3]
     return {"cpu_s": time.process_time() - cpu0}
 
@@ -138,9 +171,11 @@ def measure(label: str, stack, topics: Topics, recs: list, timeout_s: float, run
 
 
 def worker_run(stack, bundle_path: Path, topics: Topics, n: int, workdir: Path, env: dict[str, str],
-               profile: Path | None = None):
+               profile: Path | None = None, processes: int = 1):
+    argv = ["-m", "consumer.cli", "worker", "--processes", str(processes)] if processes > 1 else None
+
     def run() -> float:
-        worker = start_worker(stack, bundle_path, topics, workdir, **env)
+        worker = start_worker(stack, bundle_path, topics, workdir, argv, **env)
         spy = None
         if profile is not None:  # py-spy's collapsed stacks (`--format raw`), one line per stack with its count
             py_spy = str(Path(sys.executable).parent / "py-spy")  # the venv's, whether or not it is on PATH
@@ -148,9 +183,12 @@ def worker_run(stack, bundle_path: Path, topics: Topics, n: int, workdir: Path, 
                                     "-o", str(profile), "-p", str(worker.proc.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            before = cpu_s(worker.proc.pid)
+            before, counted = cpu_s(worker.proc.pid)
             wait_committed(stack.bootstrap, topics.group, topics.input, n, timeout_s=900)
-            return cpu_s(worker.proc.pid) - before
+            after, still = cpu_s(worker.proc.pid)
+            assert still == counted and len(counted) == processes + (processes > 1), (
+                f"worker processes changed during the run ({sorted(counted)} -> {sorted(still)}): CPU not comparable")
+            return after - before
         finally:
             worker.stop()
             if spy is not None:
@@ -168,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="hotpath", help="result file name in bench/results/")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra worker environment, e.g. MEMEGUARD_PROCESSING_GUARANTEE=exactly_once (stored)")
+    parser.add_argument("--hit-processes", type=int, default=0,
+                        help="also run the all-hits case with `worker --processes N` (N >= 2; CPU summed over them)")
     parser.add_argument("--profile", type=Path, help="directory for py-spy profiles of the hits and misses runs")
     args = parser.parse_args(argv)
     from exporters.testing import write_tiny_bundle
@@ -187,6 +227,18 @@ def main(argv: list[str] | None = None) -> None:
         hits = measure("hits", stack, t, records(t.group, args.hits, args.unique, False), 600,
                        worker_run(stack, bundle_path, t, args.hits, Path(tmp), env,
                                   args.profile / "hits.txt" if args.profile else None))
+        hits_processes = bare_members = None
+        if args.hit_processes > 1:
+            t = Topics.unique()
+            bare_members = measure(f"bare, {args.hit_processes} loops", stack, t,
+                                   records(t.group, args.hits, args.unique, False), 300,
+                                   lambda: bare_loop(stack.bootstrap, t, args.hits, args.batch,
+                                                     args.hit_processes)["cpu_s"])
+            t = Topics.unique()
+            hits_processes = measure(f"hits, {args.hit_processes} processes", stack, t,
+                                     records(t.group, args.hits, args.unique, False), 600,
+                                     worker_run(stack, bundle_path, t, args.hits, Path(tmp), env,
+                                                processes=args.hit_processes))
         t = Topics.unique()
         misses = measure("misses", stack, t, records(t.group, args.misses, None, True), 900,
                          worker_run(stack, bundle_path, t, args.misses, Path(tmp), env,
@@ -196,21 +248,34 @@ def main(argv: list[str] | None = None) -> None:
                                worker_run(stack, bundle_path, t, args.misses, Path(tmp),
                                           {**env, "MEMEGUARD_JPEG_SCAN_SUBSET": "false"}))
     ratio = round(hits["events_per_s"] / bare["events_per_s"], 3)
+    extra = [] if hits_processes is None else [
+        [f"bare, {args.hit_processes} loops (threads, a partition each)", bare_members["events"],
+         bare_members["events_per_s"], bare_members["core_ms_per_event"],
+         round(bare_members["events_per_s"] / bare["events_per_s"], 3)],
+        [f"worker --processes {args.hit_processes}, all hits", hits_processes["events"],
+         hits_processes["events_per_s"], hits_processes["core_ms_per_event"],
+         round(hits_processes["events_per_s"] / bare["events_per_s"], 3)]]
     table(f"per-event cost (tiny bundle, batch {args.batch}, 2 partitions) {args.label}",
           ["path", "events", "events/s", "core-ms/event", "vs bare"],
           [["bare consume->produce", bare["events"], bare["events_per_s"], bare["core_ms_per_event"], 1.0],
-           ["worker, all hits", hits["events"], hits["events_per_s"], hits["core_ms_per_event"], ratio],
+           ["worker, all hits", hits["events"], hits["events_per_s"], hits["core_ms_per_event"], ratio], *extra,
            ["worker, all misses", misses["events"], misses["events_per_s"], misses["core_ms_per_event"],
             round(misses["events_per_s"] / bare["events_per_s"], 3)],
            ["  same, whole-file JPEG decode", misses_whole["events"], misses_whole["events_per_s"],
             misses_whole["core_ms_per_event"], round(misses_whole["events_per_s"] / bare["events_per_s"], 3)]])
     print(f"hits / bare = {ratio} (target >= 0.5); misses = {misses['events_per_s']} events/s (target >= 400); "
           f"whole-file decode: {misses_whole['events_per_s']} events/s")
+    if hits_processes is not None:
+        print(f"{args.hit_processes} worker processes / {args.hit_processes} bare loops, all hits = "
+              f"{hits_processes['events_per_s'] / bare_members['events_per_s']:.3f}")
     write_result(args.out, {
         "label": args.label, "worker_env": env, "bundle": "tiny (exporters.testing.write_tiny_bundle, seed 0)",
         "batch": args.batch,
         "partitions": 2, "images": "shipped SemEval memes that are JPEG by content, file://",
         "bare": bare, "hits": hits, "misses": misses, "misses_whole_file_jpeg_decode": misses_whole,
+        **({f"bare_{args.hit_processes}_loops": bare_members, f"hits_{args.hit_processes}_processes": hits_processes,
+            f"hits_{args.hit_processes}_processes_over_bare_{args.hit_processes}_loops":
+                round(hits_processes["events_per_s"] / bare_members["events_per_s"], 3)} if hits_processes else {}),
         "hits_over_bare": ratio,
         "misses_scan_subset_over_whole_file": round(misses["events_per_s"] / misses_whole["events_per_s"], 3),
         "targets": {"hits_over_bare": 0.5, "misses_events_per_s": 400},
