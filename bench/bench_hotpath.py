@@ -7,7 +7,9 @@
 (c) misses: the real worker, every event a miss (unique text per event) on the tests' tiny bundle, real
     meme JPEGs via file://, so decode, hashing and the worker's own costs show, not the model's; then the same
     with MEMEGUARD_JPEG_SCAN_SUBSET=false (every progressive JPEG decoded from its whole file);
-(d) with `--hit-processes N`: the all-hits case again with `worker --processes N` (CPU summed over the
+(d) with `--variant KEY=VALUE`: the hits and misses cases again with that worker setting on top (e.g.
+    MEMEGUARD_WORKER_ENGINE=confluent), side by side;
+(e) with `--hit-processes N`: the all-hits case again with `worker --processes N` (CPU summed over the
     supervisor and its N children) beside N bare loops (threads of this process, a partition each): how the
     hit path scales with processes on the same cores.
 
@@ -206,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="hotpath", help="result file name in bench/results/")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra worker environment, e.g. MEMEGUARD_PROCESSING_GUARANTEE=exactly_once (stored)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                        help="also run the hits and misses cases with this worker environment on top, e.g. "
+                             "MEMEGUARD_WORKER_ENGINE=confluent (side by side in the same run)")
     parser.add_argument("--hit-processes", type=int, default=0,
                         help="also run the all-hits case with `worker --processes N` (N >= 2; CPU summed over them)")
     parser.add_argument("--profile", type=Path, help="directory for py-spy profiles of the hits and misses runs")
@@ -227,6 +232,15 @@ def main(argv: list[str] | None = None) -> None:
         hits = measure("hits", stack, t, records(t.group, args.hits, args.unique, False), 600,
                        worker_run(stack, bundle_path, t, args.hits, Path(tmp), env,
                                   args.profile / "hits.txt" if args.profile else None))
+        variant = dict(kv.split("=", 1) for kv in args.variant)
+        hits_variant = misses_variant = None
+        if variant:
+            t = Topics.unique()
+            hits_variant = measure(f"hits, {variant}", stack, t, records(t.group, args.hits, args.unique, False), 600,
+                                   worker_run(stack, bundle_path, t, args.hits, Path(tmp), {**env, **variant}))
+            t = Topics.unique()
+            misses_variant = measure(f"misses, {variant}", stack, t, records(t.group, args.misses, None, True), 900,
+                                     worker_run(stack, bundle_path, t, args.misses, Path(tmp), {**env, **variant}))
         hits_processes = bare_members = None
         if args.hit_processes > 1:
             t = Topics.unique()
@@ -248,13 +262,19 @@ def main(argv: list[str] | None = None) -> None:
                                worker_run(stack, bundle_path, t, args.misses, Path(tmp),
                                           {**env, "MEMEGUARD_JPEG_SCAN_SUBSET": "false"}))
     ratio = round(hits["events_per_s"] / bare["events_per_s"], 3)
-    extra = [] if hits_processes is None else [
+    shown = " ".join(args.variant)
+    variant_rows = [] if hits_variant is None else [
+        [f"  hits, {shown}", hits_variant["events"], hits_variant["events_per_s"],
+         hits_variant["core_ms_per_event"], round(hits_variant["events_per_s"] / bare["events_per_s"], 3)],
+        [f"  misses, {shown}", misses_variant["events"], misses_variant["events_per_s"],
+         misses_variant["core_ms_per_event"], round(misses_variant["events_per_s"] / bare["events_per_s"], 3)]]
+    extra = variant_rows + ([] if hits_processes is None else [
         [f"bare, {args.hit_processes} loops (threads, a partition each)", bare_members["events"],
          bare_members["events_per_s"], bare_members["core_ms_per_event"],
          round(bare_members["events_per_s"] / bare["events_per_s"], 3)],
         [f"worker --processes {args.hit_processes}, all hits", hits_processes["events"],
          hits_processes["events_per_s"], hits_processes["core_ms_per_event"],
-         round(hits_processes["events_per_s"] / bare["events_per_s"], 3)]]
+         round(hits_processes["events_per_s"] / bare["events_per_s"], 3)]])
     table(f"per-event cost (tiny bundle, batch {args.batch}, 2 partitions) {args.label}",
           ["path", "events", "events/s", "core-ms/event", "vs bare"],
           [["bare consume->produce", bare["events"], bare["events_per_s"], bare["core_ms_per_event"], 1.0],
@@ -273,6 +293,9 @@ def main(argv: list[str] | None = None) -> None:
         "batch": args.batch,
         "partitions": 2, "images": "shipped SemEval memes that are JPEG by content, file://",
         "bare": bare, "hits": hits, "misses": misses, "misses_whole_file_jpeg_decode": misses_whole,
+        **({"variant_env": variant, "hits_variant": hits_variant, "misses_variant": misses_variant,
+            "hits_variant_over_bare": round(hits_variant["events_per_s"] / bare["events_per_s"], 3)}
+           if hits_variant else {}),
         **({f"bare_{args.hit_processes}_loops": bare_members, f"hits_{args.hit_processes}_processes": hits_processes,
             f"hits_{args.hit_processes}_processes_over_bare_{args.hit_processes}_loops":
                 round(hits_processes["events_per_s"] / bare_members["events_per_s"], 3)} if hits_processes else {}),

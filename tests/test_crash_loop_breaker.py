@@ -14,14 +14,15 @@ from tests.memes import event
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("engine", ["faust", "confluent"])
 def test_a_record_that_kills_the_worker_twice_is_dead_lettered_as_poison_on_the_next_start(worker_factory, stack,
-                                                                                          topics) -> None:
+                                                                                          topics, engine) -> None:
     good = [event(f"ev-{i}", text=f"meme {i}") for i in range(6)]
     crash = event("ev-crash", text="CRASH-ME")
     records = [(b"same-partition", e.model_dump_json().encode()) for e in [*good[:3], crash, *good[3:]]]
     produce_raw(stack.bootstrap, topics.input, records)
 
-    worker = worker_factory(MEMEGUARD_RESTART_BACKOFF_S="0", MEMEGUARD_MAX_WAIT_S="1.0")
+    worker = worker_factory(MEMEGUARD_RESTART_BACKOFF_S="0", MEMEGUARD_MAX_WAIT_S="1.0", MEMEGUARD_WORKER_ENGINE=engine)
     worker.argv = ["tests/crashing_worker.py"]
     exits = []
     t0 = time.monotonic()

@@ -22,12 +22,16 @@ from tests.kafka_helpers import produce_raw
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 N_EVENTS = 1500  # ~20-40 s of work for the tiny bundle on 2 shared cores; enough for several kills mid-stream
+# At-least-once runs on the Faust agent (the default) or on the exactly-once worker's loop without transactions.
+ENGINES = pytest.mark.parametrize("engine", ["faust", "confluent"])
+SUFFIX = {"faust": "", "confluent": "_confluent"}  # scenario names in the faults report
 
 
-def test_sigkill_mid_batch_at_random_points_loses_nothing(stack, worker_factory, topics, tmp_path: Path):
+@ENGINES
+def test_sigkill_mid_batch_at_random_points_loses_nothing(stack, worker_factory, topics, tmp_path: Path, engine):
     rng = random.Random(8)
     records = mixed(N_EVENTS, "kill", seed=1)
-    worker = fault_worker(worker_factory, tmp_path).start()
+    worker = fault_worker(worker_factory, tmp_path, MEMEGUARD_WORKER_ENGINE=engine).start()
     reader = OutputReader(stack.bootstrap, topics.output, topics.dlq)
     produce_raw(stack.bootstrap, topics.input, records.records)
     kills = []
@@ -45,17 +49,18 @@ def test_sigkill_mid_batch_at_random_points_loses_nothing(stack, worker_factory,
             pass
         worker.start()
     reader.wait_for(records.ids, timeout_s=180, log=worker.log)
-    counts = audit("sigkill_restart", records, reader.outputs)
-    counts.extra = {"kills": 3, "outputs_seen_at_each_kill": kills, "starts": worker.starts}
+    counts = audit("sigkill_restart" + SUFFIX[engine], records, reader.outputs)
+    counts.extra = {"kills": 3, "outputs_seen_at_each_kill": kills, "starts": worker.starts, "engine": engine}
     report(counts)
     reader.close()
     assert worker.stop() == 0, worker.log()
 
 
-def test_rebalance_kill_one_of_two_then_add_one(stack, worker_factory, topics, tmp_path: Path):
+@ENGINES
+def test_rebalance_kill_one_of_two_then_add_one(stack, worker_factory, topics, tmp_path: Path, engine):
     ensure_topics(stack.bootstrap, [topics.input], 4)  # four partitions: something to move between members
     records = mixed(N_EVENTS + 500, "rebalance", seed=2)  # room for work after the join
-    env = {"MEMEGUARD_TOPIC_PARTITIONS": "4"}
+    env = {"MEMEGUARD_TOPIC_PARTITIONS": "4", "MEMEGUARD_WORKER_ENGINE": engine}
     a = fault_worker(worker_factory, tmp_path, **env).start()
     b = fault_worker(worker_factory, tmp_path, **env).start()
     reader = OutputReader(stack.bootstrap, topics.output, topics.dlq)
@@ -70,7 +75,7 @@ def test_rebalance_kill_one_of_two_then_add_one(stack, worker_factory, topics, t
     # The last 500 arrive only after the join, so work after it exists however fast the survivor was.
     produce_raw(stack.bootstrap, topics.input, records.records[N_EVENTS:])
     reader.wait_for(records.ids, timeout_s=180, log=lambda: b.log() + c.log())
-    counts = audit("rebalance_kill_and_add", records, reader.outputs)
+    counts = audit("rebalance_kill_and_add" + SUFFIX[engine], records, reader.outputs)
     first_ms = min(o.timestamp_ms for o in reader.outputs)
     last_ms = max(o.timestamp_ms for o in reader.outputs)
     after = [o for o in reader.outputs if o.timestamp_ms >= joined_ms]
@@ -80,6 +85,7 @@ def test_rebalance_kill_one_of_two_then_add_one(stack, worker_factory, topics, t
         "outputs_per_s_during_rebalance": rate_per_s(reader.outputs, killed_ms, joined_ms),
         "outputs_per_s_after_join": rate_per_s(reader.outputs, joined_ms, last_ms + 1),
         "outputs_after_join": len(after),
+        "engine": engine,
     }
     report(counts)
     reader.close()

@@ -18,8 +18,9 @@ from tests.memes import SEMEVAL, dev_events, event, meme_bytes
 pytestmark = pytest.mark.integration
 
 
-def test_n_events_in_n_verdicts_out_and_offsets_committed(stack, worker_factory, topics):
-    worker = worker_factory().start()
+@pytest.mark.parametrize("engine", ["faust", "confluent"])
+def test_n_events_in_n_verdicts_out_and_offsets_committed(stack, worker_factory, topics, engine):
+    worker = worker_factory(MEMEGUARD_WORKER_ENGINE=engine).start()
     events = dev_events(40)
     last = produce_events(stack.bootstrap, topics.input, events)
     outputs = wait_outputs(stack.bootstrap, topics, {e.event_id for e in events})

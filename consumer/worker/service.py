@@ -377,10 +377,11 @@ def run_worker(settings: WorkerSettings) -> None:
     if breaker is not None:
         metrics.watch_counts("memeguard_crash_loop_breaker", "Suspect batches, poison records, Redis errors.", "event",
                              lambda: dict(breaker.counts))
-    if settings.processing_guarantee == "exactly_once":  # Faust cannot: see consumer/worker/transactional.py
+    exactly_once = settings.processing_guarantee == "exactly_once"  # Faust cannot: see worker/transactional.py
+    if exactly_once or settings.worker_engine == "confluent":
         from consumer.worker.transactional import run_transactional
 
-        run_transactional(settings, pipeline, watcher, metrics, health, breaker)
+        run_transactional(settings, pipeline, watcher, metrics, health, breaker, transactions=exactly_once)
         return
     app = create_app(settings, pipeline, watcher, metrics, health, breaker)
     metrics.watch_counts("memeguard_publish", "Outputs published, last-resort dead letters, bookkeeping errors.",

@@ -26,6 +26,12 @@ fatal error, the process exits with code 75 like worker.abandon(): nothing of th
 Serialisation, the DLQ, last-resort and truncated dead letters are OutcomePublisher's (consumer/core/publish.py)
 through an adapter; a record larger than the topic's `max.message.bytes` is refused before it is produced
 (a broker-side refusal would doom the whole transaction), which sends it down the publisher's fallbacks.
+
+Without transactions (MEMEGUARD_WORKER_ENGINE=confluent, at_least_once): the same loop, for a worker without
+Faust's per-event machinery. A batch's outputs are produced and acknowledged, then its offsets are committed
+(asynchronously, so the next batch need not wait; synchronously for partitions being revoked and at shutdown).
+An output that cannot be acknowledged ends the process uncommitted (code 75), as the Faust worker does; after a
+crash the batch is consumed again and may be published twice (at-least-once).
 """
 
 import asyncio
@@ -111,8 +117,10 @@ def _kafka_error(e: BaseException) -> KafkaError | None:
 class TransactionalWorker:
     def __init__(self, settings: WorkerSettings, pipeline: ModerationPipeline,
                  watcher: BundleWatcher | None = None, metrics: PipelineMetrics | None = None,
-                 health: Health | None = None, breaker: CrashLoopBreaker | None = None) -> None:
+                 health: Health | None = None, breaker: CrashLoopBreaker | None = None,
+                 transactions: bool = True) -> None:
         self.settings, self.pipeline, self.watcher = settings, pipeline, watcher
+        self.transactions = transactions
         self.metrics, self.health, self.breaker = metrics, health, breaker
         self.transactional_id = transactional_id(settings)
         self.counts: Counter[str] = Counter()  # transactions committed / aborted, rebalances
@@ -125,13 +133,14 @@ class TransactionalWorker:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 6000,  # as the Faust worker: fast failure detection
             "heartbeat.interval.ms": 1000,
+            **({} if transactions else {"on_commit": self._on_commit}),
             "logger": log,
         }))
         self.producer = Producer(client_config(settings.kafka_bootstrap, {
-            "transactional.id": self.transactional_id,
+            **({"transactional.id": self.transactional_id, "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS}
+               if transactions else {}),
             "enable.idempotence": True,
             "acks": "all",
-            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
             "message.timeout.ms": TRANSACTION_TIMEOUT_MS,
             "message.max.bytes": producer_limit,
             "linger.ms": 5,
@@ -172,6 +181,8 @@ class TransactionalWorker:
         committed offsets)."""
         self.counts["revocations"] += 1
         log.info("partitions revoked", extra={"partitions": [f"{p.topic}/{p.partition}" for p in partitions]})
+        if not self.transactions:  # what was published must not be consumed again by the next owner
+            self._commit_now(partitions)
         if self._in_transaction:
             try:
                 self.producer.abort_transaction(CALL_TIMEOUT_S)
@@ -180,6 +191,12 @@ class TransactionalWorker:
         for p in partitions:
             self._uncommitted.pop((p.topic, p.partition), None)
             self._committed.pop((p.topic, p.partition), None)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """An asynchronous commit's result: a failed one leaves the batch to be consumed again (at-least-once)."""
+        if err is not None:
+            self.counts["commit_errors"] += 1
+            log.warning("offsets commit failed: %s", err)
 
     def lag(self) -> dict[tuple[str, int], int]:
         """High watermark (from fetch responses) minus the offset this worker last committed."""
@@ -204,10 +221,13 @@ class TransactionalWorker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         heartbeat = asyncio.ensure_future(self._heartbeat())
-        # Fences an earlier incarnation of this instance and aborts the transaction it may have left open.
-        await blocking(self.producer.init_transactions, 60.0, timeout_s=60.0)
-        log.info("exactly-once worker starting", extra={"transactional_id": self.transactional_id,
-                                                          "group": self.settings.group_id})
+        if self.transactions:
+            # Fences an earlier incarnation of this instance and aborts the transaction it may have left open.
+            await blocking(self.producer.init_transactions, 60.0, timeout_s=60.0)
+            log.info("exactly-once worker starting", extra={"transactional_id": self.transactional_id,
+                                                              "group": self.settings.group_id})
+        else:
+            log.info("confluent-kafka worker starting (at-least-once)", extra={"group": self.settings.group_id})
         self.consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
         try:
@@ -304,22 +324,19 @@ class TransactionalWorker:
             await breaker.finish([record])
 
     async def _commit(self, outcomes: list[Outcome], records: list[RawRecord], group_metadata: Any) -> None:
-        """One transaction: every output of `outcomes` and the offsets after `records`."""
+        """One transaction: every output of `outcomes` and the offsets after `records` (without transactions:
+        the outputs acknowledged, then the offsets committed)."""
         offsets: dict[tuple[str, int], int] = {}
         for r in records:
             offsets[(r.topic, r.partition)] = max(offsets.get((r.topic, r.partition), 0), r.offset + 1)
         started = time.perf_counter()
-        try:
-            self.producer.begin_transaction()
-            self._in_transaction = True
+        if not self.transactions:
             self.deadline.start(DELIVERY_TIMEOUT_S)
-            await self.publisher.publish(outcomes)
-            positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-            await self._call(self.producer.send_offsets_to_transaction, positions, group_metadata, CALL_TIMEOUT_S)
-            await self._call(self.producer.commit_transaction, CALL_TIMEOUT_S)
-            self._in_transaction = False
-        except Exception as e:  # noqa: BLE001 (whatever failed, the transaction must not half-commit)
-            await self._abort(e)
+            await self.publisher.publish(outcomes)  # raises when an output is not acknowledged: nothing commits
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                 asynchronous=True)
+        else:
+            await self._transaction(outcomes, offsets, group_metadata)
         self.counts["committed"] += 1
         self.counts["transaction_ms"] += round((time.perf_counter() - started) * 1000)
         self._uncommitted.update(offsets)
@@ -335,6 +352,31 @@ class TransactionalWorker:
         except Exception:
             self.publisher.counts["post_publish_errors"] += 1
             log.exception("bookkeeping after committing a batch failed; the batch stands")
+
+    def _commit_now(self, partitions: list[TopicPartition]) -> None:
+        """Synchronously commit the offsets after what was published, for `partitions` (without transactions:
+        before they are revoked, and at shutdown). A partition already lost keeps its last committed offset."""
+        positions = [TopicPartition(p.topic, p.partition, self._committed[(p.topic, p.partition)])
+                     for p in partitions if (p.topic, p.partition) in self._committed]
+        if positions:
+            try:
+                self.consumer.commit(offsets=positions, asynchronous=False)
+            except KafkaException as e:
+                log.warning("committing offsets of %d partitions failed: %s", len(positions), e)
+
+    async def _transaction(self, outcomes: list[Outcome], offsets: dict[tuple[str, int], int],
+                           group_metadata: Any) -> None:
+        try:
+            self.producer.begin_transaction()
+            self._in_transaction = True
+            self.deadline.start(DELIVERY_TIMEOUT_S)
+            await self.publisher.publish(outcomes)
+            positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            await self._call(self.producer.send_offsets_to_transaction, positions, group_metadata, CALL_TIMEOUT_S)
+            await self._call(self.producer.commit_transaction, CALL_TIMEOUT_S)
+            self._in_transaction = False
+        except Exception as e:  # noqa: BLE001 (whatever failed, the transaction must not half-commit)
+            await self._abort(e)
 
     async def _call(self, fn: Any, *args: Any) -> None:
         """A transactional call, retried while its error says it may be."""
@@ -375,18 +417,21 @@ class TransactionalWorker:
     async def _shutdown(self) -> None:
         if self.explanations is not None:
             await self.explanations.drain(min(5.0, self.settings.shutdown_grace_s))
+        if not self.transactions:
+            await asyncio.to_thread(self._commit_now, self.consumer.assignment())
         self._closed = True
         await asyncio.to_thread(self.consumer.close)  # leaves the group: its partitions move at once
         await asyncio.to_thread(self.producer.flush, 5.0)
         if self.breaker is not None:
             await self.breaker.close()
-        log.info("exactly-once worker stopped", extra=dict(self.counts))
+        log.info("worker stopped", extra=dict(self.counts))
 
 
 def run_transactional(settings: WorkerSettings, pipeline: ModerationPipeline, watcher: BundleWatcher | None,
-                      metrics: PipelineMetrics, health: Health, breaker: CrashLoopBreaker | None) -> None:
+                      metrics: PipelineMetrics, health: Health, breaker: CrashLoopBreaker | None,
+                      transactions: bool = True) -> None:
     """Blocks until SIGTERM/SIGINT (then finishes the batch in flight) or exits with code 75."""
-    worker = TransactionalWorker(settings, pipeline, watcher, metrics, health, breaker)
+    worker = TransactionalWorker(settings, pipeline, watcher, metrics, health, breaker, transactions)
     metrics.watch_counts("memeguard_publish", "Outputs published, last-resort dead letters, bookkeeping errors.",
                          "result", lambda: dict(worker.publisher.counts))
     metrics.watch_counts("memeguard_transactions", "Exactly-once transactions committed and aborted, rebalances.",
