@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument("--config", action="append", default=[],
                         help="name:VAR=value,... (replaces the built-in before/defaults pair)")
+    parser.add_argument("--out", default="latency", help="result file name in bench/results/")
     args = parser.parse_args(argv)
     configs = CONFIGS
     if args.config:
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
              c["median_processing_ms"], c["median_waiting_ms"]] for name, r in results.items() for c in r["curve"]]
     table(f"post -> verdict latency ({bundle_name} bundle, CPU, all misses)",
           ["config", "peak/s", "load", "offered/s", "p50 ms", "p99 ms", "processing ms", "waiting ms"], rows)
-    write_result("latency", {
+    write_result(args.out, {
         "bundle": bundle_name, "bundle_path": str(bundle_path),
         "latency": "verdict timestamp (worker's producer) - event timestamp (bench producer), same clock",
         "processing": "the batch's timings_ms.total (prepare + inference + cache store)",
