@@ -54,10 +54,11 @@ def test_a_prepared_batch_finishes_with_the_model_it_was_prepared_with(stack, ti
     assert keys and all(k.startswith(f"verdict:{first.version}:") for k in keys)
 
 
-def test_pipelined_worker_publishes_and_commits_every_batch_once_and_in_order(stack, worker_factory, topics):
+@pytest.mark.parametrize("engine", ["faust", "confluent"])
+def test_pipelined_worker_publishes_and_commits_every_batch_once_and_in_order(stack, worker_factory, topics, engine):
     """Small batches (4) and three in flight: every record one output (poison included), each input
     partition's outputs produced in its offset order, and the offsets committed to the end."""
-    worker = worker_factory(MEMEGUARD_MAX_BATCH="4", MEMEGUARD_PIPELINE_DEPTH="3").start()
+    worker = worker_factory(MEMEGUARD_MAX_BATCH="4", MEMEGUARD_PIPELINE_DEPTH="3", MEMEGUARD_WORKER_ENGINE=engine).start()
     pool = memes()
     values: list[tuple[str, bytes, bytes]] = []
     for n in range(60):

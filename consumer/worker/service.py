@@ -125,24 +125,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
             await breaker.finish([record])
 
     async def handle(records: list[RawRecord], previous: asyncio.Future | None) -> None:
-        """One batch to publication. Its preparation (fetch, hash, cache lookup, decode) runs while the
-        previous batch is still in inference; its outputs go out only after the previous batch's."""
-        try:
-            prepared = await pipeline.prepare(records)
-        except Exception:  # a bug triggered by a record: the isolating path below finds it
-            log.exception("preparing a batch of %d failed; processing it record by record", len(records))
-            prepared = None
-        if previous is not None:
-            await previous
-        outcomes = None
-        if prepared is not None:
-            try:
-                outcomes = await pipeline.finish(prepared)
-            except Exception:
-                log.exception("a batch of %d failed in inference; processing it again, bisecting", len(records))
-        if outcomes is None:
-            outcomes = await process_isolating_failures(pipeline, records)
-        await publish(outcomes)
+        await publish(await pipelined_outcomes(pipeline, records, previous))
         if breaker is not None:
             await breaker.finish(records)
 
@@ -267,6 +250,28 @@ def watch_pipeline(metrics: PipelineMetrics, health: Health, pipeline: Moderatio
     metrics.watch_counts("memeguard_cache_ops", "Verdict cache hits, misses, errors, skipped, stored.", "result",
                          lambda: dict(pipeline.cache.counts))
     health.bundle = lambda: None if pipeline.runtime is not None else "no bundle loaded"
+
+
+async def pipelined_outcomes(pipeline: ModerationPipeline, records: list[RawRecord],
+                             previous: asyncio.Future | None) -> list[Outcome]:
+    """One batch's outcomes. Its preparation (fetch, hash, cache lookup, decode) runs while the previous batch
+    is still in inference; they are returned only once the previous batch (its publication) is done."""
+    try:
+        prepared = await pipeline.prepare(records)
+    except Exception:  # a bug triggered by a record: the isolating path below finds it
+        log.exception("preparing a batch of %d failed; processing it record by record", len(records))
+        prepared = None
+    if previous is not None:
+        await previous
+    outcomes = None
+    if prepared is not None:
+        try:
+            outcomes = await pipeline.finish(prepared)
+        except Exception:
+            log.exception("a batch of %d failed in inference; processing it again, bisecting", len(records))
+    if outcomes is None:
+        outcomes = await process_isolating_failures(pipeline, records)
+    return outcomes
 
 
 async def process_isolating_failures(pipeline: ModerationPipeline, records: list[RawRecord]) -> list[Outcome]:

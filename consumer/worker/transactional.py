@@ -28,8 +28,10 @@ through an adapter; a record larger than the topic's `max.message.bytes` is refu
 (a broker-side refusal would doom the whole transaction), which sends it down the publisher's fallbacks.
 
 Without transactions (MEMEGUARD_WORKER_ENGINE=confluent, at_least_once): the same loop, for a worker without
-Faust's per-event machinery. A batch's outputs are produced and acknowledged, then its offsets are committed
-(asynchronously, so the next batch need not wait; synchronously for partitions being revoked and at shutdown).
+Faust's per-event machinery. Up to MEMEGUARD_PIPELINE_DEPTH batches are in flight, as in the Faust agent (the
+next one prepared while one is in inference). A batch's outputs are produced and acknowledged, then its offsets
+are committed, in batch order (asynchronously, so the next batch need not wait; synchronously for partitions
+being revoked and at shutdown).
 An output that cannot be acknowledged ends the process uncommitted (code 75), as the Faust worker does; after a
 crash the batch is consumed again and may be published twice (at-least-once).
 """
@@ -39,7 +41,7 @@ import logging
 import signal
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -56,7 +58,13 @@ from consumer.settings import WorkerSettings
 from consumer.worker.crash_guard import CrashLoopBreaker
 from consumer.worker.explanations import ExplanationPublisher
 from consumer.worker.hot_reload import BundleWatcher
-from consumer.worker.service import abandon, log_dead_letters, process_isolating_failures, set_model_metrics
+from consumer.worker.service import (
+    abandon,
+    log_dead_letters,
+    pipelined_outcomes,
+    process_isolating_failures,
+    set_model_metrics,
+)
 from schemas import ErrorKind
 
 log = logging.getLogger(__name__)
@@ -231,15 +239,60 @@ class TransactionalWorker:
         self.consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
         try:
-            while not self._stop.is_set():
-                messages = await asyncio.to_thread(self.consumer.consume, self.settings.max_batch,
-                                                   self.settings.max_wait_s)
-                records = self._records(messages)
-                if records:
-                    await self._run_batch(records)
+            if self.transactions or self.settings.pipeline_depth == 1:
+                while not self._stop.is_set():
+                    if records := self._records(await self._consume()):
+                        await self._run_batch(records)
+            else:
+                await self._run_pipelined()
         finally:
             heartbeat.cancel()
         await self._shutdown()
+
+    async def _consume(self) -> list[Message]:
+        return await asyncio.to_thread(self.consumer.consume, self.settings.max_batch, self.settings.max_wait_s)
+
+    async def _run_pipelined(self) -> None:
+        """Without transactions: up to `pipeline_depth` batches in flight, as the Faust agent runs them. Batch
+        N+1 is fetched, parsed, looked up and decoded while N is in inference; outputs go out and offsets
+        commit in batch order. A batch that cannot be published ends the process uncommitted."""
+        in_flight: deque[asyncio.Future] = deque()
+        while not self._stop.is_set():
+            records = self._records(await self._consume())
+            while in_flight and in_flight[0].done():
+                in_flight.popleft().result()
+            if not records:
+                continue
+            self._swap_model_if_ready()
+            if self.breaker is not None and await self.breaker.begin_batch(records):
+                await asyncio.gather(*in_flight)  # the one-by-one replay must be alone in flight
+                in_flight.clear()
+                await self._guarded(records, self._one_by_one(records, None))
+                continue
+            previous = in_flight[-1] if in_flight else None
+            in_flight.append(asyncio.ensure_future(self._guarded(records, self._pipelined_batch(records, previous))))
+            while len(in_flight) >= self.settings.pipeline_depth:
+                await in_flight.popleft()
+        pending = [t for t in in_flight if not t.done()]
+        if pending:
+            log.info("stop requested; finishing the %d batches in flight", len(pending))
+            _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_s)
+            if late:
+                abandon("in-flight batch could not finish before shutdown; abandoning it uncommitted", 0.0)
+
+    async def _pipelined_batch(self, records: list[RawRecord], previous: asyncio.Future | None) -> None:
+        await self._commit(await pipelined_outcomes(self.pipeline, records, previous), records, None)
+        if self.breaker is not None:
+            await self.breaker.finish(records)
+
+    async def _guarded(self, records: list[RawRecord], work: Any) -> None:
+        """Never raises: a batch that cannot be published ends the process uncommitted."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            await self._give_up(records, e, "batch could not be published")
 
     async def _heartbeat(self) -> None:
         while self.health is not None:
@@ -298,11 +351,7 @@ class TransactionalWorker:
 
     async def _handle(self, records: list[RawRecord]) -> None:
         """As worker.create_app's handle(), with a transaction per published unit."""
-        if self.watcher is not None and (new := self.watcher.take_ready()) is not None:
-            log.info("model swapped", extra={"old": self.pipeline.runtime.version, "new": new.version})
-            self.pipeline.runtime = new
-            if self.metrics is not None:
-                set_model_metrics(self.metrics, self.pipeline)
+        self._swap_model_if_ready()
         # Captured now: should the group re-form before the commit, the commit is refused (KIP-447).
         group_metadata = self.consumer.consumer_group_metadata()
         self._uncommitted = {}
@@ -314,14 +363,25 @@ class TransactionalWorker:
             if breaker is not None:
                 await breaker.finish(records)
             return
-        for record in records:  # a worker died with one of these in flight: one transaction per record
-            if (poison := await breaker.begin_alone(record)) is not None:
+        await self._one_by_one(records, group_metadata)
+
+    async def _one_by_one(self, records: list[RawRecord], group_metadata: Any) -> None:
+        """A worker died with one of these in flight: one record (one transaction) at a time."""
+        for record in records:
+            if (poison := await self.breaker.begin_alone(record)) is not None:
                 outcomes = [Outcome(record, dead_letter=dead_letter(record, ErrorKind.POISON_RECORD, poison,
                                                                     peek_event_id(record)))]
             else:
                 outcomes = await process_isolating_failures(self.pipeline, [record])
             await self._commit(outcomes, [record], group_metadata)
-            await breaker.finish([record])
+            await self.breaker.finish([record])
+
+    def _swap_model_if_ready(self) -> None:
+        if self.watcher is not None and (new := self.watcher.take_ready()) is not None:
+            log.info("model swapped", extra={"old": self.pipeline.runtime.version, "new": new.version})
+            self.pipeline.runtime = new
+            if self.metrics is not None:
+                set_model_metrics(self.metrics, self.pipeline)
 
     async def _commit(self, outcomes: list[Outcome], records: list[RawRecord], group_metadata: Any) -> None:
         """One transaction: every output of `outcomes` and the offsets after `records` (without transactions:
