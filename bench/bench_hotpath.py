@@ -7,8 +7,8 @@
 (c) misses: the real worker, every event a miss (unique text per event) on the tests' tiny bundle, real
     meme JPEGs via file://, so decode, hashing and the worker's own costs show, not the model's; then the same
     with MEMEGUARD_JPEG_SCAN_SUBSET=false (every progressive JPEG decoded from its whole file);
-(d) with `--variant KEY=VALUE`: the hits and misses cases again with that worker setting on top (e.g.
-    MEMEGUARD_WORKER_ENGINE=confluent), side by side;
+(d) with `--variant KEY=VALUE[,KEY=VALUE]` (repeatable): the hits and misses cases again with those worker
+    settings on top (e.g. MEMEGUARD_WORKER_ENGINE=confluent), side by side;
 (e) with `--hit-processes N`: the all-hits case again with `worker --processes N` (CPU summed over the
     supervisor and its N children) beside N bare loops (threads of this process, a partition each): how the
     hit path scales with processes on the same cores.
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="hotpath", help="result file name in bench/results/")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra worker environment, e.g. MEMEGUARD_PROCESSING_GUARANTEE=exactly_once (stored)")
-    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="also run the hits and misses cases with this worker environment on top, e.g. "
                              "MEMEGUARD_WORKER_ENGINE=confluent (side by side in the same run)")
     parser.add_argument("--hit-processes", type=int, default=0,
@@ -232,15 +232,17 @@ def main(argv: list[str] | None = None) -> None:
         hits = measure("hits", stack, t, records(t.group, args.hits, args.unique, False), 600,
                        worker_run(stack, bundle_path, t, args.hits, Path(tmp), env,
                                   args.profile / "hits.txt" if args.profile else None))
-        variant = dict(kv.split("=", 1) for kv in args.variant)
-        hits_variant = misses_variant = None
-        if variant:
+        variants = []
+        for spec in args.variant:
+            variant = dict(kv.split("=", 1) for kv in spec.split(","))
             t = Topics.unique()
-            hits_variant = measure(f"hits, {variant}", stack, t, records(t.group, args.hits, args.unique, False), 600,
-                                   worker_run(stack, bundle_path, t, args.hits, Path(tmp), {**env, **variant}))
+            hits_v = measure(f"hits, {spec}", stack, t, records(t.group, args.hits, args.unique, False), 600,
+                             worker_run(stack, bundle_path, t, args.hits, Path(tmp), {**env, **variant}))
             t = Topics.unique()
-            misses_variant = measure(f"misses, {variant}", stack, t, records(t.group, args.misses, None, True), 900,
-                                     worker_run(stack, bundle_path, t, args.misses, Path(tmp), {**env, **variant}))
+            misses_v = measure(f"misses, {spec}", stack, t, records(t.group, args.misses, None, True), 900,
+                               worker_run(stack, bundle_path, t, args.misses, Path(tmp), {**env, **variant}))
+            variants.append({"env": variant, "hits": hits_v, "misses": misses_v,
+                             "hits_over_bare": round(hits_v["events_per_s"] / bare["events_per_s"], 3)})
         hits_processes = bare_members = None
         if args.hit_processes > 1:
             t = Topics.unique()
@@ -262,12 +264,9 @@ def main(argv: list[str] | None = None) -> None:
                                worker_run(stack, bundle_path, t, args.misses, Path(tmp),
                                           {**env, "MEMEGUARD_JPEG_SCAN_SUBSET": "false"}))
     ratio = round(hits["events_per_s"] / bare["events_per_s"], 3)
-    shown = " ".join(args.variant)
-    variant_rows = [] if hits_variant is None else [
-        [f"  hits, {shown}", hits_variant["events"], hits_variant["events_per_s"],
-         hits_variant["core_ms_per_event"], round(hits_variant["events_per_s"] / bare["events_per_s"], 3)],
-        [f"  misses, {shown}", misses_variant["events"], misses_variant["events_per_s"],
-         misses_variant["core_ms_per_event"], round(misses_variant["events_per_s"] / bare["events_per_s"], 3)]]
+    variant_rows = [[f"  {case}, {spec}", v[case]["events"], v[case]["events_per_s"], v[case]["core_ms_per_event"],
+                     round(v[case]["events_per_s"] / bare["events_per_s"], 3)]
+                    for spec, v in zip(args.variant, variants, strict=True) for case in ("hits", "misses")]
     extra = variant_rows + ([] if hits_processes is None else [
         [f"bare, {args.hit_processes} loops (threads, a partition each)", bare_members["events"],
          bare_members["events_per_s"], bare_members["core_ms_per_event"],
@@ -293,9 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         "batch": args.batch,
         "partitions": 2, "images": "shipped SemEval memes that are JPEG by content, file://",
         "bare": bare, "hits": hits, "misses": misses, "misses_whole_file_jpeg_decode": misses_whole,
-        **({"variant_env": variant, "hits_variant": hits_variant, "misses_variant": misses_variant,
-            "hits_variant_over_bare": round(hits_variant["events_per_s"] / bare["events_per_s"], 3)}
-           if hits_variant else {}),
+        **({"variants": variants} if variants else {}),
         **({f"bare_{args.hit_processes}_loops": bare_members, f"hits_{args.hit_processes}_processes": hits_processes,
             f"hits_{args.hit_processes}_processes_over_bare_{args.hit_processes}_loops":
                 round(hits_processes["events_per_s"] / bare_members["events_per_s"], 3)} if hits_processes else {}),
