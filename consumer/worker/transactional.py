@@ -49,7 +49,14 @@ from confluent_kafka.admin import ConfigResource
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
-from consumer.core.publish import CALL_TIMEOUT_S, Deadline, OutcomePublisher, ProducerTopic, RecordTooLarge  # noqa: F401
+from consumer.core.publish import (  # noqa: F401
+    CALL_TIMEOUT_S,
+    RECORD_OVERHEAD_BYTES,
+    Deadline,
+    OutcomePublisher,
+    ProducerTopic,
+    RecordTooLarge,
+)
 from consumer.kafka.config import client_config
 from consumer.kafka.topics import admin
 from consumer.ops.metrics import PipelineMetrics
@@ -155,11 +162,14 @@ class TransactionalWorker:
             "logger": log,
         }))
         self.deadline = Deadline()
+        # Without transactions a record may be as large as the Faust worker lets it be (2 x max_event_bytes with
+        # its headers), so both at-least-once engines publish and dead-letter the same records.
+        record_limit = producer_limit if transactions else 2 * settings.max_event_bytes + RECORD_OVERHEAD_BYTES
         self.publisher = OutcomePublisher(
             ProducerTopic(self.producer, settings.output_topic,
-                          max_message_bytes(settings, settings.output_topic, producer_limit), self.deadline),
+                          max_message_bytes(settings, settings.output_topic, record_limit), self.deadline),
             ProducerTopic(self.producer, settings.dlq_topic,
-                          max_message_bytes(settings, settings.dlq_topic, producer_limit), self.deadline))
+                          max_message_bytes(settings, settings.dlq_topic, record_limit), self.deadline))
         self.explanations = None
         if pipeline.explainer is not None:  # best effort, after the verdict: outside the transactions
             plain = Producer(client_config(settings.kafka_bootstrap, {"enable.idempotence": True, "acks": "all",
