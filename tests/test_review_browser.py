@@ -140,6 +140,8 @@ def test_browser_signs_in_decides_by_click_undoes_and_publishes_who_decided(stac
     browser.find_element(By.ID, "username").send_keys("alice")
     browser.find_element(By.ID, "password").send_keys("wrong password")
     browser.find_element(By.ID, "sign-in").click()
+    # The click returns before the answer's page has loaded (scrypt makes it slow on loaded cores): wait for it.
+    wait_for(lambda: browser.find_elements(By.ID, "login-error"), browser.current_url)
     assert "Wrong user name or password" in browser.find_element(By.ID, "login-error").text
     browser.find_element(By.ID, "username").send_keys("alice")
     browser.find_element(By.ID, "password").send_keys(PASSWORDS["alice"])
