@@ -36,8 +36,9 @@ def test_poison_flood_half_invalid_all_dead_lettered_valid_unaffected(stack, wor
 MAX_EVENT_BYTES = 2048  # the worker's producer refuses records over 2 x this (consumer/worker/service.py)
 
 
+@pytest.mark.parametrize("engine", ["faust", "confluent"])  # both at-least-once engines refuse the same records
 def test_verdict_too_large_to_publish_is_dead_lettered_and_partition_moves_on(stack, worker_factory, topics,
-                                                                              tmp_path: Path):
+                                                                              tmp_path: Path, engine):
     """Tansu ignores topic `max.message.bytes`, so the refusal comes from the producer's request-size limit.
 
     An author id of 1,700 characters keeps the event under MAX_EVENT_BYTES but makes its verdict (which
@@ -53,7 +54,8 @@ def test_verdict_too_large_to_publish_is_dead_lettered_and_partition_moves_on(st
         assert len(value) <= MAX_EVENT_BYTES
         records.add(event_id, event.post_id.encode(), value, ErrorKind.PUBLISH_FAILED.value)
     records.shuffle(seed=7)
-    worker = fault_worker(worker_factory, tmp_path, MEMEGUARD_MAX_EVENT_BYTES=str(MAX_EVENT_BYTES)).start()
+    worker = fault_worker(worker_factory, tmp_path, MEMEGUARD_MAX_EVENT_BYTES=str(MAX_EVENT_BYTES),
+                          MEMEGUARD_WORKER_ENGINE=engine).start()
     reader = OutputReader(stack.bootstrap, topics.output, topics.dlq)
     last = produce_raw(stack.bootstrap, topics.input, records.records)
     reader.wait_for(records.ids, timeout_s=180, log=worker.log)

@@ -235,3 +235,23 @@ def test_hostile_text_and_ids_are_carried_through_without_breaking_json_or_logs(
     assert all(isinstance(r, dict) for r in records)
     logged = [r for r in records if r.get("event_id") == hostile_id + "-dl"]
     assert len(logged) == 1 and logged[0]["error_kind"] == "forbidden_url", records[-5:]
+
+
+@pytest.mark.parametrize("engine", ["faust", "confluent"])
+def test_records_with_thousands_of_headers_are_moderated_by_their_value(stack, worker_factory, topics, engine):
+    """Headers are not the event: 3,000 of them (~300 kB) on a valid event, and on a tombstone, change nothing."""
+    from confluent_kafka import Producer
+
+    worker = worker_factory(MEMEGUARD_WORKER_ENGINE=engine).start()
+    good = event("hdr-good", text="meme under headers")
+    headers = [(f"h{i}", b"x" * 100) for i in range(3000)]
+    producer = Producer({"bootstrap.servers": stack.bootstrap, "acks": "all", "message.max.bytes": 16 * 1024 * 1024})
+    producer.produce(topics.input, key=b"k", value=good.model_dump_json().encode(), headers=headers)
+    producer.produce(topics.input, key=b"k", value=None, headers=headers)
+    assert producer.flush(30) == 0
+    after = event("hdr-after", text="the next record")
+    produce_events(stack.bootstrap, topics.input, [after])
+    outputs = wait_outputs(stack.bootstrap, topics, {"hdr-good", "hdr-after", None})
+    kinds = sorted(("verdict" if isinstance(o, Verdict) else o.error_kind.value, o.event_id or "") for o in outputs)
+    assert kinds == [("invalid_json", ""), ("verdict", "hdr-after"), ("verdict", "hdr-good")], kinds
+    assert worker.stop() == 0, worker.log()
