@@ -42,6 +42,12 @@ def raw_topic(app: faust.App, name: str) -> faust.TopicT:
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
+def output_record_limit(settings: WorkerSettings) -> int:
+    """The largest output record an at-least-once worker publishes: room for a dead letter that carries a large
+    original (2 x max_event_bytes, with its headers); anything larger goes down the publisher's fallbacks."""
+    return 2 * settings.max_event_bytes + RECORD_OVERHEAD_BYTES
+
+
 def log_dead_letters(outcomes: list[Outcome]) -> None:
     """One line per dead letter, so an operator can find a rejected event by its id or its offset."""
     for outcome in outcomes:
@@ -83,7 +89,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
     producer = output_producer(settings)
     # Room for dead letters that carry a large original (2 x max_event_bytes a record, as before with Faust's
     # producer); a broker with a smaller limit refuses the record, and the publisher truncates the original.
-    record_limit = 2 * settings.max_event_bytes + RECORD_OVERHEAD_BYTES
+    record_limit = output_record_limit(settings)
     publisher = OutcomePublisher(ProducerTopic(producer, settings.output_topic, record_limit),
                                  ProducerTopic(producer, settings.dlq_topic, record_limit))
     app.memeguard_publisher = publisher  # for metrics and tests

@@ -51,7 +51,6 @@ from tenacity import RetryCallState, wait_exponential_jitter
 from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
 from consumer.core.publish import (  # noqa: F401
     CALL_TIMEOUT_S,
-    RECORD_OVERHEAD_BYTES,
     Deadline,
     OutcomePublisher,
     ProducerTopic,
@@ -68,6 +67,7 @@ from consumer.worker.hot_reload import BundleWatcher
 from consumer.worker.service import (
     abandon,
     log_dead_letters,
+    output_record_limit,
     pipelined_outcomes,
     process_isolating_failures,
     set_model_metrics,
@@ -162,9 +162,8 @@ class TransactionalWorker:
             "logger": log,
         }))
         self.deadline = Deadline()
-        # Without transactions a record may be as large as the Faust worker lets it be (2 x max_event_bytes with
-        # its headers), so both at-least-once engines publish and dead-letter the same records.
-        record_limit = producer_limit if transactions else 2 * settings.max_event_bytes + RECORD_OVERHEAD_BYTES
+        # Without transactions, the Faust worker's limit: both at-least-once engines refuse the same records.
+        record_limit = producer_limit if transactions else output_record_limit(settings)
         self.publisher = OutcomePublisher(
             ProducerTopic(self.producer, settings.output_topic,
                           max_message_bytes(settings, settings.output_topic, record_limit), self.deadline),
