@@ -70,11 +70,16 @@ def run(stack, bundle_path: Path, workdir: Path, env: dict[str, str], n: int, ra
     assert set(sent) <= set(verdicts), "an event has no verdict"
     if rate_per_s is None:
         return {"events": n, "memes_per_s": rate([ts for ts, _ in verdicts.values()])}
-    latency = [verdicts[i][0] - sent[i] for i in sent]
-    processing = [verdicts[i][1].get("total", 0.0) for i in sent]
+    order = sorted(sent, key=sent.get)  # send order: where in the run the slow events sit
+    latency = [verdicts[i][0] - sent[i] for i in order]
+    processing = [verdicts[i][1].get("total", 0.0) for i in order]
     waiting = [lat - proc for lat, proc in zip(latency, processing, strict=True)]
+    slowest = sorted(range(len(order)), key=lambda k: latency[k], reverse=True)[:3]
     return {"offered_per_s": round(rate_per_s, 2), "events": n,
-            "p50_ms": percentile(latency, 50), "p99_ms": percentile(latency, 99),
+            "p50_ms": percentile(latency, 50), "p99_ms": percentile(latency, 99), "max_ms": max(latency),
+            # With ~50-150 events a run, p99 is one or two events: which ones, and where their time went.
+            "slowest": [{"sent_index": k, "latency_ms": latency[k], "processing_ms": round(processing[k], 1),
+                         "timings_ms": verdicts[order[k]][1]} for k in slowest],
             "median_processing_ms": round(statistics.median(processing), 1),
             "median_waiting_ms": round(statistics.median(waiting), 1),
             "median_infer_ms": round(statistics.median(v[1].get("infer", 0.0) for v in verdicts.values()), 1),

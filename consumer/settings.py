@@ -102,9 +102,9 @@ class WorkerSettings(KafkaSettings):
     worker_id: str | None = Field(None, description="Name in `memeguard rollout`'s table; default host-pid.")
     fleet_heartbeat_s: float = Field(15.0, gt=0, description="How often a worker re-reports its status.")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
-    worker_engine: Literal["faust", "confluent"] = Field(
-        "faust", description="at_least_once: the Faust agent, or the exactly-once worker's confluent-kafka loop "
-                             "without transactions (outputs acknowledged, then offsets committed).")
+    worker_engine: Literal["confluent", "faust"] = Field(
+        "confluent", description="at_least_once: the exactly-once worker's confluent-kafka loop without transactions "
+                                 "(outputs acknowledged, then offsets committed), or the Faust agent.")
     instance_id: str | None = Field(
         None, description="exactly_once: this worker's stable identity (transactional.id = {group_id}-{instance_id}); "
                           "unique per live worker, kept across its restarts. Default: the host name.")

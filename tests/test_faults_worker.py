@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from consumer.devinfra.stack import broker_service, free_port
 from consumer.kafka.topics import ensure_topics
@@ -22,9 +23,21 @@ from tests.kafka_helpers import produce_raw
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 N_EVENTS = 1500  # ~20-40 s of work for the tiny bundle on 2 shared cores; enough for several kills mid-stream
-# At-least-once runs on the Faust agent (the default) or on the exactly-once worker's loop without transactions.
+# At-least-once runs on the exactly-once worker's loop without transactions (the default) or on the Faust agent.
 ENGINES = pytest.mark.parametrize("engine", ["faust", "confluent"])
 SUFFIX = {"faust": "", "confluent": "_confluent"}  # scenario names in the faults report
+
+
+def breaker_fields(redis_url: str, group: str) -> dict[bytes, set[bytes]]:
+    """The crash-loop breaker's attempt fields per partition hash (consumer/worker/crash_guard.py)."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    return {key: set(client.hkeys(key)) for key in client.scan_iter(f"memeguard:attempts:{{{group}:*")}
+
+
+def breaker_holds(redis_url: str, fields: dict[bytes, set[bytes]]) -> bool:
+    """Whether any of `fields` is still in Redis: a record in flight at the kill is not yet replayed."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    return any(names & set(client.hkeys(key)) for key, names in fields.items())
 
 
 @ENGINES
@@ -35,19 +48,20 @@ def test_sigkill_mid_batch_at_random_points_loses_nothing(stack, worker_factory,
     reader = OutputReader(stack.bootstrap, topics.output, topics.dlq)
     produce_raw(stack.bootstrap, topics.input, records.records)
     kills = []
+    in_flight_at_kill: dict[bytes, set[bytes]] = {}
     for low, high in ((0.1, 0.3), (0.35, 0.55), (0.6, 0.8)):
         # Kill at a random point of the stream's progress; batches take most of the time, so mostly mid-batch.
-        # past the records in flight at the last kill (pipeline depth 2 x 32), which are replayed one by one
-        target = max(int(N_EVENTS * rng.uniform(low, high)), len(reader.seen()) + 100)
-        while len(reader.seen()) < target:
+        target = max(int(N_EVENTS * rng.uniform(low, high)), len(reader.seen()) + 50)
+        # Never while the crash-loop breaker replays the last kill's in-flight records one at a time: a kill
+        # there would rightly make the record in hand a `poison_record`. The replay is over when the attempt
+        # counts those records had at the kill are gone from Redis (cleared once their outputs are acknowledged).
+        deadline = time.monotonic() + 180
+        while len(reader.seen()) < target or breaker_holds(stack.redis_url, in_flight_at_kill):
             assert reader.poll(0.2) or worker.proc.poll() is None, worker.log()
+            assert time.monotonic() < deadline, "the replay after the last kill never finished"
         kills.append(len(reader.seen()))
         assert worker.stop(sig=9) == -9
-        # Read everything the dead worker published, so "+50 since the restart" is counted from there: a kill
-        # while the crash-loop breaker replays the killed batch one record at a time, twice on the same
-        # record, would rightly make that record a `poison_record`.
-        while reader.poll(0.5):
-            pass
+        in_flight_at_kill = breaker_fields(stack.redis_url, topics.group)
         worker.start()
     reader.wait_for(records.ids, timeout_s=180, log=worker.log)
     counts = audit("sigkill_restart" + SUFFIX[engine], records, reader.outputs)

@@ -1,4 +1,5 @@
-"""The Faust worker: one agent on the input topic, batches through the moderation pipeline."""
+"""The worker program: builds the pipeline, then runs the confluent-kafka loop (worker/transactional.py, the
+default) or the Faust agent defined here (MEMEGUARD_WORKER_ENGINE=faust); `--processes N` supervises N of them."""
 
 import asyncio
 import hashlib

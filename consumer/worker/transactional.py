@@ -1,5 +1,6 @@
 """Exactly-once mode (MEMEGUARD_PROCESSING_GUARANTEE=exactly_once): the worker's own consume loop on
-confluent-kafka's transactional API. The Faust agent (consumer/worker/service.py) stays the at-least-once default.
+confluent-kafka's transactional API; without transactions, the at-least-once default (MEMEGUARD_WORKER_ENGINE=
+confluent). The Faust agent (consumer/worker/service.py, MEMEGUARD_WORKER_ENGINE=faust) is the alternative.
 
 Why not Faust: its exactly-once mode keeps one transactional producer per *output* partition and commits
 offsets per *input* partition, so a verdict can sit in one open transaction while its input offset commits
@@ -27,11 +28,11 @@ Serialisation, the DLQ, last-resort and truncated dead letters are OutcomePublis
 through an adapter; a record larger than the topic's `max.message.bytes` is refused before it is produced
 (a broker-side refusal would doom the whole transaction), which sends it down the publisher's fallbacks.
 
-Without transactions (MEMEGUARD_WORKER_ENGINE=confluent, at_least_once): the same loop, for a worker without
-Faust's per-event machinery. Up to MEMEGUARD_PIPELINE_DEPTH batches are in flight, as in the Faust agent (the
-next one prepared while one is in inference). A batch's outputs are produced and acknowledged, then its offsets
-are committed, in batch order (asynchronously, so the next batch need not wait; synchronously for partitions
-being revoked and at shutdown).
+Without transactions (MEMEGUARD_WORKER_ENGINE=confluent, at_least_once, the default): the same loop, without
+Faust's per-event machinery (half the CPU per cache hit, docs/benchmarks.md). Up to MEMEGUARD_PIPELINE_DEPTH
+batches are in flight, as in the Faust agent (the next one prepared while one is in inference). A batch's
+outputs are produced and acknowledged, then its offsets are committed, in batch order (asynchronously, so the
+next batch need not wait; synchronously for partitions being revoked and at shutdown).
 An output that cannot be acknowledged ends the process uncommitted (code 75), as the Faust worker does; after a
 crash the batch is consumed again and may be published twice (at-least-once).
 """
@@ -158,7 +159,7 @@ class TransactionalWorker:
             "acks": "all",
             "message.timeout.ms": TRANSACTION_TIMEOUT_MS,
             "message.max.bytes": producer_limit,
-            "linger.ms": 5,
+            "linger.ms": settings.producer_linger_ms,
             "logger": log,
         }))
         self.deadline = Deadline()
