@@ -89,7 +89,8 @@ def wait_committed(bootstrap: str, group: str, topic: str, total: int, timeout_s
 
 
 def output_stamps(bootstrap: str, topics: list[str], expect: int, timeout_s: float = 60) -> tuple[list[int], set]:
-    """Broker timestamps and event ids of every output (read after the run, so it costs the run nothing)."""
+    """Broker timestamps and event ids of every output (read after the run, so it costs the run nothing), until
+    `expect` distinct ids are in: an at-least-once run may publish some twice (a batch replayed after a rebalance)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "hotpath-reader", "enable.auto.commit": False})
     metadata = consumer.list_topics(timeout=10)
     consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics if t in metadata.topics
@@ -97,7 +98,7 @@ def output_stamps(bootstrap: str, topics: list[str], expect: int, timeout_s: flo
     stamps, ids = [], set()
     deadline = time.monotonic() + timeout_s
     try:
-        while len(stamps) < expect and time.monotonic() < deadline:
+        while len(ids) < expect and time.monotonic() < deadline:
             for msg in consumer.consume(1000, 0.5):
                 if msg.error():
                     continue
@@ -159,10 +160,16 @@ def bare_loop(bootstrap: str, topics: Topics, n: int, batch: int, members: int =
     return {"cpu_s": time.process_time() - cpu0}
 
 
-def measure(label: str, stack, topics: Topics, recs: list, timeout_s: float, run) -> dict:
+def measure(label: str, stack, topics: Topics, recs: list, timeout_s: float, run, backlog_first: bool = True) -> dict:
+    """`backlog_first`: the records are produced before the worker starts, so the consumer, not the producer, sets
+    the pace. Otherwise once it is ready (`run(feed)`): with N processes, the first member ready would otherwise
+    take much of the backlog while the others start, outside the CPU measured."""
     ensure_topics(stack.bootstrap, [topics.input, topics.output, topics.dlq], 2)
-    produce(stack, topics.input, recs)  # a backlog: the consumer, not the producer, sets the pace
-    cpu = run()
+    if backlog_first:
+        produce(stack, topics.input, recs)
+        cpu = run()
+    else:
+        cpu = run(lambda: produce(stack, topics.input, recs))
     stamps, ids = output_stamps(stack.bootstrap, [topics.output, topics.dlq], len(recs))
     missing = {r[0] for r in recs} - ids
     assert not missing, f"{label}: {len(missing)} events without an output, e.g. {sorted(missing)[:3]}"
@@ -176,7 +183,7 @@ def worker_run(stack, bundle_path: Path, topics: Topics, n: int, workdir: Path, 
                profile: Path | None = None, processes: int = 1):
     argv = ["-m", "consumer.cli", "worker", "--processes", str(processes)] if processes > 1 else None
 
-    def run() -> float:
+    def run(feed=None) -> float:
         worker = start_worker(stack, bundle_path, topics, workdir, argv, **env)
         spy = None
         if profile is not None:  # py-spy's collapsed stacks (`--format raw`), one line per stack with its count
@@ -186,6 +193,8 @@ def worker_run(stack, bundle_path: Path, topics: Topics, n: int, workdir: Path, 
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             before, counted = cpu_s(worker.proc.pid)
+            if feed is not None:
+                feed()
             wait_committed(stack.bootstrap, topics.group, topics.input, n, timeout_s=900)
             after, still = cpu_s(worker.proc.pid)
             assert still == counted and len(counted) == processes + (processes > 1), (
@@ -254,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
             hits_processes = measure(f"hits, {args.hit_processes} processes", stack, t,
                                      records(t.group, args.hits, args.unique, False), 600,
                                      worker_run(stack, bundle_path, t, args.hits, Path(tmp), env,
-                                                processes=args.hit_processes))
+                                                processes=args.hit_processes), backlog_first=False)
         t = Topics.unique()
         misses = measure("misses", stack, t, records(t.group, args.misses, None, True), 900,
                          worker_run(stack, bundle_path, t, args.misses, Path(tmp), env,
