@@ -71,3 +71,27 @@ def test_verdict_too_large_to_publish_is_dead_lettered_and_partition_moves_on(st
         assert time.monotonic() < deadline, committed_offsets(stack.bootstrap, topics.group, topics.input)
         time.sleep(0.5)
     assert worker.stop() == 0, worker.log()
+
+
+def test_records_past_the_consumer_prefetch_cap_end_as_dead_letters_and_the_stream_goes_on(
+        stack, worker_factory, topics, tmp_path: Path):
+    """The default loop caps librdkafka's prefetch at 16 MiB (consumer/worker/transactional.py). Records of
+    16,000,000 bytes, near the broker's 16 MiB limit and over the 15 MiB MAX_EVENT_BYTES default, two of them
+    back to back (past the cap together), between valid events: each is one `oversized` dead letter and the
+    events around it are verdicts; the worker never exits."""
+    records = mixed(120, "prefetch", dup_frac=0.2, poison_frac=0.0, seed=11)
+    filler = b"x" * 16_000_000
+    for position, n in ((30, 0), (31, 1), (90, 2)):
+        event_id = f"prefetch-big-{n}"
+        value = b'{"event_id": "' + event_id.encode() + b'", "post_id": "p", "text": "' + filler + b'"}'
+        records.records.insert(position, (event_id.encode(), value))
+        records.expected[event_id] = ErrorKind.OVERSIZED.value
+    worker = fault_worker(worker_factory, tmp_path).start()
+    reader = OutputReader(stack.bootstrap, topics.output, topics.dlq)
+    produce_raw(stack.bootstrap, topics.input, records.records)
+    reader.wait_for(records.ids, timeout_s=180, log=worker.log)
+    counts = audit("records_past_the_prefetch_cap", records, reader.outputs, allow_duplicates=False)
+    report(counts)
+    reader.close()
+    assert counts.dead_letters == 3
+    assert worker.stop() == 0, worker.log()
