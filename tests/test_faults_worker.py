@@ -15,6 +15,7 @@ import redis
 
 from consumer.devinfra.stack import broker_service, free_port
 from consumer.kafka.topics import ensure_topics
+from schemas import DeadLetter, ErrorKind, Verdict
 from tests.faults.audit import OutputReader, audit, rate_per_s, report
 from tests.faults.records import mixed
 from tests.faults.workers import fault_worker
@@ -59,6 +60,7 @@ def test_sigkill_mid_batch_at_random_points_loses_nothing(stack, worker_factory,
     produce_raw(stack.bootstrap, topics.input, records.records)
     kills = []
     in_flight_at_kill: dict[bytes, set[bytes]] = {}
+    alone_at_kill: set[tuple[int, int]] = set()  # (partition, offset) the breaker was replaying alone at a kill
     for low, high in ((0.1, 0.3), (0.35, 0.55), (0.6, 0.8)):
         # Kill at a random point of the stream's progress; batches take most of the time, so mostly mid-batch.
         target = max(int(N_EVENTS * rng.uniform(low, high)), len(reader.seen()) + 50)
@@ -73,10 +75,22 @@ def test_sigkill_mid_batch_at_random_points_loses_nothing(stack, worker_factory,
         kills.append(len(reader.seen()))
         assert worker.stop(sig=9) == -9
         in_flight_at_kill = breaker_fields(stack.redis_url, topics.group)
+        alone_at_kill |= {(int(key.rsplit(b":", 1)[1].rstrip(b"}")), int(name[1:]))
+                          for key, names in in_flight_at_kill.items() for name in names if name.startswith(b"i")}
         worker.start()
     reader.wait_for(records.ids, timeout_s=180, log=worker.log)
-    counts = audit("sigkill_restart" + SUFFIX[engine], records, reader.outputs)
-    counts.extra = {"kills": 3, "outputs_seen_at_each_kill": kills, "starts": worker.starts, "engine": engine}
+    # A record the breaker was replaying alone when a kill came is rightly a `poison_record` on its next try
+    # (the wait above makes it rare, a kill racing the replay's start can still land there); any other is not.
+    # Such a record may also have a verdict from before it was consumed again (at-least-once).
+    excused = {o.event_id for o in reader.outputs
+               if isinstance(o.out, DeadLetter) and o.out.error_kind == ErrorKind.POISON_RECORD
+               and (o.out.origin.partition, o.out.origin.offset) in alone_at_kill}
+    for event_id in excused:
+        records.expected[event_id] = ErrorKind.POISON_RECORD.value
+    audited = [o for o in reader.outputs if not (o.event_id in excused and isinstance(o.out, Verdict))]
+    counts = audit("sigkill_restart" + SUFFIX[engine], records, audited)
+    counts.extra = {"kills": 3, "outputs_seen_at_each_kill": kills, "starts": worker.starts, "engine": engine,
+                    "poison_after_a_kill_alone": len(excused)}
     report(counts)
     reader.close()
     assert worker.stop() == 0, worker.log()
