@@ -35,6 +35,11 @@ def breaker_fields(redis_url: str, group: str) -> dict[bytes, set[bytes]]:
     return {key: set(client.hkeys(key)) for key in client.scan_iter(f"memeguard:attempts:{{{group}:*")}
 
 
+def partition_of(key: bytes) -> int:
+    """The input partition of a breaker hash key, `memeguard:attempts:{group:topic:partition}`."""
+    return int(key.rsplit(b":", 1)[1].rstrip(b"}"))
+
+
 def replay_pending(redis_url: str, bootstrap: str, group: str, topic: str, fields: dict[bytes, set[bytes]]) -> bool:
     """Whether a record in flight at the kill (one of `fields`) is still to be replayed: its field is still in
     Redis and its offset not yet committed. A field can outlive its record (killed between the commit and the
@@ -45,8 +50,7 @@ def replay_pending(redis_url: str, bootstrap: str, group: str, topic: str, field
         return False
     committed = committed_offsets(bootstrap, group, topic)
     for key, names in left.items():
-        partition = int(key.rsplit(b":", 1)[1].rstrip(b"}"))
-        if any(int(name[1:]) >= max(committed.get(partition, 0), 0) for name in names):
+        if any(int(name[1:]) >= max(committed.get(partition_of(key), 0), 0) for name in names):
             return True
     return False
 
@@ -75,7 +79,7 @@ def test_sigkill_mid_batch_at_random_points_loses_nothing(stack, worker_factory,
         kills.append(len(reader.seen()))
         assert worker.stop(sig=9) == -9
         in_flight_at_kill = breaker_fields(stack.redis_url, topics.group)
-        alone_at_kill |= {(int(key.rsplit(b":", 1)[1].rstrip(b"}")), int(name[1:]))
+        alone_at_kill |= {(partition_of(key), int(name[1:]))
                           for key, names in in_flight_at_kill.items() for name in names if name.startswith(b"i")}
         worker.start()
     reader.wait_for(records.ids, timeout_s=180, log=worker.log)
