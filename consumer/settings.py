@@ -35,10 +35,22 @@ class KafkaSettings(BaseSettings):
     control_topic: str = "memeguard.control"
     status_topic: str | None = Field(
         None, description="Where workers report the fleet revision and model they serve; default <control_topic>.status.")
+    control_key: SecretStr | None = Field(
+        None, description="HMAC key of control commands: rollout/rollback/promote sign with it, workers refuse "
+                          "what it does not verify. Unset: unsigned commands only on a loopback (dev) broker.")
     topic_partitions: int = Field(4, ge=1, description="Partitions for topics memeguard creates itself.")
     topic_replication_factor: int = Field(-1, ge=-1, description="For topics memeguard creates; -1 = broker default.")
     create_topics: Literal["auto", "always", "never"] = Field(
         "auto", description="Create missing topics: auto = only on a loopback (development) broker.")
+
+    @field_validator("control_key", mode="before")
+    @classmethod
+    def _control_key(cls, value: object) -> object:
+        if value == "":
+            return None
+        if isinstance(value, str) and len(value.encode()) < 16:
+            raise ValueError("MEMEGUARD_CONTROL_KEY must be at least 16 bytes (e.g. `openssl rand -hex 32`)")
+        return value
 
 
 class WorkerSettings(KafkaSettings):

@@ -8,40 +8,77 @@ ignored. Ordering is by revision only, never by comparing timestamps with the wo
 
 Every worker reports on `<control_topic>.status` (keyed by worker id) when it loads, refuses or swaps in a
 revision, and every `fleet_heartbeat_s`: `memeguard rollout` reads it to print who serves what.
+
+Authenticity. Anyone who can write the control topic must not be able to steer the fleet, so a command is
+acted on only when it verifies: an HMAC-SHA256 (key: MEMEGUARD_CONTROL_KEY) over the command's canonical
+JSON and the topic's name, carried in the record as a `signature` member. HMAC rather than pinning commands
+by bundle sha256: a sha256 in a command only proves that the bundle at the path is the one the command
+names, not who named it (an adversary who can write the topic can name an old bundle, or one it placed on the
+volume, with its correct sha256), and pinning against a list of allowed sha256s held by every worker would
+need a worker setting changed for every rollout, which is what the control topic exists to avoid. Every
+publisher (`memeguard rollout`, `rollback`, `promote`) goes through `send_command`, which signs, and every
+worker reads through one `ControlAuth`, which verifies; the signed `bundle_sha256` is then checked against
+the loaded bundle's manifest fingerprint (each file's sha256 checked at load), so the key authenticates the
+command and the command pins the bundle. A signed command must carry a `command_id`; one already seen on the
+topic is a replay and is refused (a copied `reload` cannot move the fleet back). Without a key, unsigned
+commands are accepted only when every broker is on loopback (the development stack); on any other broker
+a worker without a key acts on no command. Whatever does not verify or does not fit the schema is counted
+(`memeguard_control_commands{result}`) and logged, never acted on, and never stops the listener.
 """
 
+import hashlib
+import hmac
+import json
 import logging
 import os
+import re
 import socket
 import threading
+import uuid
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 
 from consumer.errors import ConfigError
 from consumer.kafka.config import client_config
+from consumer.kafka.topics import is_loopback
 
 log = logging.getLogger(__name__)
 
 BUNDLE_SCHEMES = ("", "file")  # a bundle every worker reads from its own file system (shared volume, image)
 
 
+MAX_REVISION = 2**63 - 1  # a Kafka-sized integer: a revision past it could never be followed by a higher one
+SIGNATURE = "signature"  # the record's JSON member that carries the HMAC (not part of ControlCommand)
+MAX_COMMAND_BYTES = 64 * 1024  # a command is a few hundred bytes; anything far larger is not one
+_SIGNATURE_CONTEXT = b"memeguard-control-v1"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 class ControlCommand(BaseModel):
     action: Literal["reload", "rollout"]
-    bundle_path: str | None = None  # reload
-    revision: int | None = Field(None, ge=1, description="rollout: fleet revision, the highest one wins.")
-    bundle_uri: str | None = Field(None, description="rollout: a local path or file:// URI of the bundle.")
-    model_version: str | None = Field(None, description="rollout: BundleRuntime.version announced for the bundle.")
-    bundle_sha256: str | None = Field(None, description="rollout: ModelBundle.fingerprint announced for it.")
-    restores: int | None = Field(None, description="rollback: the earlier revision whose bundle it re-publishes.")
-    command_id: str | None = Field(None, description="Unique per publication: who won a revision taken twice.")
+    bundle_path: str | None = Field(None, max_length=4096)  # reload
+    revision: int | None = Field(None, ge=1, le=MAX_REVISION,
+                                 description="rollout: fleet revision, the highest one wins.")
+    bundle_uri: str | None = Field(None, max_length=4096,
+                                   description="rollout: a local path or file:// URI of the bundle.")
+    model_version: str | None = Field(None, max_length=512,
+                                      description="rollout: BundleRuntime.version announced for the bundle.")
+    bundle_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                                      description="ModelBundle.fingerprint announced for the bundle (checked).")
+    restores: int | None = Field(None, ge=1, le=MAX_REVISION,
+                                 description="rollback: the earlier revision whose bundle it re-publishes.")
+    command_id: str | None = Field(None, max_length=128,
+                                   description="Unique per publication: who won a revision taken twice; replays.")
     issued_at: datetime | None = Field(None, description="For people reading the topic; never compared.")
-    issued_by: str | None = None
+    issued_by: str | None = Field(None, max_length=512)
 
     @model_validator(mode="after")
     def _complete(self) -> "ControlCommand":
@@ -83,20 +120,120 @@ def status_topic_of(control_topic: str, status_topic: str | None = None) -> str:
     return status_topic or f"{control_topic}.status"
 
 
-def send_command(bootstrap: str, topic: str, command: ControlCommand) -> None:
+class _FromSettings:
+    """The default key: MEMEGUARD_CONTROL_KEY, read where it is needed (publishers such as `memeguard promote`
+    and the worker's FleetMember are handed a bootstrap and a topic, not the settings object)."""
+
+
+FROM_SETTINGS: Any = _FromSettings()
+Key = SecretStr | str | bytes | None
+
+
+def _key_bytes(key: Key | _FromSettings) -> bytes | None:
+    if isinstance(key, _FromSettings):
+        from consumer.settings import KafkaSettings
+
+        key = KafkaSettings().control_key
+    if isinstance(key, SecretStr):
+        key = key.get_secret_value()
+    if isinstance(key, str):
+        key = key.encode()
+    return key or None
+
+
+def canonical(doc: dict) -> bytes:
+    """The bytes that are signed: sorted keys, no spaces, ASCII only (NaN or infinity: ValueError)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def signature_of(key: bytes, topic: str, doc: dict) -> str:
+    """HMAC-SHA256 of the command (without its signature) bound to the topic it is published on."""
+    message = _SIGNATURE_CONTEXT + b"\0" + topic.encode("utf-8", "surrogatepass") + b"\0" + canonical(doc)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def encode_command(topic: str, command: ControlCommand, key: Key | _FromSettings = FROM_SETTINGS) -> bytes:
+    """The record value of `command` on `topic`, signed when there is a key; a command_id is added if missing."""
+    command = command.model_copy(update={"command_id": command.command_id or uuid.uuid4().hex,
+                                         "issued_at": command.issued_at or datetime.now(UTC)})
+    doc = json.loads(command.model_dump_json(exclude_none=True))
+    if (secret := _key_bytes(key)) is not None:
+        doc[SIGNATURE] = signature_of(secret, topic, doc)
+    return canonical(doc)
+
+
+def send_command(bootstrap: str, topic: str, command: ControlCommand,
+                 key: Key | _FromSettings = FROM_SETTINGS) -> None:
+    """Publish `command`, signed with `key` (default MEMEGUARD_CONTROL_KEY). Without a key only a loopback
+    (development) broker takes it: workers elsewhere would refuse an unsigned command."""
+    secret = _key_bytes(key)
+    if secret is None and not is_loopback(bootstrap):
+        raise ConfigError("MEMEGUARD_CONTROL_KEY is not set: workers on a shared broker act only on signed control "
+                          "commands. Set the key the workers have (docs/operations.md, Fleet rollout).")
     producer = Producer(client_config(bootstrap))
-    producer.produce(topic, value=command.model_dump_json(exclude_none=True).encode())
+    producer.produce(topic, value=encode_command(topic, command, secret))
     if producer.flush(10):
         raise TimeoutError(f"control command not acknowledged by {bootstrap}")
 
 
-def parse_command(value: bytes | None, offset: int) -> ControlCommand | None:
-    """The command in a control-topic record, or None (logged) when it is not a valid one."""
-    try:
-        return ControlCommand.model_validate_json(value or b"")
-    except ValidationError as e:
-        log.warning("ignoring invalid control command at offset %d: %s", offset, e)
-        return None
+# What a control record turned out to be: the first two are acted on, the others counted and logged only.
+ACCEPTED = ("verified", "unchecked")  # unchecked: unsigned, taken because no key is set and the broker is loopback
+REFUSED = ("invalid", "unsigned", "bad_signature", "replayed", "failed")
+
+
+@dataclass(frozen=True)
+class ControlAuth:
+    """How a reader of the control topic decides whether to act on a record (see the module's docstring)."""
+
+    key: bytes | None
+    allow_unsigned: bool
+
+    @classmethod
+    def of(cls, bootstrap: str, key: Key | _FromSettings = FROM_SETTINGS) -> "ControlAuth":
+        secret = _key_bytes(key)
+        return cls(secret, secret is None and is_loopback(bootstrap))
+
+    def read(self, topic: str, value: bytes | None) -> tuple[ControlCommand | None, str]:
+        """The command in a record value and `verified` / `unchecked`, or None and why it is refused. Never
+        raises, whatever the bytes: a control record is as untrusted as any input record."""
+        if value is None or len(value) > MAX_COMMAND_BYTES:
+            return None, "invalid"
+        try:
+            doc = json.loads(value)  # any UTF: a wrong encoding, deep nesting or a huge number is invalid
+        except (ValueError, RecursionError):
+            return None, "invalid"
+        if not isinstance(doc, dict):
+            return None, "invalid"
+        signature = doc.pop(SIGNATURE, None)
+        if self.key is not None:
+            if signature is None:
+                return None, "unsigned"
+            try:
+                expected = signature_of(self.key, topic, doc)
+            except (ValueError, RecursionError):  # NaN, infinity: never produced by a signer
+                return None, "bad_signature"
+            if not (isinstance(signature, str) and _HEX64.fullmatch(signature)
+                    and hmac.compare_digest(signature, expected)):
+                return None, "bad_signature"
+        elif not self.allow_unsigned:
+            return None, "unsigned"
+        try:
+            command = ControlCommand.model_validate(doc)
+        except (ValidationError, ValueError, RecursionError):
+            return None, "invalid"
+        if self.key is not None and not command.command_id:
+            return None, "invalid"  # every signer sets one; without it a replay could not be told
+        return command, "verified" if self.key is not None else "unchecked"
+
+
+def parse_command(value: bytes | None, offset: int, topic: str = "", auth: ControlAuth | None = None
+                  ) -> ControlCommand | None:
+    """The command in a control-topic record, or None (logged) when it is not a valid one. With `auth`, also
+    None unless it verifies (see ControlAuth); without, the record's schema alone is checked."""
+    command, result = (auth or ControlAuth(None, True)).read(topic, value)
+    if command is None:
+        log.warning("ignoring control record at offset %d: %s", offset, result)
+    return command
 
 
 class ControlListener:
@@ -104,22 +241,49 @@ class ControlListener:
 
     The records already there when it starts are history: handed to `on_history` at once (the fleet
     member takes its latest rollout from them; old `reload`s are not replayed), then each new command to
-    `on_command`. `caught_up` is set once the history is through."""
+    `on_command`. `caught_up` is set once the history is through. Only commands `auth` accepts are handed
+    on, each command_id once; `counts` has every record's outcome (ACCEPTED or REFUSED), and no record,
+    whatever its bytes, and no failing callback stops the listener."""
 
     def __init__(self, bootstrap: str, topic: str, on_command: Callable[[ControlCommand], None],
-                 on_history: Callable[[list[ControlCommand]], None] | None = None) -> None:
+                 on_history: Callable[[list[ControlCommand]], None] | None = None,
+                 auth: ControlAuth | None = None) -> None:
         self.bootstrap, self.topic, self.on_command, self.on_history = bootstrap, topic, on_command, on_history
+        self.auth = auth if auth is not None else ControlAuth.of(bootstrap)
+        self.counts: Counter[str] = Counter()
         self.caught_up = threading.Event()
+        self._seen: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="control-listener", daemon=True)
 
     def start(self) -> "ControlListener":
+        if self.auth.key is None:
+            if self.auth.allow_unsigned:
+                log.warning("MEMEGUARD_CONTROL_KEY is not set: unsigned control commands are accepted (loopback "
+                            "development broker only)")
+            else:
+                log.error("MEMEGUARD_CONTROL_KEY is not set: every control command on %s is refused (rollouts "
+                          "and reloads need the fleet's key); the watched bundle path still reloads", self.topic)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+    def accept(self, value: bytes | None, partition: int, offset: int) -> ControlCommand | None:
+        """The command to act on in one record, or None; counted and, when refused, logged."""
+        command, result = self.auth.read(self.topic, value)
+        if command is not None and command.command_id is not None:
+            if command.command_id in self._seen:
+                command, result = None, "replayed"
+            else:
+                self._seen.add(command.command_id)
+        self.counts[result] += 1
+        if command is None:
+            log.warning("control record refused, not acted on", extra={
+                "result": result, "topic": self.topic, "partition": partition, "offset": offset})
+        return command
 
     def _run(self) -> None:
         consumer = Consumer(client_config(self.bootstrap, {"group.id": "memeguard-control",
@@ -134,12 +298,17 @@ class ControlListener:
             while not self._stop.is_set():
                 if not behind and not self.caught_up.is_set():
                     if self.on_history is not None:
-                        self.on_history(history)
+                        self._call(self.on_history, history)
                     self.caught_up.set()
                 msg = consumer.poll(0.5)
                 if msg is None or msg.error():
                     continue
-                command = parse_command(msg.value(), msg.offset())
+                try:
+                    command = self.accept(msg.value(), msg.partition(), msg.offset())
+                except Exception:  # never expected (accept() takes any bytes), never fatal
+                    log.exception("control record at offset %d not read", msg.offset())
+                    self.counts["failed"] += 1
+                    command = None
                 if msg.partition() in behind:
                     if msg.offset() >= ends[msg.partition()] - 1:
                         behind.discard(msg.partition())
@@ -148,12 +317,25 @@ class ControlListener:
                     continue
                 if command is not None:
                     log.info("control command: %s", command.model_dump(exclude_none=True))
-                    self.on_command(command)
+                    self._call(self.on_command, command)
         except Exception:
             log.exception("control listener stopped; bundle reloads still follow the watched path")
         finally:
             self.caught_up.set()  # nobody waits on a listener that died
             consumer.close()
+
+    def _call(self, callback: Callable[[Any], None], what: Any) -> None:
+        """A command that fails to apply is logged and counted; the next one is still read."""
+        try:
+            callback(what)
+        except Exception:
+            log.exception("control command not applied")
+            self.counts["failed"] += 1
+
+
+def _pin(command: ControlCommand) -> dict[str, str]:
+    """The watcher's sha256 pin, when the command announces one (`memeguard rollout` always does)."""
+    return {"expect_sha256": command.bundle_sha256} if command.bundle_sha256 else {}
 
 
 class FleetMember:
@@ -161,7 +343,8 @@ class FleetMember:
     golden set, swap between batches) and reports each step on the status topic and in the metrics."""
 
     def __init__(self, bootstrap: str, control_topic: str, status_topic: str, watcher: Any, current: Any,
-                 metrics: Any = None, worker_id: str | None = None, heartbeat_s: float = 15.0) -> None:
+                 metrics: Any = None, worker_id: str | None = None, heartbeat_s: float = 15.0,
+                 key: Key | _FromSettings = FROM_SETTINGS) -> None:
         self.bootstrap, self.control_topic, self.status_topic = bootstrap, control_topic, status_topic
         self.watcher, self.metrics, self.heartbeat_s = watcher, metrics, heartbeat_s
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -176,9 +359,14 @@ class FleetMember:
         self._producer = Producer(client_config(bootstrap, {"linger.ms": 0}))
         self._stop = threading.Event()
         watcher.on_ready, watcher.on_rejected, watcher.on_swapped = self._ready, self._rejected, self._swapped
-        self.listener = ControlListener(bootstrap, control_topic, self.on_command, self.on_history)
+        self.listener = ControlListener(bootstrap, control_topic, self.on_command, self.on_history,
+                                        ControlAuth.of(bootstrap, key))
         if metrics is not None:
             metrics.fleet_revision.set(0)
+            metrics.watch_counts("memeguard_control_commands",
+                                 "Control-topic records by outcome: verified or unchecked (acted on), invalid, "
+                                 "unsigned, bad_signature, replayed, failed (refused, never acted on).",
+                                 "result", lambda: dict(self.listener.counts))
 
     def start(self, catch_up_timeout_s: float = 30.0) -> "FleetMember":
         """Start listening; returns once the history is read and its latest rollout loaded (or refused)."""
@@ -206,8 +394,10 @@ class FleetMember:
             self.apply(max(rollouts, key=lambda c: c.revision or 0))
 
     def on_command(self, command: ControlCommand) -> None:
+        """A verified command (ControlListener). A `reload` re-points the watched path only once its bundle
+        passed its checks (BundleWatcher.request_reload); a refused one leaves the real path watched."""
         if command.action == "reload":
-            self.watcher.request_reload(command.bundle_path)
+            self.watcher.request_reload(command.bundle_path, **_pin(command))
         else:
             self.apply(command)
 
@@ -234,7 +424,7 @@ class FleetMember:
         with self._lock:
             self.state = "loading"
         self.publish()
-        self.watcher.request_reload(path, tag=command, expect_version=command.model_version)
+        self.watcher.request_reload(path, tag=command, expect_version=command.model_version, **_pin(command))
         return True
 
     # --- watcher callbacks ------------------------------------------------------------------------

@@ -12,6 +12,10 @@ batches. A bundle that fails any check is logged and dropped; the old one keeps 
 
 Fleet rollouts (consumer/worker/control.py) pass a `tag` to request_reload() and get it back in the on_ready /
 on_rejected / on_swapped callbacks, to report which revision each worker validated, refused or swapped in.
+
+The watched path changes only when a requested bundle passed every check (manifest sha256s, the announced
+version and fingerprint, the golden set): a request naming a missing or bad bundle leaves the watcher on the
+path it had, which keeps reloading as before.
 """
 
 import hashlib
@@ -138,6 +142,7 @@ class BundleWatcher:
         self._pending: Path | None = None
         self._pending_tag: Any = None
         self._pending_expect: str | None = None
+        self._pending_sha256: str | None = None
         self._loading = False
         self._loading_key: str | None = None
         self._ready: tuple[BundleRuntime, Any] | None = None
@@ -168,17 +173,17 @@ class BundleWatcher:
         self._threads.clear()
 
     def request_reload(self, path: Path | str | None = None, *, tag: Any = None,
-                       expect_version: str | None = None) -> None:
-        """Load `path` (and watch it from now on), or the watched path again, even if unchanged.
+                       expect_version: str | None = None, expect_sha256: str | None = None) -> None:
+        """Load `path` (and watch it from then on), or the watched path again, even if unchanged.
 
-        With a `tag` (a fleet rollout) the watched path changes only once the bundle passed its checks, so a
-        refused rollout leaves the watcher on the bundle that serves; `expect_version` refuses a bundle whose
-        `BundleRuntime.version` is not the announced one (another bundle copied to the announced path)."""
+        The watched path changes only once the bundle passed its checks, so a refused request (a rollout, a
+        `reload` naming any path) leaves the watcher on the bundle that serves, still polling its path.
+        `expect_version` refuses a bundle whose `BundleRuntime.version` is not the announced one, and
+        `expect_sha256` one whose manifest fingerprint (`ModelBundle.fingerprint`) is not the announced one
+        (another bundle copied to the announced path)."""
         with self._cond:
-            if path is not None and tag is None:
-                self.path = Path(path)
             self._pending = Path(path) if path is not None else self.path
-            self._pending_tag, self._pending_expect = tag, expect_version
+            self._pending_tag, self._pending_expect, self._pending_sha256 = tag, expect_version, expect_sha256
             self._rejected_key = None  # an explicit request retries a bundle rejected before
             self._cond.notify_all()
 
@@ -234,26 +239,26 @@ class BundleWatcher:
                 if self._stop.is_set():
                     return
                 path, self._pending = self._pending, None
-                tag, expect = self._pending_tag, self._pending_expect
-                self._pending_tag = self._pending_expect = None
+                tag, expect, sha256 = self._pending_tag, self._pending_expect, self._pending_sha256
+                self._pending_tag = self._pending_expect = self._pending_sha256 = None
                 self._loading = True
                 self._loading_key = key = bundle_key(path)
             try:
-                runtime = self._load(path, expect)
+                runtime = self._load(path, expect, sha256)
             except Exception as e:  # anything wrong with a new bundle must never stop serving
                 msg = str(e) if isinstance(e, MemeguardError) else f"{type(e).__name__}: {e}"
                 log.error("bundle reload rejected, the current model keeps serving: %s", msg)
                 with self._cond:
                     self._rejected += 1
                     self._last_error = msg
-                    self._rejected_key = key
+                    if path == self.path:  # not retried by polling; a refused request elsewhere blocks nothing
+                        self._rejected_key = key
                 self._notify(self.on_rejected, msg, tag)
                 continue
             with self._cond:
                 self._ready = (runtime, tag)  # an untaken older one is simply replaced
                 self._serving_key = key
-                if tag is not None:
-                    self.path = path  # a rollout that passed: watch its bundle from now on
+                self.path = path  # only a bundle that passed: watch its path from now on
                 self._loaded += 1
                 self._last_error = None
             self._notify(self.on_ready, runtime, tag)
@@ -270,11 +275,14 @@ class BundleWatcher:
             self._loading = False
             self._cond.notify_all()
 
-    def _load(self, path: Path, expect_version: str | None = None) -> BundleRuntime:
+    def _load(self, path: Path, expect_version: str | None = None, expect_sha256: str | None = None) -> BundleRuntime:
         runtime = BundleRuntime.load(path, providers=self.providers, intra_op_threads=self.intra_op_threads,
                                      max_batch=self.max_batch, engine_cache_root=self.engine_cache_root)
         if expect_version is not None and runtime.version != expect_version:
             raise BundleError(f"Bundle {path} is model {runtime.version}, not the announced {expect_version}.")
+        if expect_sha256 is not None and runtime.bundle.fingerprint != expect_sha256:
+            raise BundleError(f"Bundle {path} has fingerprint {runtime.bundle.fingerprint[:12]}…, not the announced "
+                              f"{expect_sha256[:12]}….")
         checked = validate_runtime(runtime, self.compare_recorded, self.atol)
         log.info("bundle %s passed its golden set (%d memes)", runtime.version, checked)
         return runtime

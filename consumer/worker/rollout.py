@@ -4,6 +4,10 @@ the workers' answers from the status topic (consumer/worker/control.py has the w
 The revision is the highest one on the control topic plus one; the command names the model version and
 fingerprint read from the bundle's manifest here, so a worker refuses any other bundle found at that path.
 A rollback re-publishes an earlier revision's bundle as a new, higher revision: the fleet only moves forward.
+
+Commands are signed with MEMEGUARD_CONTROL_KEY (HMAC; why HMAC and not sha256 pinning alone: control.py's
+docstring) and the history is read through the same ControlAuth as the workers': a forged rollout on the
+topic neither sets the next revision nor becomes a rollback's target (a rollback would sign it).
 """
 
 import getpass
@@ -22,6 +26,8 @@ from consumer.kafka.topic_reader import read_topic
 from consumer.kafka.topics import prepare_topics, wait_for_broker
 from consumer.settings import KafkaSettings
 from consumer.worker.control import (
+    FROM_SETTINGS,
+    ControlAuth,
     ControlCommand,
     WorkerStatus,
     bundle_path_of,
@@ -36,12 +42,14 @@ def model_version_of(bundle: ModelBundle) -> str:
     return f"{bundle.manifest.name}@{bundle.manifest.version}+{bundle.fingerprint[:8]}"
 
 
-def rollouts(bootstrap: str, control_topic: str) -> list[ControlCommand]:
-    """The rollout commands on the control topic, first publication of each revision only (workers apply
-    the first one they read; a revision published twice by a race loses its second copy)."""
+def rollouts(bootstrap: str, control_topic: str, key=FROM_SETTINGS) -> list[ControlCommand]:  # noqa: ANN001
+    """The rollout commands on the control topic that a worker would act on (signed with `key`, default
+    MEMEGUARD_CONTROL_KEY), first publication of each revision only (workers apply the first one they read; a
+    revision published twice by a race loses its second copy)."""
+    auth = ControlAuth.of(bootstrap, key)
     seen: dict[int, ControlCommand] = {}
     for record in read_topic(bootstrap, control_topic, timeout_s=30):
-        c = parse_command(record.value, record.offset)
+        c = parse_command(record.value, record.offset, control_topic, auth)
         if c is not None and c.action == "rollout" and c.revision not in seen:
             seen[c.revision or 0] = c
     return [seen[r] for r in sorted(seen)]
@@ -77,10 +85,10 @@ def command_for(uri: str | ModelBundle, revision: int, restores: int | None = No
 def publish(s: KafkaSettings, command_of_revision) -> ControlCommand:  # noqa: ANN001 (int -> ControlCommand)
     wait_for_broker(s.kafka_bootstrap, 15)  # an unreachable broker: one clear error, not a librdkafka trace
     prepare_topics(s, [s.control_topic], partitions=1)
-    history = rollouts(s.kafka_bootstrap, s.control_topic)
+    history = rollouts(s.kafka_bootstrap, s.control_topic, s.control_key)
     command = command_of_revision(history, (history[-1].revision or 0) + 1 if history else 1)
-    send_command(s.kafka_bootstrap, s.control_topic, command)
-    won = {c.revision: c.command_id for c in rollouts(s.kafka_bootstrap, s.control_topic)}
+    send_command(s.kafka_bootstrap, s.control_topic, command, s.control_key)
+    won = {c.revision: c.command_id for c in rollouts(s.kafka_bootstrap, s.control_topic, s.control_key)}
     if won.get(command.revision) != command.command_id:
         raise ConfigError(f"Another rollout took revision {command.revision} at the same time; run it again.")
     return command
