@@ -1,5 +1,6 @@
 """Settings of the worker process: one frozen object, resolved once at start-up from MEMEGUARD_* variables."""
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Literal
@@ -164,6 +165,17 @@ class ReviewSettings(WorkerSettings):
         None, description="Key for session cookies and CSRF tokens; random per process when unset."
     )
     review_session_ttl_s: int = Field(8 * 3600, ge=60, description="How long a sign-in lasts.")
+    review_trusted_proxies: EnvList = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Addresses or CIDRs the trusted header is accepted from (the proxy's); from any other, ignored.")
+    # Sign-in throttling (per process): failures counted per client address and per user name over a window.
+    review_login_failures_per_user: int = Field(
+        10, ge=1, description="Failed sign-ins for one user name within the window before it gets 429.")
+    review_login_failures_per_address: int = Field(
+        50, ge=1, description="Failed sign-ins from one client address within the window before it gets 429.")
+    review_login_window_s: int = Field(900, ge=1, description="The window those failures are counted over.")
+    review_password_checks: int = Field(
+        2, ge=1, le=64, description="scrypt checks running at once; up to 4x as many wait, more get 503.")
 
     @field_validator("review_trusted_header", "review_users_file", mode="before")
     @classmethod
@@ -172,12 +184,20 @@ class ReviewSettings(WorkerSettings):
 
     @model_validator(mode="after")
     def _review_auth(self) -> "ReviewSettings":
-        from consumer.review.auth import load_users
+        from consumer.review.auth import TRUSTED_HEADER_WITH_PASSWORDS, load_users
 
         users = load_users(self.review_users, self.review_users_file)  # ValueError: one line in the CLI
         header = self.review_trusted_header
         if header is not None and not (header.strip() and header.replace("-", "").isalnum()):
             raise ValueError(f"MEMEGUARD_REVIEW_TRUSTED_HEADER {header!r} is not a header name")
+        if users and header:
+            raise ValueError(TRUSTED_HEADER_WITH_PASSWORDS)
+        for proxy in self.review_trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"MEMEGUARD_REVIEW_TRUSTED_PROXIES entry {proxy!r} is not an IP address or "
+                                 "CIDR") from None
         if self.review_dev_no_auth and (users or header):
             raise ValueError("MEMEGUARD_REVIEW_DEV_NO_AUTH=true cannot be combined with review users or a trusted "
                              "header: unset one of them")

@@ -86,7 +86,7 @@ def review(stack, topics):
 def open_app():
     """TestClient entered as a context, so the app's lifespan runs and closes its Kafka producer."""
     with ExitStack() as apps:
-        yield lambda settings, store: apps.enter_context(TestClient(create_app(settings, store)))
+        yield lambda settings, store, **client: apps.enter_context(TestClient(create_app(settings, store), **client))
 
 
 @integration
@@ -127,7 +127,7 @@ def test_queue_shows_the_meme_escapes_hostile_text_and_publishes_decisions(stack
     # The form's `moderator` field is ignored: the identity is the signed-in user's.
     r = client.post("/item/ev-hostile/decision", data={"action": "confirm", "moderator": "mod-1", "csrf_token": token},
                     follow_redirects=False)
-    assert r.status_code == 303 and r.headers["location"].startswith("/item/")
+    assert r.status_code == 303 and r.headers["location"].startswith("/item?event_id=")
     client.post("/item/ev-hostile/decision", data={"action": "overturn", "csrf_token": token})  # double submit: no-op
     client.post("/item/ev-plain/decision", data={"action": "overturn", "csrf_token": token})
     reviews = read_json_topic(stack.bootstrap, s.reviews_topic)
@@ -162,7 +162,8 @@ def test_every_review_message_names_the_authenticated_moderator(stack, topics, o
         store = ReviewStore(stack.redis_url, prefix=f"review-{uuid.uuid4().hex[:6]}:")
         e = memes[name]
         queue(stack, topics, s, store, [(e, verdict_for(e, "review", img))])
-        client = open_app(s, store)
+        # The trusted header is believed only from the proxy's address (loopback by default).
+        client = open_app(s, store, client=("127.0.0.1", 50000))
         if name == "alice":
             token = sign_in(client, name)
         elif name == "bob":  # HTTP basic credentials on every request, as a script would send them
@@ -297,8 +298,8 @@ def test_the_same_content_is_one_queue_entry(stack, topics, review, open_app):
 
     client = open_app(s, store)
     token = sign_in(client, "alice")
-    moved = client.get("/item/ev-repost", follow_redirects=False)
-    assert moved.status_code == 303 and moved.headers["location"] == "/item/ev-first"
+    moved = client.get("/item?event_id=ev-repost", follow_redirects=False)
+    assert moved.status_code == 303 and moved.headers["location"] == "/item?event_id=ev-first"
     card = client.get("/item/ev-first").text
     assert 'id="duplicates"' in card and "post post-2" in card
     client.post("/item/ev-first/decision", data={"action": "confirm", "csrf_token": token})
@@ -336,7 +337,7 @@ def test_undo_publishes_a_retraction_and_requeues_the_meme(stack, topics, review
     assert alice.post("/undo", data={"review_id": first["review_id"]}).status_code == 403  # CSRF here too
 
     r = alice.post("/undo", data={"review_id": first["review_id"], "csrf_token": token}, follow_redirects=False)
-    assert r.status_code == 303 and r.headers["location"] == f"/item/{a.event_id}"
+    assert r.status_code == 303 and r.headers["location"] == f"/item?event_id={a.event_id}"
     assert a.event_id in store.pending() and store.get(a.event_id).decision is None
     # A double click on undo undoes one decision, not the one before it.
     assert alice.post("/undo", data={"review_id": first["review_id"], "csrf_token": token}).status_code == 409

@@ -137,7 +137,7 @@ def test_browser_signs_in_decides_by_click_undoes_and_publishes_who_decided(stac
     assert sorted(store.pending()) == ["br-hostile", "br-second"]
 
     # Not signed in: the sign-in form, then back to the meme asked for.
-    browser.get(f"{url}/item/br-hostile")
+    browser.get(f"{url}/item?event_id=br-hostile")
     assert browser.find_elements(By.ID, "item") == []
     browser.find_element(By.ID, "username").send_keys("alice")
     browser.find_element(By.ID, "password").send_keys("wrong password")
@@ -148,7 +148,7 @@ def test_browser_signs_in_decides_by_click_undoes_and_publishes_who_decided(stac
     browser.find_element(By.ID, "username").send_keys("alice")
     browser.find_element(By.ID, "password").send_keys(PASSWORDS["alice"])
     browser.find_element(By.ID, "sign-in").click()
-    wait_for(lambda: browser.current_url == f"{url}/item/br-hostile" and browser.find_elements(By.ID, "item"),
+    wait_for(lambda: browser.current_url == f"{url}/item?event_id=br-hostile" and browser.find_elements(By.ID, "item"),
              browser.current_url)
     assert browser.find_element(By.ID, "moderator").text == "alice"
 
@@ -169,7 +169,7 @@ def test_browser_signs_in_decides_by_click_undoes_and_publishes_who_decided(stac
     assert "1 repost" in browser.find_element(By.ID, "duplicates").text
     assert "confirm on post br-hostile" in browser.find_element(By.ID, "undo").text
     browser.find_element(By.ID, "undo").click()  # undo: a retraction, and the meme is back
-    wait_for(lambda: browser.current_url.endswith("/item/br-hostile") and browser.find_elements(By.ID, "confirm"),
+    wait_for(lambda: browser.current_url.endswith("/item?event_id=br-hostile") and browser.find_elements(By.ID, "confirm"),
              browser.current_url)
     assert "br-hostile" in store.pending()
     browser.find_element(By.TAG_NAME, "body").send_keys("o")  # keyboard shortcut: overturn instead
@@ -181,10 +181,10 @@ def test_browser_signs_in_decides_by_click_undoes_and_publishes_who_decided(stac
     browser.find_element(By.TAG_NAME, "body").send_keys("u")  # keyboard shortcut: undo the last one, br-second
     wait_for(lambda: store.pending() == ["br-second"], store.pending())
     # Same site, another origin (another port): the cookies ride along, the server refuses (Sec-Fetch-Site, no token).
-    browser.get(evil_page(f"{url}/item/br-second/decision", "127.0.0.1"))
+    browser.get(evil_page(f"{url}/decision?event_id=br-second", "127.0.0.1"))
     wait_for(lambda: "cross-site request refused" in browser.page_source, browser.current_url + browser.page_source[:300])
     # Another site: SameSite=Strict keeps the session cookie home, so the request is not even signed in.
-    browser.get(evil_page(f"{url}/item/br-second/decision", "localhost"))
+    browser.get(evil_page(f"{url}/decision?event_id=br-second", "localhost"))
     wait_for(lambda: "sign in to review" in browser.page_source, browser.page_source[:300])
     assert store.pending() == ["br-second"]
 

@@ -7,6 +7,10 @@ the verdict's `content_hash` — the page shows exactly the content the model ju
 
 Trust, since decisions become training labels: every page but the static files needs an authenticated
 moderator (consumer/review/auth.py), every POST a CSRF token, and every review message names the moderator.
+
+Event ids travel in the query string (`/item?event_id=…`, percent-encoded by `card_url` and friends), never in
+the path: the schema allows any string, and `/`, `.`, `..` or `%2F` in a path are split, resolved away by
+browsers or refused by proxies before a route could see them.
 """
 
 import asyncio
@@ -14,6 +18,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -41,7 +46,10 @@ from consumer.review.auth import (
     DEV_MODERATOR,
     SESSION_COOKIE,
     Authenticator,
+    Busy,
+    LoginThrottle,
     Moderator,
+    PasswordChecks,
     load_users,
 )
 from consumer.review.store import Item, ReviewStore
@@ -64,6 +72,19 @@ class NotAuthenticated(Exception):
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def card_url(event_id: str) -> str:
+    return f"/item?event_id={quote(event_id, safe='')}"
+
+
+def image_url(event_id: str) -> str:
+    return f"/image?event_id={quote(event_id, safe='')}"
+
+
+def decision_url(event_id: str) -> str:
+    """In the form's action, not a hidden field: HTML parsing and form encoding rewrite CR, LF and NUL in values."""
+    return f"/decision?event_id={quote(event_id, safe='')}"
 
 
 def review_message(item: Item, action: str, moderator: Moderator) -> dict[str, Any]:
@@ -100,22 +121,28 @@ def authenticator_for(settings: ReviewSettings) -> Authenticator:
     secret = (settings.review_secret.get_secret_value().encode() if settings.review_secret
               else secrets.token_bytes(32))
     return Authenticator(load_users(settings.review_users, settings.review_users_file), settings.review_trusted_header,
-                         settings.review_dev_no_auth, secret, settings.review_session_ttl_s)
+                         settings.review_dev_no_auth, secret, settings.review_session_ttl_s,
+                         settings.review_trusted_proxies)
 
 
 def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer | None = None) -> FastAPI:
     owns_producer = producer is None
     producer = producer or Producer(client_config(settings.kafka_bootstrap, {"acks": "all"}))
     auth = authenticator_for(settings)
+    throttle = LoginThrottle(settings.review_login_failures_per_user, settings.review_login_failures_per_address,
+                             settings.review_login_window_s)
+    password_checks = PasswordChecks(auth, settings.review_password_checks)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        password_checks.close()
         if owns_producer:  # every decision was flushed when it was made; close stops the client's reconnects
             await asyncio.to_thread(producer.close)
 
     app = FastAPI(title="memeguard review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     templates = Jinja2Templates(directory=str(HERE / "templates"))  # autoescape on for .html
+    templates.env.globals.update(card_url=card_url, image_url=image_url, decision_url=decision_url)
     fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
 
     def secure(request: Request) -> bool:
@@ -139,25 +166,51 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    def client_address(request: Request) -> str | None:
+        return request.client.host if request.client else None
+
+    async def password_ok(request: Request, user: str, password: str) -> bool:
+        """Every password check, form or basic: refused with 429 (no scrypt) while the address or the user name is
+        over its failure limit, with 503 while too many checks are running and waiting."""
+        address = client_address(request)
+        over = throttle.retry_after(address, user)
+        if over is not None:
+            kind, seconds = over
+            minutes = max(1, math.ceil(seconds / 60))
+            which = "for this user" if kind == "user" else "from this address"
+            raise HTTPException(429, f"too many failed sign-ins {which}: try again in {minutes} minute"
+                                     f"{'s' if minutes > 1 else ''}", headers={"Retry-After": str(math.ceil(seconds))})
+        try:
+            ok = await password_checks.check(user, password)
+        except Busy:
+            raise HTTPException(503, "too many sign-ins at once: try again in a moment",
+                                headers={"Retry-After": "1"}) from None
+        if ok:
+            throttle.succeeded(user)
+        else:
+            throttle.failed(address, user)
+        return ok
+
     async def identify(request: Request) -> Moderator | None:
         if auth.dev_no_auth:
             return Moderator(DEV_MODERATOR, "none")
         if auth.trusted_header:
-            user = auth.proxy_user(request.headers.get(auth.trusted_header))
+            value = request.headers.get(auth.trusted_header)
+            user = auth.proxy_user(value) if auth.from_proxy(client_address(request)) else None
             if user is not None:
                 return Moderator(user, "proxy")
         if not auth.passwords:
             return None
-        user = auth.session_user(request.cookies.get(SESSION_COOKIE))
-        if user is not None:
-            return Moderator(user, "password")
+        session = auth.session(request.cookies.get(SESSION_COOKIE))
+        if session is not None and store.session_live(session[1], session[0]):
+            return Moderator(session[0], "password")
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "basic" and credentials:
             try:
                 name, sep, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return None
-            if sep and await asyncio.to_thread(auth.check_password, name, password):
+            if sep and await password_ok(request, name, password):
                 return Moderator(name, "password")
         return None
 
@@ -195,7 +248,7 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
         browser = "text/html" in request.headers.get("accept", "") and not sent_basic
         challenge = {"WWW-Authenticate": 'FormBased realm="memeguard review"' if browser else REALM}
         if browser and request.method == "GET":
-            response: Response = login_page(request, 401, next_url=safe_next(request.url.path))
+            response: Response = login_page(request, 401, next_url=safe_next(here(request)))
             response.headers.update(challenge)
             return response
         return JSONResponse({"detail": exc.reason}, status_code=401, headers=challenge if auth.passwords else {})
@@ -222,10 +275,20 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
         check_csrf(request, form, "")
         next_url = safe_next(form.get("next", "/"))
         user, password = form.get("username", ""), form.get("password", "")
-        if not auth.passwords or not await asyncio.to_thread(auth.check_password, user, password):
+        if not auth.passwords:
             return login_page(request, 401, "Wrong user name or password.", next_url)
+        try:
+            ok = await password_ok(request, user, password)
+        except HTTPException as e:  # 429 / 503: the form again, saying why
+            response = login_page(request, e.status_code, e.detail[0].upper() + e.detail[1:] + ".", next_url)
+            response.headers.update(e.headers or {})
+            return response
+        if not ok:
+            return login_page(request, 401, "Wrong user name or password.", next_url)
+        cookie, sid = auth.make_session(user)
+        store.open_session(sid, user, settings.review_session_ttl_s)
         response = RedirectResponse(next_url, status_code=303)
-        response.set_cookie(SESSION_COOKIE, auth.make_session(user), max_age=settings.review_session_ttl_s,
+        response.set_cookie(SESSION_COOKIE, cookie, max_age=settings.review_session_ttl_s,
                             httponly=True, samesite="strict", secure=secure(request), path="/")
         return response
 
@@ -233,6 +296,9 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
     async def logout(request: Request) -> Response:
         who = await moderator(request)
         check_csrf(request, await read_form(request), who.name)
+        session = auth.session(request.cookies.get(SESSION_COOKIE))
+        if session is not None:  # ended on the server: a copy of the cookie stops working too
+            store.close_session(session[1])
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=secure(request))
         return response
@@ -243,18 +309,25 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
         pending = store.pending(1)
         return page(request, who, store.get(pending[0]) if pending else None)
 
-    @app.get("/item/{event_id}", response_class=HTMLResponse)
+    @app.get("/item", response_class=HTMLResponse)
     async def show(request: Request, event_id: str) -> Response:
         who = await moderator(request)
         item = store.get(event_id)
         if item is None:
             card = store.card_of(event_id)
             if card is not None:  # a repost: its content has one card
-                return RedirectResponse(f"/item/{quote(card, safe='')}", status_code=303)
+                return RedirectResponse(card_url(card), status_code=303)
             raise HTTPException(404, "No meme with this event id is waiting for review.")
         return page(request, who, item)
 
-    @app.post("/item/{event_id}/decision")
+    @app.get("/item/{event_id:path}")
+    async def show_by_path(request: Request, event_id: str) -> Response:
+        """Links from before ids moved to the query string (right for ids a path can carry)."""
+        await moderator(request)
+        return RedirectResponse(card_url(event_id), status_code=303)
+
+    @app.post("/decision")
+    @app.post("/item/{event_id:path}/decision")  # forms rendered before ids moved to the query string
     async def decide(event_id: str, request: Request) -> Response:
         who = await moderator(request)
         form = await read_form(request)
@@ -277,7 +350,7 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
             finally:
                 store.release(card)
         nxt = store.pending(1)
-        return RedirectResponse(f"/item/{quote(nxt[0], safe='')}" if nxt else "/", status_code=303)
+        return RedirectResponse(card_url(nxt[0]) if nxt else "/", status_code=303)
 
     @app.post("/undo")
     async def undo(request: Request) -> Response:
@@ -300,9 +373,10 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
             store.undo(card, who.name, item.decision["review_id"])
         finally:
             store.release(card)
-        return RedirectResponse(f"/item/{quote(card, safe='')}", status_code=303)
+        return RedirectResponse(card_url(card), status_code=303)
 
-    @app.get("/image/{event_id}")
+    @app.get("/image")
+    @app.get("/image/{event_id:path}")  # pages rendered before ids moved to the query string
     async def image(event_id: str, request: Request) -> Response:
         await moderator(request)
         item = store.get(event_id)
@@ -328,6 +402,13 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
                             media_type="text/javascript" if name.endswith(".js") else "text/css")
 
     return app
+
+
+def here(request: Request) -> str:
+    """The request's path and query as the client sent them (still percent-encoded), for `next`."""
+    raw = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else quote(request.url.path)
+    return f"{path}?{request.url.query}" if request.url.query else path
 
 
 def safe_next(url: str) -> str:

@@ -4,22 +4,33 @@ Three ways in, from settings (see docs/operations.md):
 - **password**: `MEMEGUARD_REVIEW_USERS` / `MEMEGUARD_REVIEW_USERS_FILE`, a JSON map user → scrypt hash made by
   `python -m consumer.review.auth hash-password`. The browser signs in on `/login` and gets a signed session
   cookie; scripts may send HTTP basic credentials instead.
-- **proxy**: `MEMEGUARD_REVIEW_TRUSTED_HEADER` (e.g. `X-Forwarded-User`) set by an authenticating reverse proxy.
+- **proxy**: `MEMEGUARD_REVIEW_TRUSTED_HEADER` (e.g. `X-Forwarded-User`) set by an authenticating reverse proxy,
+  believed only on connections from `MEMEGUARD_REVIEW_TRUSTED_PROXIES`, and never together with passwords (a
+  client could otherwise skip the password by sending the header).
 - **none**: `MEMEGUARD_REVIEW_DEV_NO_AUTH=true`, development only; decisions are recorded as `dev-unauthenticated`.
 
 CSRF: every state-changing POST carries a token = HMAC(secret, csrf-cookie value | user) in a hidden field
 (or the `X-CSRF-Token` header), compared with `hmac.compare_digest`; the cookie is random, HttpOnly and
 SameSite=Strict, and a browser's `Sec-Fetch-Site: cross-site` / `same-site` is refused outright.
+
+Password guessing: `LoginThrottle` answers 429 without running scrypt once an address or a user name failed too
+often, and `PasswordChecks` runs at most `MEMEGUARD_REVIEW_PASSWORD_CHECKS` scrypt checks at once.
 """
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import sys
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +43,11 @@ DEV_MODERATOR = "dev-unauthenticated"
 MAX_USER_CHARS = 100
 # scrypt cost for new hashes: N=2^15, r=8, p=1 (32 MiB, ~0.1 s); stored hashes carry their own parameters.
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN = 2**15, 8, 1, 32
+
+TRUSTED_HEADER_WITH_PASSWORDS = (
+    "MEMEGUARD_REVIEW_TRUSTED_HEADER cannot be combined with review users (MEMEGUARD_REVIEW_USERS or "
+    "MEMEGUARD_REVIEW_USERS_FILE), because anyone could skip the password by sending the header: use one of them")
+MAX_THROTTLE_KEYS = 20_000  # addresses / user names remembered per table (~2 MB); the oldest go first
 
 AuthKind = Literal["password", "proxy", "none"]
 
@@ -111,9 +127,13 @@ class Authenticator:
     """Checks credentials, signs session cookies and CSRF tokens. `secret` keys both HMACs."""
 
     def __init__(self, users: dict[str, str], trusted_header: str | None, dev_no_auth: bool, secret: bytes,
-                 session_ttl_s: int) -> None:
+                 session_ttl_s: int, trusted_proxies: list[str] | None = None) -> None:
+        if users and trusted_header:
+            raise ValueError(TRUSTED_HEADER_WITH_PASSWORDS)
         self.users = users
         self.trusted_header = trusted_header.lower() if trusted_header else None
+        self.trusted_proxies = [ipaddress.ip_network(p, strict=False)
+                                for p in (["127.0.0.1", "::1"] if trusted_proxies is None else trusted_proxies)]
         self.dev_no_auth = dev_no_auth and not users and not trusted_header
         self.secret = secret
         self.session_ttl_s = session_ttl_s
@@ -143,29 +163,43 @@ class Authenticator:
         return True
 
     # Session cookie: b64(json{u, iat, sid}) "." b64(HMAC(secret, payload | the user's stored hash)), so a
-    # changed password or a removed user ends every session of that user.
-    def make_session(self, user: str) -> str:
-        payload = _b64(json.dumps({"u": user, "iat": int(time.time()), "sid": secrets.token_urlsafe(16)}).encode())
-        return f"{payload}.{self._session_sig(payload, self.users[user])}"
+    # changed password or a removed user ends every session of that user. The signature only proves the page
+    # issued it; the page also keeps each live `sid` in Redis, so logout ends it for every copy of the cookie.
+    def make_session(self, user: str) -> tuple[str, str]:
+        """(cookie, sid)."""
+        sid = secrets.token_urlsafe(16)
+        payload = _b64(json.dumps({"u": user, "iat": int(time.time()), "sid": sid}).encode())
+        return f"{payload}.{self._session_sig(payload, self.users[user])}", sid
 
     def _session_sig(self, payload: str, stored: str) -> str:
         return _b64(hmac.new(self.secret, f"session|{payload}|{stored}".encode(), hashlib.sha256).digest())
 
-    def session_user(self, cookie: str | None) -> str | None:
+    def session(self, cookie: str | None) -> tuple[str, str] | None:
+        """(user, sid) of a cookie this page signed and that has not expired; whether it is still live is the
+        store's to say (`ReviewStore.session_live`)."""
         if not cookie or cookie.count(".") != 1 or len(cookie) > 1000:
             return None
         payload, sig = cookie.split(".")
         try:
             data = json.loads(_unb64(payload))
-            user, issued = data["u"], int(data["iat"])
+            user, issued, sid = data["u"], int(data["iat"]), data["sid"]
         except (ValueError, binascii.Error, KeyError, TypeError):
             return None
         stored = self.users.get(user) if isinstance(user, str) else None
-        if stored is None or not hmac.compare_digest(sig, self._session_sig(payload, stored)):
+        if stored is None or not isinstance(sid, str) or not hmac.compare_digest(sig, self._session_sig(payload, stored)):
             return None
         if not 0 <= time.time() - issued <= self.session_ttl_s:
             return None
-        return user
+        return user, sid
+
+    def from_proxy(self, client_host: str | None) -> bool:
+        """Whether the connection comes from a configured proxy: the header is only believed from there (anyone
+        else who can reach the port could send it)."""
+        try:
+            address = ipaddress.ip_address(client_host or "")
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted_proxies)
 
     def proxy_user(self, value: str | None) -> str | None:
         if value is None:
@@ -186,6 +220,79 @@ class Authenticator:
         if not seed or not token:
             return False
         return hmac.compare_digest(token.encode(), self.csrf_token(seed, user).encode())
+
+
+class LoginThrottle:
+    """Failed password checks counted per client address and per user name in a fixed window from the first
+    failure; over the limit, `retry_after` says how long to refuse (429) *before* any scrypt runs, right
+    password or not, so a guesser learns nothing and costs nothing. A success clears its user name's count
+    (not its address's: one valid account must not reset a guesser's address). Per process, in memory: no
+    Redis key per attacker-chosen name, each table bounded (the oldest entries go first). Event-loop only."""
+
+    def __init__(self, per_user: int, per_address: int, window_s: float, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = MAX_THROTTLE_KEYS) -> None:
+        self.limits = {"user": per_user, "address": per_address}
+        self.window_s = window_s
+        self.clock = clock
+        self.max_keys = max_keys
+        self._failures: dict[str, OrderedDict[str, tuple[int, float]]] = {"user": OrderedDict(),
+                                                                           "address": OrderedDict()}
+
+    @staticmethod
+    def _keys(address: str | None, user: str) -> dict[str, str]:
+        return {"address": address or "unknown", "user": user[: MAX_USER_CHARS + 1]}
+
+    def retry_after(self, address: str | None, user: str) -> tuple[str, float] | None:
+        """(which limit, seconds left) when this address or user name is over its limit; None when a check may run."""
+        now = self.clock()
+        for kind, key in self._keys(address, user).items():
+            count, since = self._failures[kind].get(key, (0, now))
+            if count >= self.limits[kind] and now - since < self.window_s:
+                return kind, self.window_s - (now - since)
+        return None
+
+    def failed(self, address: str | None, user: str) -> None:
+        now = self.clock()
+        for kind, key in self._keys(address, user).items():
+            table = self._failures[kind]
+            count, since = table.pop(key, (0, now))
+            table[key] = (count + 1, since) if now - since < self.window_s else (1, now)
+            while len(table) > self.max_keys:
+                table.popitem(last=False)
+
+    def succeeded(self, user: str) -> None:
+        self._failures["user"].pop(user[: MAX_USER_CHARS + 1], None)
+
+
+class Busy(Exception):
+    """More password checks are running and waiting than `PasswordChecks` admits: answer 503, try again soon."""
+
+
+class PasswordChecks:
+    """At most `running` scrypt checks at once, on threads of their own, and at most 4x as many waiting; past that
+    `check` raises `Busy` at once. scrypt costs a core and 32 MiB per check: a flood must neither queue without
+    bound nor take the default executor's threads, the ones the page's decisions publish from."""
+
+    def __init__(self, auth: "Authenticator", running: int) -> None:
+        self.auth = auth
+        self.limit = running * 5
+        self._pool = ThreadPoolExecutor(running, thread_name_prefix="review-scrypt")
+        self._lock = threading.Lock()  # requests may come from more than one event loop (test clients)
+        self._admitted = 0
+
+    async def check(self, user: str, password: str) -> bool:
+        with self._lock:
+            if self._admitted >= self.limit:
+                raise Busy()
+            self._admitted += 1
+        try:
+            return await asyncio.wrap_future(self._pool.submit(self.auth.check_password, user, password))
+        finally:
+            with self._lock:
+                self._admitted -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> int:

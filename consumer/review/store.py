@@ -21,6 +21,8 @@ Keys (all under `review:`; `{…}` is a Redis Cluster hash tag, the part that pi
   `decision:ID`: the moderator's decision (the published review message), so a refresh or a restart
   shows it; `recent`: the latest decided cards; `last:USER`: that moderator's latest decisions, for undo.
   `claim:ID` (30 s): one request at a time publishes for a card.
+  `session:SID` (the session TTL): the moderator of a live sign-in; logout deletes it, so a copied session
+  cookie dies with it on every replica (the cookie's signature alone cannot be taken back).
 
 Every Redis failure is counted in `memeguard_review_store_errors_total{op}` and raised to the caller (the
 page answers 500, the ingest logs it and reads the records again): nothing is dropped silently.
@@ -215,6 +217,19 @@ class ReviewStore:
             pipe.lrem(f"{self.q}recent", 0, event_id)
             pipe.lrem(f"{self.q}last:{moderator}", 1, entry)
             pipe.execute()
+
+    @counted("open_session")
+    def open_session(self, sid: str, user: str, ttl_s: int) -> None:
+        self.r.set(f"{self.q}session:{sid}", user, ex=ttl_s)
+
+    @counted("session_live")
+    def session_live(self, sid: str, user: str) -> bool:
+        raw = self.r.get(f"{self.q}session:{sid}")
+        return raw is not None and raw.decode() == user
+
+    @counted("close_session")
+    def close_session(self, sid: str) -> None:
+        self.r.delete(f"{self.q}session:{sid}")
 
     @counted("recent")
     def recent(self) -> list[str]:
