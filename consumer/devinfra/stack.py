@@ -12,11 +12,13 @@ Cluster masters (no replicas) for the cluster client's tests, a master killed an
 import base64
 import importlib.resources
 import os
+import random
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,10 +46,70 @@ def redis_binary() -> str:
     return found
 
 
-def free_port() -> int:
+# Ports handed out by free_port() in this process: never handed out twice, nor taken as a controller port.
+_HANDED_OUT: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+_PORTS_FLOOR = 20000  # above the development defaults (16379, 19092, 19093) and the usual well-known servers
+
+
+def ephemeral_ports(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> range:
+    """The kernel's range for outgoing connections' local ports (and bind to port 0)."""
+    try:
+        low, high = (int(x) for x in path.read_text().split())
+        return range(low, high + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing holds `port`: a server could bind it now. A connect test (port_open) misses a port held by a
+    socket that does not listen, e.g. the local end of an outgoing connection, on which a server's bind
+    fails with `Address already in use`. SO_REUSEADDR as the JVM and redis-server set it: a TIME_WAIT
+    leftover does not count as held."""
+    if not 0 < port < 65536:
+        return False
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A port to start a server on: free now, never handed out before in this process, and outside the
+    kernel's ephemeral range, so no outgoing connection (of this or any other process) can take it as its
+    local port while the server starts (a JVM takes seconds). Falls back to the kernel's choice (bind to 0)
+    when the ephemeral range leaves no room below it."""
+    ephemeral = ephemeral_ports()
+    candidates = range(_PORTS_FLOOR, min(ephemeral.start, 65536))
+    with _PORTS_LOCK:
+        if len(candidates) >= 1000:
+            for _ in range(200):
+                port = random.choice(candidates)
+                if port not in _HANDED_OUT and port_free(port):
+                    _HANDED_OUT.add(port)
+                    return port
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+
+
+def controller_port_for(port: int) -> int:
+    """The KRaft controller port of a single node whose client port is `port`: `port` + 1 when a server could
+    bind it (checked by binding, not connecting), outside the ephemeral range and not handed out by
+    free_port() for something else; otherwise another free_port()."""
+    candidate = port + 1
+    with _PORTS_LOCK:
+        usable = candidate not in _HANDED_OUT and candidate not in ephemeral_ports() and port_free(candidate)
+        if usable:
+            _HANDED_OUT.add(candidate)
+    return candidate if usable else free_port()
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -246,7 +308,8 @@ class KafkaNode(Service):
     """One Apache Kafka KRaft process in combined mode (broker + controller), listening on loopback only.
 
     `voters` is the controller quorum (`id@host:port,…`); empty means a single-node quorum of this node, on
-    `controller_port` (0: the broker port + 1 if free, else any free port, chosen when the node starts).
+    `controller_port` (0: `controller_port_for(port)`, the broker port + 1 if a bind there would succeed, else
+    a free_port(); chosen each time the node starts).
     `extra` overrides or adds server properties. Data (`<name>-data/`) survives a stop: a restart keeps the
     topics; it is formatted once, with `cluster_id`.
     """
@@ -271,10 +334,21 @@ class KafkaNode(Service):
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def _written_controller_port(self) -> int | None:
+        """The controller port of this node's last start, when a server could bind it again: a restart keeps it."""
+        try:
+            lines = self.properties_file.read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            if line.startswith("listeners=") and "CONTROLLER://127.0.0.1:" in line:
+                port = line.split("CONTROLLER://127.0.0.1:", 1)[1].split(",", 1)[0]
+                if port.isdigit() and port_free(int(port)):
+                    return int(port)
+        return None
+
     def properties(self) -> dict[str, str]:
-        controller_port = self.controller_port
-        if not controller_port:
-            controller_port = self.port + 1 if not port_open(self.port + 1) else free_port()
+        controller_port = self.controller_port or self._written_controller_port() or controller_port_for(self.port)
         props = {
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
