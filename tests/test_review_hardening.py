@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
@@ -281,3 +282,35 @@ def test_trusted_header_is_believed_only_from_the_configured_proxies(stack, topi
     assert open_app(elsewhere, store, client=("10.20.3.4", 1)).get("/", headers=header).status_code == 200
     assert open_app(elsewhere, store, client=("192.0.2.1", 1)).get("/", headers=header).status_code == 200
     assert open_app(elsewhere, store, client=("127.0.0.1", 1)).get("/", headers=header).status_code == 401
+
+
+@integration
+def test_inline_image_bytes_are_not_kept_in_redis(stack, topics, new_store, open_app):
+    import redis
+
+    s, store = settings_for(stack, topics), new_store()
+    img = meme_bytes(9)
+    b64 = base64.b64encode(img).decode()
+    e = event(f"ev-inline-{uuid.uuid4().hex[:6]}", text="inline image", image_b64=b64)
+    queue(stack, topics, s, store, [(e, verdict_for(e, "review", img))])
+    assert store.pending() == [e.event_id]
+
+    r = redis.Redis.from_url(stack.redis_url, socket_timeout=5)
+    values = []
+    for key in r.scan_iter(match=f"{store.p}*"):
+        kind = r.type(key)
+        values += ([r.get(key)] if kind == b"string" else r.lrange(key, 0, -1) if kind == b"list"
+                   else r.zrange(key, 0, -1) if kind == b"zset" else [])
+    assert values and not any(b64[:200].encode() in v for v in values)  # no copy of the bytes, whole or in part
+    assert store.get(e.event_id).ref["record"][0] == topics.input
+
+    client = open_app(s, store)
+    client.auth = ("alice", PASSWORDS["alice"])
+    image = client.get(f"/image?event_id={e.event_id}")  # read back from the input topic, checked against the hash
+    assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
+    # A record past the topic's retention (here: an offset never written) is a clear 404, not a hang.
+    gone = event(f"ev-gone-{uuid.uuid4().hex[:6]}", text="gone", image_b64=b64)
+    store.add(verdict_for(gone, "review", img), {"text": gone.text, "record": [topics.input, 0, 10**9]})
+    started = time.monotonic()
+    missing = client.get(f"/image?event_id={gone.event_id}")
+    assert missing.status_code == 404 and "no longer on" in missing.text and time.monotonic() - started < 15

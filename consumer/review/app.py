@@ -20,6 +20,7 @@ import io
 import json
 import math
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -62,6 +63,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 ACTIONS = {"confirm": "block", "overturn": "allow"}  # a confirmed `review` becomes a block, an overturned one allowed
 MAX_FORM_BYTES = 16 * 1024
 REALM = 'Basic realm="memeguard review", charset="UTF-8"'
+IMAGE_READ_TIMEOUT_S = 10.0  # reading an inline image's input record back from the broker
 
 
 class NotAuthenticated(Exception):
@@ -383,8 +385,11 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
         if item is None:
             raise HTTPException(404, "unknown meme")
         try:
+            inline = item.ref.get("image_b64")
+            if item.ref.get("record") is not None:
+                inline = await asyncio.to_thread(inline_image, settings, item.ref["record"], event_id)
             event = MemeEvent(event_id=event_id, post_id=item.verdict.post_id, text=item.ref.get("text"),
-                              image_url=item.ref.get("image_url"), image_b64=item.ref.get("image_b64"))
+                              image_url=item.ref.get("image_url"), image_b64=inline)
             data = await fetcher.fetch(event)
         except (InputError, ValueError) as e:
             raise HTTPException(404, f"the image cannot be loaded: {e}") from e
@@ -402,6 +407,35 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
                             media_type="text/javascript" if name.endswith(".js") else "text/css")
 
     return app
+
+
+def inline_image(settings: ReviewSettings, record: list[Any], event_id: str) -> str:
+    """The `image_b64` of the input record a ref points at, read back from the broker: the store keeps where inline
+    bytes are, never the bytes. ValueError when the record is gone (past retention) or is not this event's."""
+    topic, partition, offset = record
+    consumer = Consumer(client_config(settings.kafka_bootstrap, {
+        "group.id": f"{settings.review_group_id}-images", "enable.auto.commit": False,
+        "auto.offset.reset": "error", "fetch.message.max.bytes": 16 * 1024 * 1024}))
+    try:
+        consumer.assign([TopicPartition(str(topic), int(partition), int(offset))])
+        deadline = time.monotonic() + IMAGE_READ_TIMEOUT_S
+        while time.monotonic() < deadline:
+            m = consumer.poll(min(1.0, max(0.0, deadline - time.monotonic())))
+            if m is None:
+                continue
+            if m.error() is not None:
+                raise ValueError(f"the input record is no longer on {topic} ({m.error().str()})")
+            try:
+                payload = json.loads(m.value())
+            except (TypeError, UnicodeDecodeError, json.JSONDecodeError):
+                payload = None
+            if m.offset() != offset or not isinstance(payload, dict) or payload.get("event_id") != event_id \
+                    or not isinstance(payload.get("image_b64"), str):
+                raise ValueError(f"the input record at {topic}/{partition}@{offset} is not this event's")
+            return payload["image_b64"]
+        raise ValueError(f"the input record could not be read from {topic} in {IMAGE_READ_TIMEOUT_S:.0f} s")
+    finally:
+        consumer.close()
 
 
 def here(request: Request) -> str:

@@ -15,7 +15,7 @@ import time
 from confluent_kafka import Consumer, TopicPartition
 
 from consumer.kafka.config import client_config
-from consumer.review.store import MAX_INLINE_IMAGE_CHARS, ReviewStore
+from consumer.review.store import ReviewStore
 from schemas import Decision, Verdict
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class ReviewIngest:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _take(self, topic: str, value: bytes) -> None:
+    def _take(self, topic: str, value: bytes, partition: int = -1, offset: int = -1) -> None:
         try:
             payload = json.loads(value)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -64,8 +64,10 @@ class ReviewIngest:
             ref = {"text": payload.get("text") if isinstance(payload.get("text"), str) else None}
             if isinstance(payload.get("image_url"), str):
                 ref["image_url"] = payload["image_url"]
-            elif isinstance(payload.get("image_b64"), str) and len(payload["image_b64"]) <= MAX_INLINE_IMAGE_CHARS:
-                ref["image_b64"] = payload["image_b64"]
+            elif isinstance(payload.get("image_b64"), str) and partition >= 0:
+                # Where the bytes are, not the bytes (up to the worker's event cap each): the page reads the record
+                # back for the image, so the Redis the verdict cache and the breaker share never holds them.
+                ref["record"] = [topic, partition, offset]
             self.store.put_ref(payload["event_id"], ref)
         else:
             try:
@@ -79,7 +81,7 @@ class ReviewIngest:
         messages = [m for m in self.consumer.consume(max_records, timeout_s) if m.error() is None]
         try:
             for m in messages:
-                self._take(m.topic(), m.value())
+                self._take(m.topic(), m.value(), m.partition(), m.offset())
         except Exception:
             self._rewind(messages)  # else the next poll would go on after the records Redis never got
             raise

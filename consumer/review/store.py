@@ -8,8 +8,9 @@ a review message carries the `content_hash`, and the decision applies to every p
 builders and enforcement join on it). Undo puts the card, with all its reposts, back in the queue.
 
 Keys (all under `review:`; `{…}` is a Redis Cluster hash tag, the part that picks the slot):
-- `ref:{event_id}` (TTL): how to load the meme of an input event: its image reference and text. Written for
-  every input event, because the verdict that says `review` comes later, on another topic.
+- `ref:{event_id}` (TTL): how to load the meme of an input event: its image URL, or for an inline image the
+  input record's topic, partition and offset (never the bytes), and its text. Written for every input event,
+  because the verdict that says `review` comes later, on another topic.
 - `waiting:{event_id}` (TTL): a review verdict that read before its event's reference. A reference and its
   verdict share the event's slot: each side writes itself and reads the other in one MULTI, so whichever
   comes second (on whichever ingest replica) queues the card, exactly once.
@@ -40,7 +41,6 @@ from consumer.core.redis_client import REDIS_ERRORS, hash_tag, sync_client
 from schemas import Verdict
 
 REF_TTL_S = 24 * 3600
-MAX_INLINE_IMAGE_CHARS = 4 * 1024 * 1024  # base64 chars kept for inline images; larger ones are not reviewable
 MAX_DUPLICATES = 1000  # reposts listed per card (and per review message); `dupcount` counts all of them
 UNDO_DEPTH = 20  # decisions per moderator that `undo` can walk back, newest first
 
@@ -81,7 +81,7 @@ def counted(op: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
 @dataclass(frozen=True)
 class Item:
     verdict: Verdict
-    ref: dict[str, Any]  # {"image_url"| "image_b64", "text"}
+    ref: dict[str, Any]  # {"image_url" | "record": [topic, partition, offset] | "image_b64" (older versions), "text"}
     decision: dict[str, Any] | None = None
     duplicates: list[dict[str, Any]] = field(default_factory=list)  # [{event_id, post_id, author_id, created_at}]
     duplicate_count: int = 0
