@@ -271,6 +271,7 @@ def test_trusted_header_is_believed_only_from_the_configured_proxies(stack, topi
     proxy = open_app(s, store, client=("127.0.0.1", 50000))
     page = proxy.get("/", headers=header)
     assert page.status_code == 200 and 'id="moderator">carol<' in page.text
+    assert open_app(s, store, client=("::ffff:127.0.0.1", 1)).get("/", headers=header).status_code == 200  # dual stack
     direct = open_app(s, store, client=("203.0.113.9", 50000))  # reached the port without the proxy
     assert direct.get("/", headers=header).status_code == 401
     assert direct.post(decision_url(e.event_id), headers=header, data={"action": "confirm"}).status_code == 401

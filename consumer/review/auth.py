@@ -199,6 +199,8 @@ class Authenticator:
             address = ipaddress.ip_address(client_host or "")
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # an IPv4 peer of a dual-stack listener ("::ffff:127.0.0.1")
         return any(address in net for net in self.trusted_proxies)
 
     def proxy_user(self, value: str | None) -> str | None:
