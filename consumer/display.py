@@ -22,6 +22,8 @@ def add_outcome(table: Table, out: Verdict | DeadLetter) -> None:
     top = ", ".join(f"{'*' if t.flagged else ''}{t.technique} {t.score:.2f}/{t.threshold:.2f}" for t in out.top(3))
     style = DECISION_STYLE.get(out.decision.value, "")
     harmful = "" if out.harmful_score is None else f"{out.harmful_score:.2f}"
+    if out.severity:
+        harmful += f" {out.severity.split()[0]}"
     table.add_row(out.post_id, f"[{style}]{out.decision.value}[/]", top, harmful, "yes" if out.cached else "",
                   f"{out.timings_ms.get('total', 0):.0f}")
 

@@ -23,7 +23,7 @@ from exporters.memes import Meme
 from exporters.onnx_export import OPSET, build_onnx
 from exporters.parity import check_parity
 from schemas import BundleManifest, InputSpec
-from schemas.manifest import RuntimeSettings
+from schemas.manifest import OutputSpec, RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,13 @@ def export_bundle(
         build_onnx(model, staging / ONNX_FILE, precision)
         _copy_run_files(Path(run_dir), staging)
         has_harmful = bool(model.has_harmful_head) and HARMFUL_OUT in model.output_names
+        declared = getattr(model, "extra_outputs", [])
+        outputs = [OutputSpec(name=TECHNIQUE_OUT, role="techniques", kind="multilabel", labels=list(model.labels),
+                              thresholds=[float(t) for t in model.thresholds])]
+        outputs += [OutputSpec.model_validate(o) for o in declared]
+        if has_harmful and not declared:  # a fused binary column (Hateful Memes format), threshold 0.5
+            outputs.append(OutputSpec(name=HARMFUL_OUT, role="harm", kind="binary", labels=["harmful"],
+                                      thresholds=[0.5]))
         manifest = BundleManifest(
             name=model.name, version=version, training_run_id=model.run_id, labels=list(model.labels),
             thresholds=[float(t) for t in model.thresholds], onnx_file=ONNX_FILE,
@@ -100,6 +107,7 @@ def export_bundle(
             text=model.text_spec.model_copy(update={"tokenizer_file": TOKENIZER_FILE}),
             precision=precision, opset=OPSET, trained=bool(getattr(model, "trained", bool(model.metrics))),
             metrics=dict(model.metrics), runtime=RuntimeSettings(trt_fp16=precision == "fp16"),
+            outputs=outputs, policy=getattr(model, "policy", None), expected=dict(getattr(model, "expected", {})),
         )
         # Golden outputs and parity come from the serving runtime itself, on CPU (reproducible here).
         runtime = BundleRuntime(ModelBundle(root=staging, manifest=manifest), providers="cpu")

@@ -86,6 +86,20 @@ class DataConfig:
 
 
 @dataclass
+class HarmHeadConfig:
+    """The harm head (models/harm.py), fitted on HarMeme train+val; `enabled: false` leaves it out."""
+
+    enabled: bool = False
+    c_features: float = 0.0005
+    c_tokens: float = 1.0
+    folds: int = 5
+    # The default policy's operating point, fitted on the head's out-of-fold scores (scoring/harm.py).
+    min_harmful_caught: float = 0.75
+    block_precision: float = 0.9
+    base_rate: float = 0.05
+
+
+@dataclass
 class RunConfig:
     name: str
     description: str = ""
@@ -96,6 +110,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    harm_head: HarmHeadConfig = field(default_factory=HarmHeadConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

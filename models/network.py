@@ -5,6 +5,7 @@ from torch import nn
 
 from models.encoders.base import ImageEncoder, TextEncoder
 from models.fusion import FusionHead
+from models.harm import HarmHead
 
 
 class MemeClassifier(nn.Module):
@@ -25,6 +26,13 @@ class MemeClassifier(nn.Module):
         self.text_encoder = text_encoder
         self.heads = nn.ModuleList(heads)
         self.has_harmful_head = heads[0].harmful
+        # The harm head (HarMeme, text only) reads the same text features; set by training, None otherwise.
+        self.harm_head: HarmHead | None = None
+
+    def attach_harm_head(self, head: HarmHead) -> None:
+        if self.has_harmful_head or self.text_encoder is None:
+            raise ValueError("a harm head needs a text encoder and no fused binary column")
+        self.harm_head = head
 
     @property
     def image_dim(self) -> int:
@@ -57,8 +65,11 @@ class MemeClassifier(nn.Module):
 
     def forward(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        probs = self.probs_from_features(*self.encode(pixel_values, input_ids, attention_mask))
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        img, txt = self.encode(pixel_values, input_ids, attention_mask)
+        probs = self.probs_from_features(img, txt)
+        if self.harm_head is not None:
+            return (probs, *self.harm_head(txt, input_ids, attention_mask))
         if self.has_harmful_head:
             n = self.heads[0].n_labels
             return probs[:, :n], probs[:, n]

@@ -11,6 +11,9 @@ import torch
 from models.assemble import build_model, specs
 from models.config import RunConfig
 from models.data import Meme, harmful_targets, load_dataset, multi_hot
+from models.errors import ConfigError
+from models.expected import expected_figures
+from models.harm_train import train_harm
 from models.metrics import binarize, summary, top_k_constant
 from models.protocol import cross_validate
 from models.run_dir import save_run, save_training_pool
@@ -89,6 +92,18 @@ def train(cfg: RunConfig, out_root: Path, epochs: int | None = None, limit: int 
         )
 
     final = source.fit_final(np.arange(len(memes)))
+    checkpoint = source.checkpoint(final)
+    if cfg.harm_head.enabled:
+        if final.text_encoder is None:
+            raise ConfigError(f"{cfg.name}: harm_head needs a text encoder (HarMeme is text only).")
+        harm, harm_metrics, info["harm_outputs"], policy = train_harm(final.text_encoder, cfg.harm_head, cfg.name)
+        final.attach_harm_head(harm)
+        checkpoint["harm_head"] = harm.state_dict()
+        metrics |= harm_metrics
+        info["policy"] = policy.model_dump(mode="json")
+    expected = expected_figures(cfg.name)
+    if expected:
+        info["expected"] = expected
     if thresholds is None:
         thresholds = source.validation_thresholds(objective, np.arange(len(memes)))
     info["thresholds_protocol"] = (
@@ -106,7 +121,7 @@ def train(cfg: RunConfig, out_root: Path, epochs: int | None = None, limit: int 
         list(TECHNIQUES),
         thresholds,
         metrics,
-        source.checkpoint(final),
+        checkpoint,
         image_spec,
         text_spec,
         tok,

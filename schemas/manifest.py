@@ -3,9 +3,12 @@
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.policy import DecisionPolicy
 from schemas.version import SCHEMA_VERSION
+
+OutputRole = Literal["techniques", "harm", "severity"]
 
 
 class InputSpec(BaseModel):
@@ -109,6 +112,25 @@ class Calibration(BaseModel):
     after: dict[str, float] = Field(default_factory=dict, description="The same figures for this bundle.")
 
 
+class OutputSpec(BaseModel):
+    """One declared output of the graph; serving fills the verdict from these, by role.
+
+    - `techniques`: multilabel, one probability and threshold per technique (`labels`, `thresholds`);
+    - `harm`: binary P(harmful), one threshold (the `harmful` flag of `memeguard evaluate`);
+    - `severity`: categorical, probabilities over `labels` (not / somewhat / very harmful).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="ONNX output name.")
+    role: OutputRole
+    kind: Literal["multilabel", "binary", "categorical"]
+    labels: list[str]
+    thresholds: list[float] = Field(default_factory=list)
+    trained_on: str | None = Field(None, description="The data this head was fitted on.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Its cross-validated figures.")
+
+
 class BundleManifest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -136,3 +158,44 @@ class BundleManifest(BaseModel):
     )
     files: list[FileDigest] = Field(default_factory=list)
     calibration: Calibration | None = Field(default=None, description="Set by `memeguard calibrate`.")
+    outputs: list[OutputSpec] = Field(
+        default_factory=list, description="Declared outputs; derived from the fields above for older bundles.")
+    policy: DecisionPolicy | None = Field(
+        default=None, description="The decision policy served with this model (MEMEGUARD_POLICY_FILE overrides).")
+    expected: dict[str, float] = Field(
+        default_factory=dict,
+        description="Outer-fold estimates of nested CV, e.g. expected_micro_f1 with its interval (docs/models.md).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _declare_legacy_outputs(cls, raw: object) -> object:
+        """Bundles exported before `outputs` existed declare their techniques (and binary head) implicitly."""
+        if isinstance(raw, dict) and not raw.get("outputs") and "labels" in raw:
+            outputs = [{"name": raw.get("technique_output", "technique_probs"), "role": "techniques",
+                        "kind": "multilabel", "labels": raw["labels"], "thresholds": raw.get("thresholds", [])}]
+            if raw.get("harmful_output"):
+                outputs.append({"name": raw["harmful_output"], "role": "harm", "kind": "binary",
+                                "labels": ["harmful"], "thresholds": [0.5]})
+            raw = {**raw, "outputs": outputs}
+        return raw
+
+    @model_validator(mode="after")
+    def _outputs_agree(self) -> "BundleManifest":
+        roles = [o.role for o in self.outputs]
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"each output role may be declared once, got {roles}")
+        tech = self.output("techniques")
+        if tech is None or tech.labels != self.labels or list(tech.thresholds) != list(self.thresholds):
+            raise ValueError("the techniques output must declare the manifest's labels and thresholds")
+        if tech.name != self.technique_output:
+            raise ValueError("the techniques output must be the manifest's technique_output")
+        return self
+
+    def output(self, role: OutputRole) -> OutputSpec | None:
+        return next((o for o in self.outputs if o.role == role), None)
+
+    def with_thresholds(self, thresholds: list[float]) -> "BundleManifest":
+        """A copy whose technique thresholds are `thresholds`, in both places that declare them."""
+        outputs = [o.model_copy(update={"thresholds": list(thresholds)}) if o.role == "techniques" else o
+                   for o in self.outputs]
+        return self.model_copy(update={"thresholds": list(thresholds), "outputs": outputs})

@@ -43,11 +43,18 @@ class Verdict(BaseModel):
     content_hash: str
     model: ModelInfo
     harmful_score: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="Present only when the bundle has a binary head."
+        default=None, ge=0.0, le=1.0, description="P(harmful); present when the bundle declares a harm head."
+    )
+    severity: str | None = Field(
+        default=None, description="Most likely of 'not harmful' / 'somewhat harmful' / 'very harmful', when declared."
+    )
+    severity_scores: list[float] | None = Field(
+        default=None, description="Probabilities of the three severities, in that order, when declared."
     )
     techniques: list[TechniqueScore]
     decision: Decision
     reasons: list[str] = Field(default_factory=list)
+    policy_id: str | None = Field(default=None, description="The decision policy that decided (reasons say which rule).")
     timings_ms: dict[str, float] = Field(default_factory=dict)
     cached: bool = False
     explanation: str | None = None

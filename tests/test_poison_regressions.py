@@ -176,7 +176,8 @@ def test_decision_policy_change_applies_to_cache_hits_at_once(pipeline) -> None:
     _, verdicts, _ = run(pipeline, records(json.dumps(doc).encode()))
     [before] = [Verdict.model_validate_json(x) for _, x in verdicts.messages]
     # A policy under which nothing the tiny model says can go to review or block.
-    pipeline.policy = DecisionPolicy(review_min_flags=23, severe_techniques=[], harmful_block=1.0, harmful_review=1.0)
+    pipeline.policy_override = DecisionPolicy(review_min_flags=0, severe_techniques=[], harm_block=1.0,
+                                              harm_review=1.0, technique_review_min_score=1.0)
     _, verdicts, _ = run(pipeline, records(json.dumps(valid_event("ev-p2", None)).encode()))
     [after] = [Verdict.model_validate_json(x) for _, x in verdicts.messages]
     assert after.cached and after.decision == Decision.ALLOW

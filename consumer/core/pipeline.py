@@ -22,7 +22,7 @@ from consumer.core.cache import VerdictCache, cache_key
 from consumer.core.fetch import ImageFetcher
 from consumer.core.hashing import content_hash
 from consumer.core.images import decode_image
-from consumer.core.policy import DecisionPolicy
+from consumer.core.policy import DecisionPolicy, harm_fields, serving_policy
 from consumer.core.runtime import BundleRuntime
 from consumer.errors import InputError
 from schemas import DeadLetter, ErrorKind, MemeEvent, Origin, TechniqueScore, Verdict
@@ -127,14 +127,15 @@ class PreparedBatch:
 
 class ModerationPipeline:
     def __init__(self, runtime: BundleRuntime, cache: VerdictCache, fetcher: ImageFetcher,
-                 policy: DecisionPolicy, max_event_bytes: int, max_image_pixels: int,
+                 policy: DecisionPolicy | None, max_event_bytes: int, max_image_pixels: int,
                  enricher: Callable[[Image.Image, str | None], Any] | None = None,
                  explainer: Callable[[Image.Image, str | None, str], Awaitable[Any]] | None = None,
                  cache_variant: str = "") -> None:
         self.runtime = runtime  # swapped between batches on hot reload
         self.cache = cache
         self.fetcher = fetcher
-        self.policy = policy
+        # A deployment's MEMEGUARD_POLICY_FILE; None serves the policy of the bundle in use (serving_policy).
+        self.policy_override = policy
         self.max_event_bytes = max_event_bytes
         self.max_image_pixels = max_image_pixels
         self.enricher = enricher
@@ -248,7 +249,7 @@ class ModerationPipeline:
         batch.pending = pending
         for i, v in zip(pending, cached, strict=True):
             if v is not None and i.hash not in batch.hits:  # the policy once per distinct meme, not per event
-                batch.hits[i.hash] = self._with_current_policy(v)
+                batch.hits[i.hash] = self._with_current_policy(v, batch.runtime)
         misses: dict[str, _Item] = {}
         for i in pending:
             if i.hash not in batch.hits:
@@ -301,9 +302,10 @@ class ModerationPipeline:
                 i.outcome.explain_input = (i.image, i.text)
         return [i.outcome for i in batch.items]
 
-    def _with_current_policy(self, v: Verdict) -> Verdict:
-        decision, reasons = self.policy.decide(v.techniques, v.harmful_score)
-        return v.model_copy(update={"decision": decision, "reasons": reasons})
+    def _with_current_policy(self, v: Verdict, runtime: BundleRuntime) -> Verdict:
+        policy = serving_policy(runtime.manifest, self.policy_override)
+        decision, reasons = policy.decide(v.techniques, v.harmful_score, v.severity_scores)
+        return v.model_copy(update={"decision": decision, "reasons": reasons, "policy_id": policy.id})
 
     async def _enrich(self, item: _Item) -> None:
         enrichment = await asyncio.to_thread(self.enricher, item.image, item.event.text)
@@ -325,6 +327,7 @@ class ModerationPipeline:
             return {}
         lap("infer")
         labels = runtime.manifest.labels
+        policy = serving_policy(runtime.manifest, self.policy_override)
         verdicts = {}
         for row, i in enumerate(items):
             probs = prediction.technique_probs[row]
@@ -336,12 +339,15 @@ class ModerationPipeline:
                 TechniqueScore(technique=name, score=float(p), threshold=float(th), flagged=bool(p >= th))
                 for name, p, th in zip(labels, probs, runtime.thresholds, strict=True)
             ]
-            harmful = float(prediction.harmful_probs[row]) if prediction.harmful_probs is not None else None
-            decision, reasons = self.policy.decide(techniques, harmful)
+            harm = harm_fields(prediction, row)
+            if harm is None:
+                self._fail(i, ErrorKind.INFERENCE_FAILED, "the model produced non-finite harm scores for this meme")
+                continue
+            decision, reasons = policy.decide(techniques, harm["harmful_score"], harm["severity_scores"])
             verdicts[i.hash] = Verdict(
                 event_id=i.event.event_id, post_id=i.event.post_id, author_id=i.event.author_id,
-                content_hash=i.hash, model=runtime.model_info, harmful_score=harmful, techniques=techniques,
-                decision=decision, reasons=reasons, timings_ms=dict(timings),
+                content_hash=i.hash, model=runtime.model_info, techniques=techniques, **harm,
+                decision=decision, reasons=reasons, policy_id=policy.id, timings_ms=dict(timings),
                 **({"enrichment": i.extra["enrichment"]} if "enrichment" in i.extra else {}),
             )
         return verdicts

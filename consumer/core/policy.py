@@ -1,51 +1,57 @@
-"""Decision policy: technique flags and scores (and the harmful score) -> allow / review / block."""
+"""Which decision policy serves a verdict, and the harm fields a prediction gives it.
+
+The rules themselves are `schemas.policy.DecisionPolicy` (they travel in the bundle manifest). A deployment
+may override them with a YAML file (MEMEGUARD_POLICY_FILE), validated as strictly as the manifest's.
+"""
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
 from consumer.errors import ConfigError
-from schemas import Decision, Technique, TechniqueScore
+from schemas import BundleManifest
+from schemas.policy import SEVERITY_LEVELS, DecisionPolicy
+
+if TYPE_CHECKING:
+    from consumer.core.runtime import Prediction
+
+__all__ = ["DecisionPolicy", "harm_fields", "load_policy_file", "serving_policy"]
 
 
-class DecisionPolicy(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+def load_policy_file(path: Path | None) -> DecisionPolicy | None:
+    """The override policy of a deployment, or None (each bundle's own policy serves)."""
+    if path is None:
+        return None
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError("the file must hold a mapping of policy fields")
+        return DecisionPolicy.model_validate({"id": f"file:{path.name}", **raw})
+    except (OSError, yaml.YAMLError, ValueError) as e:
+        raise ConfigError(f"Decision policy {path} is unreadable or invalid: {e}") from e
 
-    severe_techniques: list[str] = Field(
-        default_factory=lambda: [
-            Technique.REDUCTIO_AD_HITLERUM.value,
-            Technique.APPEAL_TO_FEAR.value,
-            Technique.BLACK_AND_WHITE.value,
-        ]
-    )
-    block_min_score: float = Field(0.8, ge=0, le=1, description="A severe technique flagged at least this sure.")
-    harmful_block: float = Field(0.9, ge=0, le=1)
-    harmful_review: float = Field(0.5, ge=0, le=1)
-    review_min_flags: int = Field(1, ge=1, description="Review when at least this many techniques are flagged.")
 
-    @classmethod
-    def from_file(cls, path: Path | None) -> "DecisionPolicy":
-        if path is None:
-            return cls()
-        try:
-            return cls.model_validate(yaml.safe_load(path.read_text()) or {})
-        except (OSError, yaml.YAMLError, ValueError) as e:
-            raise ConfigError(f"Decision policy {path} is unreadable or invalid: {e}") from e
+def serving_policy(manifest: BundleManifest, override: DecisionPolicy | None) -> DecisionPolicy:
+    """The override, else the bundle's own policy, else the built-in technique rules (older bundles)."""
+    return override or manifest.policy or DecisionPolicy()
 
-    def decide(self, techniques: list[TechniqueScore], harmful: float | None) -> tuple[Decision, list[str]]:
-        flagged = [t for t in techniques if t.flagged]
-        severe = [t for t in flagged if t.technique in self.severe_techniques and t.score >= self.block_min_score]
-        block = [f"severe technique '{t.technique}' at {t.score:.2f}" for t in severe]
-        if harmful is not None and harmful >= self.harmful_block:
-            block.append(f"harmful score {harmful:.2f} >= {self.harmful_block}")
-        if block:
-            return Decision.BLOCK, block
-        review = []
-        if len(flagged) >= self.review_min_flags:
-            review.append("flagged: " + ", ".join(t.technique for t in sorted(flagged, key=lambda t: -t.score)))
-        if harmful is not None and harmful >= self.harmful_review:
-            review.append(f"harmful score {harmful:.2f} >= {self.harmful_review}")
-        if review:
-            return Decision.REVIEW, review
-        return Decision.ALLOW, ["no technique above its threshold"]
+
+def harm_fields(prediction: "Prediction", row: int) -> dict[str, Any] | None:
+    """`harmful_score`, `severity` and `severity_scores` of one row (None values where the bundle has no such
+    head), or None when the model gave a non-finite score."""
+    fields: dict[str, Any] = {"harmful_score": None, "severity": None, "severity_scores": None}
+    if prediction.harmful_probs is not None:
+        p = float(prediction.harmful_probs[row])
+        if not np.isfinite(p):
+            return None
+        fields["harmful_score"] = min(max(p, 0.0), 1.0)
+    if prediction.severity_probs is not None:
+        sev = prediction.severity_probs[row]
+        if not np.isfinite(sev).all():
+            return None
+        sev = np.clip(sev, 0.0, 1.0)
+        fields["severity_scores"] = [round(float(v), 6) for v in sev]
+        fields["severity"] = SEVERITY_LEVELS[int(np.argmax(sev))]
+    return fields

@@ -38,8 +38,22 @@ CPU_CALL_BATCH = 16
 
 @dataclass(frozen=True)
 class Prediction:
+    """The declared outputs of one call, by role (schemas.manifest.OutputSpec)."""
+
     technique_probs: np.ndarray  # [B, n_labels] float32
-    harmful_probs: np.ndarray | None  # [B] float32, when the bundle has a binary head
+    harmful_probs: np.ndarray | None  # [B] float32, when the bundle declares a `harm` output
+    severity_probs: np.ndarray | None = None  # [B, 3] float32, when it declares a `severity` output
+
+    @staticmethod
+    def concat(parts: "list[Prediction]") -> "Prediction":
+        def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+            return None if arrays[0] is None else np.concatenate(arrays)  # type: ignore[arg-type]
+
+        return Prediction(
+            technique_probs=np.concatenate([p.technique_probs for p in parts]),
+            harmful_probs=cat([p.harmful_probs for p in parts]),
+            severity_probs=cat([p.severity_probs for p in parts]),
+        )
 
 
 def profile_shapes(manifest: BundleManifest, max_batch: int | None = None) -> dict[str, str]:
@@ -244,12 +258,16 @@ class BundleRuntime:
 
     def run_feeds(self, feeds: dict[str, np.ndarray]) -> Prediction:
         """One ONNX Runtime call on already preprocessed inputs (the exporter's parity check uses it)."""
-        m = self.manifest
-        outputs = [m.technique_output] + ([m.harmful_output] if m.harmful_output else [])
-        result = self.session.run(outputs, feeds, self._run_options)
-        probs = np.asarray(result[0], dtype=np.float32)
-        harmful = np.asarray(result[1], dtype=np.float32).reshape(-1) if m.harmful_output else None
-        return Prediction(technique_probs=probs, harmful_probs=harmful)
+        declared = {o.role: o.name for o in self.manifest.outputs}
+        roles = [r for r in ("techniques", "harm", "severity") if r in declared]
+        result = dict(zip(roles, self.session.run([declared[r] for r in roles], feeds, self._run_options),
+                          strict=True))
+        harmful, severity = result.get("harm"), result.get("severity")
+        return Prediction(
+            technique_probs=np.asarray(result["techniques"], dtype=np.float32),
+            harmful_probs=None if harmful is None else np.asarray(harmful, dtype=np.float32).reshape(-1),
+            severity_probs=None if severity is None else np.asarray(severity, dtype=np.float32),
+        )
 
     def predict(self, images: Sequence[Image.Image], texts: Sequence[str]) -> Prediction:
         """One ONNX Runtime call per `call_batch` memes (`max_batch`, where TensorRT's profile ends; on the CPU
@@ -259,12 +277,8 @@ class BundleRuntime:
         step = self.call_batch
         if len(images) <= step:
             return self.run_feeds(self.feeds(images, texts))
-        parts = [self.predict(images[i:i + step], texts[i:i + step]) for i in range(0, len(images), step)]
-        harmful = [p.harmful_probs for p in parts]
-        return Prediction(
-            technique_probs=np.concatenate([p.technique_probs for p in parts]),
-            harmful_probs=None if harmful[0] is None else np.concatenate(harmful),  # type: ignore[arg-type]
-        )
+        return Prediction.concat(
+            [self.predict(images[i:i + step], texts[i:i + step]) for i in range(0, len(images), step)])
 
     def flags(self, prediction: Prediction) -> np.ndarray:
         """bool [B, n_labels]: a technique is flagged when its probability reaches its threshold."""

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -83,8 +84,13 @@ def run_demo(limit: int | None = None) -> int:
     summary = (f"events in: {len(events)}  verdicts out: {len(verdicts)}  dead letters: "
                f"{len(outcomes) - len(verdicts)}  cache hits: {sum(v.cached for v in verdicts)}  "
                f"events/s: {len(outcomes) / elapsed:.1f} (produce → last verdict, {elapsed:.1f}s)")
+    decisions = Counter(v.decision.value for v in verdicts)
+    policies = sorted({v.policy_id or "none" for v in verdicts})
     if model:
-        console.print(f"model {model.name} {model.version} ({model.precision}, {model.provider}); worker log: {log_path}")
+        console.print(f"model {model.name} {model.version} ({model.precision}, {model.provider}) from "
+                      f"{settings.bundle_path}; policy {', '.join(policies)}; worker log: {log_path}")
     console.print(f"[bold]{summary}[/]")
+    console.print("[bold]decisions: " + "  ".join(f"{d}: {decisions.get(d, 0)}" for d in ("allow", "review", "block"))
+                  + "[/]")
     console.print("Broker and Redis keep running for the next run (cache hits); stop them with `memeguard dev down`.")
     return 0 if len(outcomes) == len(events) else 1

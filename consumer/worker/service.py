@@ -18,7 +18,7 @@ from consumer.core.cache import VerdictCache
 from consumer.core.fetch import FetchPolicy, ImageFetcher
 from consumer.core.malloc import bound_heap
 from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
-from consumer.core.policy import DecisionPolicy
+from consumer.core.policy import load_policy_file
 from consumer.core.publish import RECORD_OVERHEAD_BYTES, OutcomePublisher, ProducerTopic
 from consumer.core.runtime import BundleRuntime
 from consumer.enrich import EnrichmentPipeline
@@ -320,7 +320,7 @@ def build_pipeline(settings: WorkerSettings) -> ModerationPipeline:
         cache=VerdictCache(settings.redis_url, settings.cache_ttl_s, settings.redis_timeout_s,
                            settings.redis_retry_after_s),
         fetcher=ImageFetcher(FetchPolicy.from_settings(settings)),
-        policy=DecisionPolicy.from_file(settings.policy_file),
+        policy=load_policy_file(settings.policy_file),
         max_event_bytes=settings.max_event_bytes,
         max_image_pixels=settings.max_image_pixels,
         enricher=enrichment.enrich if enrichment and enrichment.stages else None,
