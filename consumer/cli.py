@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Parsed by their own modules (main() hands them the rest of the line); listed here for the help.
     sub.add_parser("evaluate", add_help=False, help="evaluate a bundle through the serving runtime: "
-                   "memeguard evaluate --bundle B --data FILE.json --images DIR --out DIR")
+                   "memeguard evaluate --bundle B --data FILE.json --images DIR --out DIR (HarMeme .jsonl: no --images)")
     sub.add_parser("hash-password", add_help=False, help="print a scrypt hash for MEMEGUARD_REVIEW_USERS: "
                    "memeguard hash-password [USER] (password from the terminal or stdin)")
     for name, what in TRAINING_HELP.items():

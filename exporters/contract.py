@@ -9,7 +9,7 @@ import torch
 from schemas import ImagePreprocessing, TextPreprocessing
 
 PIXELS, IDS, MASK = "pixel_values", "input_ids", "attention_mask"
-TECHNIQUE_OUT, HARMFUL_OUT = "technique_probs", "harmful_prob"
+TECHNIQUE_OUT, HARMFUL_OUT, SEVERITY_OUT = "technique_probs", "harmful_prob", "severity_probs"
 
 
 @runtime_checkable
@@ -17,7 +17,9 @@ class ExportableModel(Protocol):
     """An eval-mode module holding the WHOLE inference graph (encoders, fusion, heads).
 
     forward(pixel_values f32[B,3,S,S], input_ids i64[B,L], attention_mask i64[B,L])
-      -> technique_probs f32[B,22]  or  (technique_probs, harmful_prob f32[B])
+      -> technique_probs f32[B,22]  or  (technique_probs, harmful_prob f32[B] [, severity_probs f32[B,3]])
+    Outputs beyond the techniques are declared by an optional `extra_outputs` list (schemas.manifest.OutputSpec
+    fields); an optional `policy` (schemas.policy.DecisionPolicy) travels into the manifest.
     """
 
     name: str

@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from exporters.contract import HARMFUL_OUT, IDS, MASK, PIXELS, TECHNIQUE_OUT
+from exporters.contract import HARMFUL_OUT, IDS, MASK, PIXELS, SEVERITY_OUT, TECHNIQUE_OUT
 from exporters.memes import Meme
 from schemas import TECHNIQUES, ImagePreprocessing, TextPreprocessing
+from schemas.policy import SEVERITY_LEVELS, DecisionPolicy
 
 TINY_IMAGE_SIZE = 32
 TINY_MAX_LENGTH = 32
@@ -45,7 +46,7 @@ def _vocab_size(tokenizer_json: str) -> int:
 class TinyFusion(nn.Module):
     """Conv image tower + bag-of-embeddings text tower, concatenated, two sigmoid heads."""
 
-    def __init__(self, vocab_size: int, seed: int = 0, harmful_head: bool = True) -> None:
+    def __init__(self, vocab_size: int, seed: int = 0, harmful_head: bool = True, severity_head: bool = False) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.image = nn.Sequential(
@@ -55,6 +56,8 @@ class TinyFusion(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(8 + 16, 32), nn.GELU(), nn.LayerNorm(32))
         self.techniques = nn.Linear(32, len(TECHNIQUES))
         self.harmful = nn.Linear(32, 1) if harmful_head else None
+        # A declared severity output and a harm policy, as the default bundle has (models/harm_train.py).
+        self.severity = nn.Linear(32, len(SEVERITY_LEVELS)) if severity_head and harmful_head else None
         # Random init gives probabilities crowded around 0.5; spread them so flags vary across memes.
         with torch.no_grad():
             self.techniques.weight.mul_(4.0)
@@ -64,6 +67,15 @@ class TinyFusion(nn.Module):
         self.thresholds = [0.5] * len(TECHNIQUES)
         self.input_names = [PIXELS, IDS, MASK]
         self.output_names = [TECHNIQUE_OUT, HARMFUL_OUT] if harmful_head else [TECHNIQUE_OUT]
+        self.extra_outputs: list[dict] = []
+        self.policy = None
+        if self.severity is not None:
+            self.output_names.append(SEVERITY_OUT)
+            self.extra_outputs = [
+                {"name": HARMFUL_OUT, "role": "harm", "kind": "binary", "labels": ["harmful"], "thresholds": [0.5]},
+                {"name": SEVERITY_OUT, "role": "severity", "kind": "categorical", "labels": list(SEVERITY_LEVELS)},
+            ]
+            self.policy = DecisionPolicy(id="tiny-harm-v1", harm_review=0.5, harm_block=0.9, review_min_flags=0)
         self.image_spec = ImagePreprocessing(size=TINY_IMAGE_SIZE)
         self.text_spec = TextPreprocessing(max_length=TINY_MAX_LENGTH)
         self.metrics: dict[str, float] = {}
@@ -81,11 +93,15 @@ class TinyFusion(nn.Module):
         probs = torch.sigmoid(self.techniques(h))
         if self.harmful is None:
             return probs
-        return probs, torch.sigmoid(self.harmful(h)).squeeze(-1)
+        harmful = torch.sigmoid(self.harmful(h)).squeeze(-1)
+        if self.severity is None:
+            return probs, harmful
+        return probs, harmful, torch.softmax(self.severity(h), dim=-1)
 
 
-def tiny_model(seed: int = 0, harmful_head: bool = True) -> TinyFusion:
-    return TinyFusion(_vocab_size(tiny_tokenizer_json()), seed=seed, harmful_head=harmful_head)
+def tiny_model(seed: int = 0, harmful_head: bool = True, severity_head: bool = False) -> TinyFusion:
+    return TinyFusion(_vocab_size(tiny_tokenizer_json()), seed=seed, harmful_head=harmful_head,
+                      severity_head=severity_head)
 
 
 def synthetic_memes(n: int, seed: int = 0) -> list[Meme]:
@@ -100,12 +116,13 @@ def synthetic_memes(n: int, seed: int = 0) -> list[Meme]:
     return out
 
 
-def write_tiny_run(run_dir: Path | str, seed: int = 0, harmful_head: bool = True) -> Path:
+def write_tiny_run(run_dir: Path | str, seed: int = 0, harmful_head: bool = True, severity_head: bool = False) -> Path:
     """A run directory shaped like a `models` training run, loadable with `load_tiny_run`."""
     run = Path(run_dir)
     (run / "tokenizer").mkdir(parents=True, exist_ok=True)
     (run / "tokenizer" / "tokenizer.json").write_text(tiny_tokenizer_json())
-    (run / TINY_MARKER).write_text(json.dumps({"seed": seed, "harmful_head": harmful_head}))
+    (run / TINY_MARKER).write_text(json.dumps({"seed": seed, "harmful_head": harmful_head,
+                                               "severity_head": severity_head}))
     (run / "thresholds.json").write_text(json.dumps(dict.fromkeys(TECHNIQUES, 0.5)))
     return run
 
@@ -113,10 +130,10 @@ def write_tiny_run(run_dir: Path | str, seed: int = 0, harmful_head: bool = True
 def load_tiny_run(run_dir: str) -> TinyFusion:
     """Loader for `exporters.cli export --loader exporters.testing:load_tiny_run`."""
     cfg = json.loads((Path(run_dir) / TINY_MARKER).read_text())
-    return tiny_model(seed=cfg["seed"], harmful_head=cfg["harmful_head"])
+    return tiny_model(seed=cfg["seed"], harmful_head=cfg["harmful_head"], severity_head=cfg.get("severity_head", False))
 
 
-def write_tiny_bundle(out_dir: Path | str, seed: int = 0) -> Path:
+def write_tiny_bundle(out_dir: Path | str, seed: int = 0, severity_head: bool = False) -> Path:
     """Export a tiny random fusion network as a complete fp32 bundle (manifest, sha256s, golden set).
 
     No real data is needed: the golden set is synthetic. Different seeds give different weights, hence
@@ -126,7 +143,7 @@ def write_tiny_bundle(out_dir: Path | str, seed: int = 0) -> Path:
 
     out = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:  # the bundle copies what it needs from the run
-        run = write_tiny_run(Path(tmp) / "run", seed=seed)
+        run = write_tiny_run(Path(tmp) / "run", seed=seed, severity_head=severity_head)
         export_bundle(
             load_tiny_run(str(run)), run, out, precision="fp32", parity_memes=None,
             golden_memes=synthetic_memes(4, seed=seed), show_progress=False,

@@ -25,7 +25,7 @@ from scoring.harm import (
     review_cutoff_for_recall,
 )
 
-HARM_OUT, SEVERITY_OUT = "harmful_prob", "severity_probs"
+HARM_OUT, SEVERITY_OUT = "harmful_prob", "severity_probs"  # = exporters.contract names
 TRAINED_ON = f"HarMeme {' + '.join(POOL_FILES)} (text only)"
 
 

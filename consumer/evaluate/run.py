@@ -21,6 +21,7 @@ from tqdm import tqdm
 from consumer.core.hashing import content_hash
 from consumer.core.runtime import BundleRuntime
 from consumer.errors import ConfigError, MemeguardError
+from consumer.evaluate.harmeme import is_harmeme_file
 from scoring.metrics import micro_f1, multilabel_report  # noqa: F401 (re-exported: parity, replay, calibrate)
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,10 @@ def evaluate(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memeguard evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--bundle", required=True, type=Path, help="model bundle directory (or symlink)")
-    p.add_argument("--data", required=True, type=Path, help="SemEval-format JSON (or JSONL) records")
-    p.add_argument("--images", required=True, type=Path, help="folder the records' 'image' names are in")
+    p.add_argument("--data", required=True, type=Path,
+                   help="SemEval-format JSON (or JSONL) records, or a HarMeme annotation .jsonl (scored from text)")
+    p.add_argument("--images", type=Path,
+                   help="folder the records' 'image' names are in (SemEval files; not used for HarMeme files)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--providers", default="auto", help="auto | tensorrt | cuda | cpu")
@@ -176,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if not args.images.is_dir():
+        if is_harmeme_file(args.data):
+            return _main_harmeme(args)
+        if args.images is None or not args.images.is_dir():
             raise ConfigError(f"--images {args.images} is not a folder. Pass the folder holding the images.")
         records = load_records(args.data)
         runtime = BundleRuntime.load(args.bundle, providers=args.providers)
@@ -189,6 +194,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"micro-F1 {report['micro_f1']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
               f"({report['n_evaluated']} labelled records)  report: {args.out / 'report.json'}")
         print(f"in training data: {report['in_training_data']}")
+    return 0
+
+
+def _main_harmeme(args: argparse.Namespace) -> int:
+    from consumer.evaluate.harmeme import evaluate_harmeme
+
+    runtime = BundleRuntime.load(args.bundle, providers=args.providers)
+    report = evaluate_harmeme(runtime, args.data, args.out, batch_size=args.batch_size,
+                              progress=not args.no_progress)
+    b, t, d = report["binary"], report["three_class"], report["decisions"]
+    print(f"predictions: {args.out / 'predictions.jsonl'}  report: {args.out / 'report.json'}")
+    print(f"harmful (binary): AUROC {b['auroc']:.4f}  accuracy {b['accuracy']:.4f}  macro-F1 {b['macro_f1']:.4f}  "
+          f"({report['n_evaluated']} records)")
+    print(f"severity (3-class): accuracy {t['accuracy']:.4f}  macro-F1 {t['macro_f1']:.4f}")
+    print(f"decisions ({report['policy']}): allow {d['allow_rate']:.3f}  review {d['review_rate']:.3f}  "
+          f"block {d['block_rate']:.3f}  harmful caught {d['harmful_caught']:.3f}")
+    print(f"in training data: {report['in_training_data']}")
     return 0
 
 
