@@ -38,7 +38,9 @@ def verdict_for(e, decision: str, image: bytes) -> Verdict:
                                  flagged=t == "Smears") for t in TECHNIQUES]
     return Verdict(event_id=e.event_id, post_id=e.post_id, author_id="auth", content_hash=content_hash(image, e.text),
                    model=ModelInfo(name="m", version="1"), techniques=techniques, decision=Decision(decision),
-                   reasons=["Smears above its review threshold"], harmful_score=0.73, explanation="It <b>smears</b>.")
+                   reasons=["harmful score 0.73 >= 0.41"], harmful_score=0.73, severity="somewhat harmful",
+                   severity_scores=[0.3, 0.6, 0.1], policy_id="memeguard-default-harm-v1",
+                   explanation="It <b>smears</b>.")
 
 
 def settings_for(stack, topics, **auth) -> ReviewSettings:
@@ -113,6 +115,10 @@ def test_queue_shows_the_meme_escapes_hostile_text_and_publishes_decisions(stack
     assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in html
     assert "It &lt;b&gt;smears&lt;/b&gt;." in html  # the explanation is escaped too
     assert "0.730" in html and "Smears — 0.910" in html
+    # The card says how harmful, how severe, and which rule of which policy sent it here.
+    assert 'id="severity">somewhat harmful<' in html and "0.30 / 0.60 / 0.10" in html
+    assert 'id="policy">decided by policy <strong>memeguard-default-harm-v1</strong>' in html
+    assert "<li>harmful score 0.73 &gt;= 0.41</li>" in html
     assert 'id="moderator">alice<' in html and 'id="dev-banner"' not in html
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert '<script src="/static/review.js" defer></script>' in html
