@@ -89,7 +89,10 @@ class ControlCommand(BaseModel):
 
 def bundle_path_of(uri: str) -> Path:
     """A bundle URI as a local path: `/path`, `relative/path` or `file:///path`; other schemes are refused."""
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+    except ValueError as e:  # e.g. an unclosed `[` of an IPv6 host
+        raise ConfigError(f"Bundle URI {uri!r} is not a URI: {e}; give a local path or a file:// URI.") from e
     if len(parsed.scheme) == 1:  # a Windows drive letter is no scheme
         return Path(uri)
     if parsed.scheme not in BUNDLE_SCHEMES:

@@ -20,6 +20,7 @@ path it had, which keeps reloading as before.
 
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,18 +43,18 @@ def bundle_key(path: Path) -> str | None:
     Including the files' stats means a bundle copied in place file by file (manifest first) is retried
     once the copy completes instead of staying rejected. None when there is no manifest (yet).
     """
-    root = path.resolve()
     try:
+        root = path.resolve()
         manifest_bytes = (root / MANIFEST).read_bytes()
-    except OSError:
+    except (OSError, ValueError):  # missing, unreadable, or no path at all (a NUL byte in a command's path)
         return None
-    digest = hashlib.sha256(str(root).encode() + b"\0" + manifest_bytes)
+    digest = hashlib.sha256(os.fsencode(root) + b"\0" + manifest_bytes)  # any file name, UTF-8 or not
     try:
         manifest = ModelBundle.load(root, verify=False).manifest
         for f in manifest.files:
             st = (root / f.path).stat()
             digest.update(f"{f.path}:{st.st_size}:{st.st_mtime_ns}".encode())
-    except (BundleError, OSError):
+    except (BundleError, OSError, ValueError):
         digest.update(b"incomplete")
     return digest.hexdigest()
 
