@@ -15,7 +15,8 @@ from consumer.errors import ConfigError
 from consumer.kafka.topics import is_loopback, prepare_topics
 from consumer.ops.metrics import PipelineMetrics
 from consumer.settings import KafkaSettings, WorkerSettings
-from consumer.worker.service import enrichment_fingerprint, process_isolating_failures
+from consumer.worker.batches import process_isolating_failures
+from consumer.worker.service import enrichment_fingerprint
 from schemas import DeadLetter, Decision, ErrorKind, MemeEvent, Origin, Verdict
 from tests.generative import valid_event
 from tests.inprocess import MemoryTopic, build_pipeline, write_image_root
@@ -265,3 +266,27 @@ def test_a_one_pixel_wide_image_is_a_verdict_not_an_internal_error(pipeline, fmt
     doc = valid_event(f"ev-thin-{fmt}-{size[0]}", None) | {"image_b64": base64.b64encode(buf.getvalue()).decode()}
     _, verdicts, dlq = run(pipeline, records(json.dumps(doc).encode()))
     assert dead_letters(dlq) == [] and len(verdicts.messages) == 1
+
+
+def test_the_bundle_in_use_decides_with_its_own_policy_and_says_so(pipeline, tmp_path) -> None:
+    from consumer.core.runtime import BundleRuntime
+    from exporters.testing import write_tiny_bundle
+
+    # A hot reload swaps model and policy together: the harm bundle's policy, then the older bundle's rules.
+    pipeline.policy_override = None
+    harm = BundleRuntime.load(write_tiny_bundle(tmp_path / "harm", seed=2, severity_head=True), providers="cpu")
+    original, pipeline.runtime = pipeline.runtime, harm
+    _, verdicts, _ = run(pipeline, records(json.dumps(valid_event("ev-h1", None)).encode()))
+    [v] = [Verdict.model_validate_json(x) for _, x in verdicts.messages]
+    assert v.policy_id == "tiny-harm-v1" and v.harmful_score is not None
+    assert v.severity in ("not harmful", "somewhat harmful", "very harmful") and len(v.severity_scores) == 3
+    expected = harm.manifest.policy.decide(v.techniques, v.harmful_score, v.severity_scores)
+    assert (v.decision, v.reasons) == expected
+    pipeline.runtime = original
+    _, verdicts, _ = run(pipeline, records(json.dumps(valid_event("ev-h2", None)).encode()))
+    [v] = [Verdict.model_validate_json(x) for _, x in verdicts.messages]
+    assert v.policy_id == DecisionPolicy().id and v.severity is None
+    # A deployment's override file wins over the bundle, and is named.
+    pipeline.policy_override, pipeline.runtime = DecisionPolicy(id="file:ops.yaml"), harm
+    _, verdicts, _ = run(pipeline, records(json.dumps(valid_event("ev-h3", None)).encode()))
+    assert Verdict.model_validate_json(verdicts.messages[0][1]).policy_id == "file:ops.yaml"
