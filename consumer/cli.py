@@ -3,8 +3,10 @@ and export. Training and export run in their own modules (models.cli, exporters.
 serving side never imports torch."""
 
 import argparse
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -30,8 +32,34 @@ TRAINING_HELP = {
 }
 
 
-def _forward(module: str, command: str, rest: list[str]) -> int:
+def _forward(outer: str, module: str, command: str, rest: list[str]) -> int:
+    """Run a training-environment command in its own module. Its help names it as the user typed it
+    (`memeguard bundle`, not the module's own `memeguard build-default`)."""
+    if "-h" in rest or "--help" in rest:
+        import re
+
+        done = subprocess.run([sys.executable, "-m", module, command, *rest], capture_output=True, text=True)
+        rename = re.compile(rf"\bmemeguard {re.escape(command)}(?![\w-])")
+        sys.stdout.write(rename.sub(f"memeguard {outer}", done.stdout))
+        sys.stderr.write(rename.sub(f"memeguard {outer}", done.stderr))
+        return done.returncode
     return subprocess.call([sys.executable, "-m", module, command, *rest])
+
+
+def _positive(kind: type) -> "Callable[[str], float]":
+    """An argparse type: a number above zero (a rate of -5 or a limit of 0 is a typo, not a request)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -64,19 +92,39 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from consumer import paths
-    from consumer.demo.produce import check_images, new_run_id, produce_events, read_folder, read_semeval, to_events
-    from consumer.settings import KafkaSettings
+    from consumer.demo.produce import (
+        check_file_root,
+        check_images,
+        new_run_id,
+        produce_events,
+        read_folder,
+        read_semeval,
+        to_events,
+    )
+    from consumer.kafka.topics import prepare_topics, wait_for_broker
+    from consumer.settings import WorkerSettings
 
-    s = KafkaSettings()
+    s = WorkerSettings()  # the worker's file root and image formats decide what it will accept
     if args.folder:
-        sources = read_folder(Path(args.folder))
+        sources, skipped = read_folder(Path(args.folder), s.image_formats)
+        if skipped:
+            kinds = ", ".join(sorted({p.suffix.lower() for p in skipped}))
+            err.print(escape(f"note: skipped {len(skipped)} file(s) ({kinds}) in {args.folder}, e.g. "
+                             f"{skipped[0].name}: the worker decodes only {', '.join(s.image_formats)} "
+                             "(MEMEGUARD_IMAGE_FORMATS)"), soft_wrap=True)
     else:
         sources = read_semeval(Path(args.data or paths.semeval_dir() / "dev.json"),
                                Path(args.images) if args.images else None)
     sources = sources[: args.limit]
     check_images(sources)
+    if not args.inline:
+        check_file_root(sources, s.file_root)
     events = list(to_events(sources, args.run_id or new_run_id(), args.inline, args.labels))
-    n = produce_events(s.kafka_bootstrap, args.topic or s.input_topic, events, rate=args.rate)
+    topic = args.topic or s.input_topic
+    if events:  # a missing topic follows MEMEGUARD_CREATE_TOPICS, never the broker's auto-creation
+        wait_for_broker(s.kafka_bootstrap, s.connect_timeout_s)
+        prepare_topics(s, [topic])
+    n = produce_events(s.kafka_bootstrap, topic, events, rate=args.rate) if events else 0
     print(f"{n} events acknowledged by {s.kafka_bootstrap}")
     if n == 0:  # a script chaining `produce && …` must not go on as if memes were sent
         err.print("[bold red]error:[/] nothing was published (no memes selected)")
@@ -85,23 +133,54 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    import json
+
     from rich.live import Live
 
-    from consumer.display import add_outcome, outcome_table
-    from consumer.kafka.outputs import read_outputs
+    from consumer.display import add_outcome, outcome_line, outcome_table
+    from consumer.kafka.outputs import decode_output, read_records
     from consumer.settings import KafkaSettings
 
     s = KafkaSettings()
-    # --follow: like `tail -f`, from the newest record on, until Ctrl-C (or --max / --deadline).
-    table = outcome_table(f"{s.output_topic} + {s.dlq_topic}" + (" (following)" if args.follow else ""))
-    with Live(table, console=Console(), refresh_per_second=4):
-        for n, out in enumerate(read_outputs(s.kafka_bootstrap, s.output_topic, s.dlq_topic,
-                                             idle_timeout_s=None if args.follow else args.idle,
-                                             deadline_s=args.deadline, from_end=args.follow), 1):
-            add_outcome(table, out)
-            if args.max and n >= args.max:
+    topics = args.topic or [s.output_topic, s.dlq_topic]
+    kinds = {s.output_topic: "verdict", s.dlq_topic: "dead_letter"}
+
+    def ready(present: list[str], missing: list[str]) -> None:
+        for topic in missing:
+            print(f"note: topic {topic} does not exist on {s.kafka_bootstrap} (yet)", file=sys.stderr, flush=True)
+        if args.follow:  # after the assignment: a record published from here on is printed
+            print(f"following {', '.join(present) or '(no topic)'} from now on (Ctrl-C stops)", file=sys.stderr,
+                  flush=True)
+
+    records = read_records(s.kafka_bootstrap, topics, last=None if args.follow else args.max, follow=args.follow,
+                           deadline_s=args.deadline, on_ready=ready)
+    as_table = not args.json and sys.stdout.isatty()  # a pipe gets one line per record, flushed as it comes
+    table = outcome_table(", ".join(topics) + (" (following)" if args.follow else ""))
+    live = Live(table, console=Console(), refresh_per_second=4) if as_table else None
+    if live is not None:
+        live.start()
+    try:
+        for n, record in enumerate(records, 1):
+            if args.json:
+                print(json.dumps(decode_output(record.value), separators=(",", ":")), flush=True)
+            else:
+                out = decode_output(record.value, kinds.get(record.topic))
+                if live is not None:
+                    add_outcome(table, out, record.topic)
+                else:
+                    print(outcome_line(out, record.topic), flush=True)
+            if args.follow and args.max and n >= args.max:
                 break
+    finally:
+        if live is not None:
+            live.stop()
     return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from consumer.review.auth import main as auth_main
+
+    return auth_main(["hash-password", *([args.user] if args.user else [])])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -214,6 +293,9 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memeguard", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the Kafka client's own (librdkafka) log lines (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="run the moderation worker (settings from MEMEGUARD_* variables)")
     worker.add_argument("--processes", type=int, default=1, metavar="N",
@@ -223,9 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     dev = sub.add_parser("dev", help="embedded broker + redis on loopback")
-    dev.add_argument("action", choices=["up", "down", "status"])
-    dev.add_argument("--kafka-port", type=int, default=19092)
-    dev.add_argument("--redis-port", type=int, default=16379)
+    dev.add_argument("action", choices=["up", "down", "status"], help="start, stop, or show the broker and redis")
+    dev.add_argument("--kafka-port", type=int, default=19092, help="broker port on 127.0.0.1 (default: 19092)")
+    dev.add_argument("--redis-port", type=int, default=16379, help="redis-server port on 127.0.0.1 (default: 16379)")
     dev.add_argument("--broker", choices=["kafka", "tansu"], default=None,
                      help="up: Apache Kafka (KRaft, JVM) or Tansu; default: the one running, else "
                           "MEMEGUARD_DEV_BROKER (kafka)")
@@ -234,25 +316,35 @@ def build_parser() -> argparse.ArgumentParser:
     prod = sub.add_parser("produce", help="publish memes (SemEval-format file or an image folder) as MemeEvents")
     prod.add_argument("--data", help="SemEval-format JSON (default: the shipped dev split)")
     prod.add_argument("--images", help="images folder (default: images/ beside --data)")
-    prod.add_argument("--folder", help="publish every image in this folder instead (no text)")
-    prod.add_argument("--limit", type=int)
-    prod.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
-    prod.add_argument("--inline", action="store_true", help="embed images as base64 instead of file:// URLs")
+    prod.add_argument("--folder", help="publish every image in this folder instead (no text; formats the worker "
+                                       "does not decode are skipped with a note)")
+    prod.add_argument("--limit", type=int, metavar="N", help="publish only the first N memes (default: all)")
+    prod.add_argument("--rate", type=_positive(float), metavar="PER_S",
+                      help="events per second, > 0 (default: as fast as possible)")
+    prod.add_argument("--inline", action="store_true",
+                      help="embed images as base64 instead of file:// URLs (needed for images outside the "
+                           "worker's MEMEGUARD_FILE_ROOT)")
     prod.add_argument("--labels", action="store_true", help="carry gold labels (for replay evaluation)")
     prod.add_argument("--run-id", help="event id prefix (default: random)")
-    prod.add_argument("--topic")
+    prod.add_argument("--topic", help="topic to publish to (default: MEMEGUARD_INPUT_TOPIC, memes.raw); a missing "
+                                      "one is created only as MEMEGUARD_CREATE_TOPICS allows")
     prod.set_defaults(func=cmd_produce)
 
-    tail = sub.add_parser("tail", help="print verdicts and dead letters as a table")
-    tail.add_argument("--max", type=int, help="stop after this many")
-    tail.add_argument("--idle", type=float, default=5.0, help="stop after this many seconds without news")
+    tail = sub.add_parser("tail", help="print verdicts and dead letters (or any topic's records) as a table or JSON")
+    tail.add_argument("--max", type=_positive(int), metavar="N",
+                      help="the newest N records (with -f: stop after N new ones); default: all")
     tail.add_argument("-f", "--follow", action="store_true",
-                      help="only new verdicts from now on, and keep waiting for more (Ctrl-C stops)")
-    tail.add_argument("--deadline", type=float, default=3600.0)
+                      help="only new records from now on, and keep waiting for more (Ctrl-C stops)")
+    tail.add_argument("--topic", action="append", metavar="TOPIC",
+                      help="read this topic instead (repeatable), e.g. memeguard.alerts, memes.shadow, memes.reviews; "
+                           "default: MEMEGUARD_OUTPUT_TOPIC and MEMEGUARD_DLQ_TOPIC")
+    tail.add_argument("--json", action="store_true", help="one JSON record per line (for jq), instead of a table")
+    tail.add_argument("--deadline", type=float, default=3600.0, metavar="S",
+                      help="stop after this many seconds in any case (default: 3600)")
     tail.set_defaults(func=cmd_tail)
 
     demo = sub.add_parser("demo", help="end to end: broker, redis, default bundle, 63 dev memes → verdicts")
-    demo.add_argument("--limit", type=int)
+    demo.add_argument("--limit", type=int, metavar="N", help="moderate only the first N memes (default: all 63)")
     demo.set_defaults(func=cmd_demo)
 
     rp = sub.add_parser("replay", help="evaluate a bundle on a labelled topic: verdicts, report.json, report.html")
@@ -262,12 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--compare-bundle", help="a second bundle, replayed on the same events and compared")
     rp.add_argument("--labels-file", help="JSON/JSONL {id, labels} joined by event id or post id")
     rp.add_argument("--verdicts-topic", help="also publish the verdicts to this topic")
-    rp.add_argument("--batch-size", type=int, default=32)
+    rp.add_argument("--batch-size", type=int, default=32, help="events per model call (default: 32)")
     rp.add_argument("--no-cache", action="store_true", help="do not read or write the Redis verdict cache")
-    rp.add_argument("--no-progress", action="store_true")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.add_argument("--metrics-port", type=int, default=0, help="serve /metrics while replaying (0 = off)")
     rp.add_argument("--idle-timeout", type=float, default=60.0, help="give up after this long without records")
-    rp.add_argument("--log-format", choices=["text", "json"])
+    rp.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON")
     rp.set_defaults(func=cmd_replay)
 
     al = sub.add_parser("alert", help="raise alerts from verdicts (YAML rules) to a topic and webhooks")
@@ -291,9 +383,17 @@ def build_parser() -> argparse.ArgumentParser:
         ro.set_defaults(func=cmd_rollout)
 
     schemas = sub.add_parser("schemas", help="JSON Schema of every wire contract")
-    schemas.add_argument("action", choices=["export"])
-    schemas.add_argument("dir")
+    schemas.add_argument("action", choices=["export"], help="write one JSON Schema file per contract")
+    schemas.add_argument("dir", help="output folder")
     schemas.set_defaults(func=cmd_schemas)
+
+    hp = sub.add_parser("hash-password", help="print a scrypt hash for MEMEGUARD_REVIEW_USERS: "
+                        "memeguard hash-password [USER] (password from the terminal or stdin)",
+                        description="Print a scrypt hash of a password read from the terminal (asked twice) or "
+                                    "from the first line of stdin, for MEMEGUARD_REVIEW_USERS.")
+    hp.add_argument("user", nargs="?", metavar="USER",
+                    help='print {"USER": hash}, ready for MEMEGUARD_REVIEW_USERS (default: the hash alone)')
+    hp.set_defaults(func=cmd_hash_password)
 
     from consumer.learning.cli import register as register_learning
 
@@ -302,32 +402,79 @@ def build_parser() -> argparse.ArgumentParser:
     # Parsed by their own modules (main() hands them the rest of the line); listed here for the help.
     sub.add_parser("evaluate", add_help=False, help="evaluate a bundle through the serving runtime: "
                    "memeguard evaluate --bundle B --data FILE.json --images DIR --out DIR (HarMeme .jsonl: no --images)")
-    sub.add_parser("hash-password", add_help=False, help="print a scrypt hash for MEMEGUARD_REVIEW_USERS: "
-                   "memeguard hash-password [USER] (password from the terminal or stdin)")
     for name, what in TRAINING_HELP.items():
         sub.add_parser(name, add_help=False, help=f"(training environment) {what}")
     return parser
 
 
+# One-shot commands that talk to the broker: before they start, the broker must answer within
+# MEMEGUARD_CONNECT_TIMEOUT_S, else one sentence. (The services wait MEMEGUARD_STARTUP_TIMEOUT_S themselves;
+# produce, rollout and rollback check their input first, then wait MEMEGUARD_CONNECT_TIMEOUT_S.)
+BROKER_COMMANDS = {"tail", "replay", "dataset", "shadow", "compare", "promote"}
+GLOBAL_FLAGS = ("--debug", "--verbose")
+
+
+def _say(label: str, message: str) -> None:
+    """One line on stderr, however long: no wrapping, no newlines from the message."""
+    err.print(f"[bold red]{label}[/] " + escape(" ".join(str(message).split())), soft_wrap=True)
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Settings every command reads, checked before any work: a bad value is one sentence (exit 2), not a
+    traceback from deep inside (logging's dictConfig, redis-py) or 30 s of librdkafka retries."""
+    from consumer.ops.logs import check_log_level
+
+    check_log_level(os.environ.get("MEMEGUARD_LOG_LEVEL", "info"))
+    check_redis_url(os.environ.get("MEMEGUARD_REDIS_URL", ""))
+    if args.command in BROKER_COMMANDS and not getattr(args, "dry_run", False):
+        from consumer.kafka.topics import wait_for_broker
+        from consumer.settings import KafkaSettings
+
+        s = KafkaSettings()
+        wait_for_broker(s.kafka_bootstrap, s.connect_timeout_s)
+
+
+def check_redis_url(url: str) -> None:
+    from consumer.errors import ConfigError
+
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if url and (not sep or scheme.lower() not in ("redis", "rediss", "unix")):
+        where = (rest if sep else url) or "127.0.0.1:6379"
+        raise ConfigError(f"MEMEGUARD_REDIS_URL {url!r} is not a Redis URL: write it with its scheme, e.g. "
+                          f"redis://{where}{'' if '/' in where else '/0'} (rediss:// for TLS, unix:// for a "
+                          "socket), or set it empty to run without Redis.")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = set()
+    while argv and argv[0] in GLOBAL_FLAGS:
+        flags.add(argv.pop(0))
+    if argv and argv[0] not in TRAINING_COMMANDS:  # a training command's line goes on untouched
+        flags |= {a for a in argv if a in GLOBAL_FLAGS}
+        argv = [a for a in argv if a not in GLOBAL_FLAGS]
+    debug = "--debug" in flags
+    if "--verbose" in flags:  # librdkafka's own log lines, for every Kafka client of this process and its children
+        os.environ["MEMEGUARD_KAFKA_CLIENT_LOGS"] = "true"
     if argv and argv[0] in TRAINING_COMMANDS:
-        return _forward(*TRAINING_COMMANDS[argv[0]], argv[1:])
-    if argv and argv[0] == "evaluate":
-        from consumer.evaluate.run import main as evaluate_main
-
-        return evaluate_main(argv[1:])
-    if argv and argv[0] == "hash-password":
-        from consumer.review.auth import main as auth_main
-
-        return auth_main(argv)
-    args = build_parser().parse_args(argv)
+        return _forward(argv[0], *TRAINING_COMMANDS[argv[0]], argv[1:])
     try:
+        if argv and argv[0] == "evaluate":
+            from consumer.evaluate.run import main as evaluate_main
+
+            return evaluate_main(argv[1:])
+        args = build_parser().parse_args(argv)
+        _preflight(args)
         return args.func(args)
     except MemeguardError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        if debug:
+            raise
+        _say("error:", str(e))
         return 2
     except ValidationError as e:  # a MEMEGUARD_* setting that does not parse: name it, no traceback
+        if debug:
+            raise
         for problem in e.errors():
             names = [str(part) for part in problem["loc"] if isinstance(part, str)]
             items = [f"item {part + 1}" for part in problem["loc"] if isinstance(part, int)]  # within a list
@@ -335,10 +482,15 @@ def main(argv: list[str] | None = None) -> int:
             message = problem["msg"].removeprefix("Value error, ")
             if items:
                 message = f"{', '.join(items)}: {message}"
-            err.print("[bold red]invalid setting:[/] " + escape(f"MEMEGUARD_{where}: {message}" if where else message))
+            _say("invalid setting:", f"MEMEGUARD_{where}: {message}" if where else message)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # not foreseen: still one line; the traceback is one flag away
+        if debug:
+            raise
+        _say("error:", f"{type(e).__name__}: {e} (unexpected; run again with --debug for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ class KafkaSettings(BaseSettings):
     topic_replication_factor: int = Field(-1, ge=-1, description="For topics memeguard creates; -1 = broker default.")
     create_topics: Literal["auto", "always", "never"] = Field(
         "auto", description="Create missing topics: auto = only on a loopback (development) broker.")
+    connect_timeout_s: float = Field(
+        15.0, gt=0, description="How long one-shot commands (produce, tail, replay, rollout, dataset, shadow, "
+                                "compare, promote) wait for the broker before one clear error.")
 
     @field_validator("control_key", mode="before")
     @classmethod

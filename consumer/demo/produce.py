@@ -15,7 +15,11 @@ from consumer.errors import ConfigError
 from consumer.kafka.config import client_config
 from schemas import MemeEvent
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
+# File name suffixes of the formats the worker can decode (MEMEGUARD_IMAGE_FORMATS); other image files in a
+# folder are skipped with a note: published, they would only become image_undecodable dead letters.
+FORMAT_SUFFIXES = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "WEBP": (".webp",), "GIF": (".gif",)}
+OTHER_IMAGE_SUFFIXES = (".bmp", ".tif", ".tiff", ".ico", ".heic", ".heif", ".avif", ".jxl", ".svg", ".psd")
+IMAGE_SUFFIXES = {s for suffixes in FORMAT_SUFFIXES.values() for s in suffixes}
 
 
 @dataclass(frozen=True)
@@ -39,13 +43,31 @@ def read_semeval(data_file: Path, images_dir: Path | None = None) -> list[MemeSo
     return [MemeSource(str(r["id"]), images_dir / r["image"], r.get("text"), r.get("labels")) for r in records]
 
 
-def read_folder(folder: Path) -> list[MemeSource]:
+def read_folder(folder: Path, formats: list[str] | None = None) -> tuple[list[MemeSource], list[Path]]:
+    """The images in `folder` the worker decodes (`formats`, default all it can), and the image files skipped."""
     if not folder.is_dir():
         raise ConfigError(f"Folder {folder} does not exist.")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    accepted = {s for f in (formats or FORMAT_SUFFIXES) for s in FORMAT_SUFFIXES.get(f, ())}
+    known = set(OTHER_IMAGE_SUFFIXES) | IMAGE_SUFFIXES
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in accepted)
+    skipped = sorted(p for p in folder.iterdir() if p.suffix.lower() in known - accepted)
     if not files:
-        raise ConfigError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}.")
-    return [MemeSource(p.stem, p, None, None) for p in files]
+        raise ConfigError(f"No images the worker decodes ({', '.join(sorted(accepted))}) in {folder}"
+                          + (f"; {len(skipped)} other image file(s) there, e.g. {skipped[0].name}, would be refused."
+                             if skipped else "."))
+    return [MemeSource(p.stem, p, None, None) for p in files], skipped
+
+
+def check_file_root(sources: list[MemeSource], file_root: Path) -> None:
+    """A file:// reference outside the worker's MEMEGUARD_FILE_ROOT is a forbidden_url dead letter: say so
+    before publishing anything."""
+    root = file_root.resolve()
+    outside = [s.image_path for s in sources if not s.image_path.resolve().is_relative_to(root)]
+    if outside:
+        raise ConfigError(f"{len(outside)} of {len(sources)} images (e.g. {outside[0]}) lie outside "
+                          f"MEMEGUARD_FILE_ROOT ({root}), so the worker would dead-letter them as forbidden_url: "
+                          "pass --inline to embed them in the events, or point MEMEGUARD_FILE_ROOT (the workers' "
+                          "and this command's) at a folder that holds them.")
 
 
 def check_images(sources: list[MemeSource]) -> None:

@@ -28,6 +28,9 @@ class KafkaSecurity(BaseSettings):
     ssl_certfile: Path | None = None  # client certificate, for brokers that require mutual TLS
     ssl_keyfile: Path | None = None
     ssl_key_password: SecretStr | None = None
+    # librdkafka's own log lines (every refused connect, a dozen lines per retry): off unless asked for
+    # (`memeguard --verbose …` sets it); our one-sentence errors say what went wrong.
+    client_logs: bool = False
 
     @model_validator(mode="after")
     def _complete(self) -> "KafkaSecurity":
@@ -91,4 +94,6 @@ class KafkaSecurity(BaseSettings):
 
 def client_config(bootstrap: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """confluent-kafka configuration: the bootstrap servers, the security settings, then `extra`."""
-    return {"bootstrap.servers": bootstrap, **KafkaSecurity().librdkafka(), **(extra or {})}
+    security = KafkaSecurity()
+    quiet = {} if security.client_logs else {"log_level": 2}  # librdkafka: critical only (3 = error lines)
+    return {"bootstrap.servers": bootstrap, **quiet, **security.librdkafka(), **(extra or {})}

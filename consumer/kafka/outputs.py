@@ -6,11 +6,12 @@ slow first join some brokers impose.
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from consumer.kafka.config import client_config
+from consumer.kafka.topic_reader import Record
 from schemas import DeadLetter, Verdict
 
 
@@ -47,6 +48,82 @@ def read_outputs(bootstrap: str, verdict_topic: str, dlq_topic: str, idle_timeou
             last = time.monotonic()
             model = Verdict if msg.topic() == verdict_topic else DeadLetter
             yield model.model_validate(json.loads(msg.value()))
+    finally:
+        consumer.close()
+
+
+def decode_output(value: bytes | None, kind: str | None = None) -> "Verdict | DeadLetter | object":
+    """A record value as a Verdict (`kind` "verdict"), a DeadLetter ("dead_letter") or, for any other topic or
+    a value that does not parse as one, its JSON (or its text)."""
+    if value is None:
+        return None
+    model = {"verdict": Verdict, "dead_letter": DeadLetter}.get(kind or "")
+    if model is not None:
+        try:
+            return model.model_validate_json(value)
+        except ValueError:
+            pass
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value.decode("utf-8", "replace")
+
+
+def read_records(bootstrap: str, topics: list[str], last: int | None = None, follow: bool = False,
+                 deadline_s: float = 3600.0,
+                 on_ready: Callable[[list[str], list[str]], None] | None = None) -> Iterator[Record]:
+    """The records of `topics` (`memeguard tail`).
+
+    Not following: everything up to the end each partition had when the read began, in timestamp order, or
+    with `last` only the newest `last` records (each partition is read from `last` before its end: the newest
+    N overall are among them). Following: only records published after the read began, as they come, until
+    the deadline. `on_ready(present, missing)` is called once the partitions are assigned."""
+    consumer = Consumer(client_config(bootstrap, {"group.id": "memeguard-reader", "enable.auto.commit": False,
+                                                  "fetch.message.max.bytes": 16 * 1024 * 1024}))
+    try:
+        metadata = consumer.list_topics(timeout=10).topics
+        present = [t for t in topics if t in metadata]
+        assignment, ends = [], {}
+        for topic in present:
+            for p in metadata[topic].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                start = high if follow else max(low, high - last) if last else low
+                if follow or high > start:
+                    assignment.append(TopicPartition(topic, p, start))
+                    ends[(topic, p)] = high
+        consumer.assign(assignment)
+        if on_ready is not None:
+            on_ready(present, [t for t in topics if t not in metadata])
+        end = time.monotonic() + deadline_s
+        if follow:
+            while time.monotonic() < end:
+                msg = consumer.poll(0.2)
+                if msg is not None and not msg.error():
+                    yield Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                 msg.timestamp()[1])
+            return
+        got: list[Record] = []
+        remaining = set(ends)
+        while remaining and time.monotonic() < end:
+            for msg in consumer.consume(500, 0.5):
+                if msg.error() is not None:
+                    continue
+                where = (msg.topic(), msg.partition())
+                if where in remaining and msg.offset() < ends[where]:
+                    record = Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                    msg.timestamp()[1])
+                    if last:
+                        got.append(record)
+                    else:
+                        yield record  # everything: as it is read, nothing kept
+                if msg.offset() >= ends[where] - 1:
+                    remaining.discard(where)
+            # A transactional topic ends in a commit marker that is never delivered: the position says it is read.
+            for tp in consumer.position([TopicPartition(t, p) for t, p in remaining]):
+                if tp.offset >= ends[(tp.topic, tp.partition)]:
+                    remaining.discard((tp.topic, tp.partition))
+        got.sort(key=lambda r: (r.timestamp_ms, r.topic, r.partition, r.offset))
+        yield from got[-last:]
     finally:
         consumer.close()
 

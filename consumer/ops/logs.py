@@ -21,7 +21,23 @@ class JsonFormatter(_JsonFormatter):
         log_data["level"] = record.levelname.lower()
 
 
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def check_log_level(level: str) -> str:
+    """MEMEGUARD_LOG_LEVEL as logging takes it; anything else is one sentence, not dictConfig's traceback."""
+    from consumer.errors import ConfigError
+
+    name = str(level).strip().lower()
+    if name == "warn":
+        name = "warning"
+    if name not in LEVELS:
+        raise ConfigError(f"MEMEGUARD_LOG_LEVEL {level!r} is not a log level: use one of {', '.join(LEVELS)}.")
+    return name
+
+
 def logging_config(fmt: str, level: str) -> dict:
+    level = check_log_level(level)
     formatter = {"()": JsonFormatter} if fmt == "json" else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     return {
         "version": 1,

@@ -83,7 +83,7 @@ def command_for(uri: str | ModelBundle, revision: int, restores: int | None = No
 
 
 def publish(s: KafkaSettings, command_of_revision) -> ControlCommand:  # noqa: ANN001 (int -> ControlCommand)
-    wait_for_broker(s.kafka_bootstrap, 15)  # an unreachable broker: one clear error, not a librdkafka trace
+    wait_for_broker(s.kafka_bootstrap, s.connect_timeout_s)  # an unreachable broker: one clear error, not a librdkafka trace
     prepare_topics(s, [s.control_topic], partitions=1)
     history = rollouts(s.kafka_bootstrap, s.control_topic, s.control_key)
     command = command_of_revision(history, (history[-1].revision or 0) + 1 if history else 1)
