@@ -94,22 +94,32 @@ class PrecisionParity(BaseModel):
 
 
 class Calibration(BaseModel):
-    """How `memeguard calibrate` derived this bundle's thresholds from another bundle (docs/learning.md)."""
+    """How `memeguard calibrate` fitted this bundle's decision policy from another bundle (docs/learning.md).
+
+    The graph, files and technique thresholds are the base bundle's, unchanged; only `policy` was fitted.
+    `before` / `after`: figures of the base policy and of the fitted one on the fitting part, `held_back_*` on the
+    held-back part, `*_at_base` expected at `base_rate`, and `technique_micro_f1` where the data has technique
+    labels. (Records written before the policy was fitted carry `review_floor` / `severe_floor`; ignored.)"""
 
     model_config = ConfigDict(frozen=True)
 
     base_bundle: str = Field(description="`name@version+digest` of the bundle whose graph and thresholds it started.")
     base_thresholds: list[float]
+    base_policy: str | None = Field(None, description="id of the policy the fit started from.")
     data: str = Field(description="The labelled data it was fitted on, e.g. 'reviews dataset (412 records)'.")
     n_records: int
-    decisions_from: Literal["moderators", "gold_labels"] = Field(
-        description="moderators: review decisions; gold_labels: a stand-in derived from technique labels.")
-    target: dict[str, float] = Field(description="e.g. {'review_rate': 0.05} or {'block_precision': 0.9}.")
+    decisions_from: Literal["moderators", "gold_labels", "harm_labels"] = Field(
+        description="moderators: review decisions; gold_labels: a stand-in derived from technique labels; "
+                    "harm_labels: HarMeme's somewhat / very harmful.")
+    target: dict[str, float] = Field(
+        description="e.g. {'review_rate': 0.1} (review + block at the base rate) or {'block_precision': 0.9}.")
     target_met: bool
-    review_floor: float = Field(description="Lowest threshold a non-severe technique may have (review cut-off).")
-    severe_floor: float = Field(description="Lowest threshold a severe technique may have (review/block cut-off).")
-    before: dict[str, float] = Field(default_factory=dict, description="Decision and F1 figures of the base bundle.")
-    after: dict[str, float] = Field(default_factory=dict, description="The same figures for this bundle.")
+    base_rate: float | None = Field(None, description="Expected share of harmful memes on the feed.")
+    base_rate_from: Literal["flag", "data"] = "data"
+    holdout: float = Field(0.0, description="Share of the data held back from the fit.")
+    n_held_back: int = 0
+    before: dict[str, float] = Field(default_factory=dict, description="Figures of the base bundle's policy.")
+    after: dict[str, float] = Field(default_factory=dict, description="The same figures for this bundle's policy.")
 
 
 class OutputSpec(BaseModel):
@@ -181,6 +191,8 @@ class BundleManifest(BaseModel):
 
     @model_validator(mode="after")
     def _outputs_agree(self) -> "BundleManifest":
+        if len(self.labels) != len(self.thresholds):
+            raise ValueError(f"{len(self.labels)} labels but {len(self.thresholds)} thresholds")
         roles = [o.role for o in self.outputs]
         if len(set(roles)) != len(roles):
             raise ValueError(f"each output role may be declared once, got {roles}")
