@@ -13,10 +13,11 @@ err = Console(stderr=True)
 
 
 def _policy(path: str | None):
-    from consumer.core.policy import DecisionPolicy
+    """The override policy (`--policy`, else MEMEGUARD_POLICY_FILE), or None: each bundle's own policy decides."""
+    from consumer.core.policy import load_policy_file
     from consumer.settings import WorkerSettings
 
-    return DecisionPolicy.from_file(Path(path) if path else WorkerSettings().policy_file)
+    return load_policy_file(Path(path) if path else WorkerSettings().policy_file)
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
@@ -37,19 +38,31 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    import os
+
+    from consumer.core.policy import load_policy_file
     from consumer.learning.calibrate import before_after_table, calibrate
 
+    start = load_policy_file(Path(args.policy)) if args.policy else None  # default: the bundle's own policy
     bundle, report = calibrate(
         Path(args.bundle), Path(args.data), Path(args.out), args.target_review_rate, args.target_precision,
-        _policy(args.policy), images=Path(args.images) if args.images else None, min_support=args.min_support,
-        version=args.version, progress=not args.no_progress)
+        start, images=Path(args.images) if args.images else None, base_rate=args.base_rate,
+        holdout=args.holdout, seed=args.seed, min_blocked=args.min_blocked, version=args.version,
+        progress=not args.no_progress)
     c = bundle.manifest.calibration
-    out.print(f"calibrated on {c.data}; decisions from {c.decisions_from}; target {c.target} "
-              f"{'met' if c.target_met else '[bold red]NOT met[/] (closest point written)'}")
-    out.print(f"review floor {c.review_floor:.4f}, severe floor {c.severe_floor:.4f}, thresholds fitted for "
-              f"{len(report['fitted_techniques'])} techniques")
-    out.print(before_after_table(report["before"], report["after"]), markup=False)
-    out.print(f"new bundle {bundle.manifest.name}@{bundle.manifest.version} -> {args.out}")
+    origin = "--base-rate" if c.base_rate_from == "flag" else "the fitting part's harmful share"
+    p = f"{c.base_rate:.3g} ({origin})"
+    out.print(f"calibrated on {c.data}; base rate {p}; target {c.target} "
+              f"{'met' if c.target_met else '[bold red]NOT met[/] on the fitting part (closest policy written)'}",
+              markup=not any(ch in c.data for ch in "[]"), soft_wrap=True)
+    for note in report["notes"]:
+        out.print(f"  {note}", markup=False)
+    out.print(before_after_table(report), markup=False, soft_wrap=True)
+    out.print(f"new bundle {bundle.manifest.name}@{bundle.manifest.version} (policy {bundle.manifest.policy.id}) "
+              f"-> {args.out}; technique thresholds unchanged")
+    if os.environ.get("MEMEGUARD_POLICY_FILE"):
+        err.print("[yellow]note:[/] MEMEGUARD_POLICY_FILE is set: where it is, it overrides every bundle's policy, "
+                  "this one's included")
     return 0 if c.target_met else 1
 
 
@@ -117,17 +130,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     ds.add_argument("--no-progress", action="store_true")
     ds.set_defaults(func=cmd_dataset)
 
-    cal = sub.add_parser("calibrate", help="fit a bundle's thresholds to labelled data; write a new bundle version")
-    cal.add_argument("--bundle", required=True)
-    cal.add_argument("--data", required=True, help="a `dataset build` folder or a SemEval-format file")
+    cal = sub.add_parser("calibrate", help="fit a bundle's decision policy to a review budget on labelled data; "
+                                           "write a new bundle version (technique thresholds unchanged)")
+    cal.add_argument("--bundle", required=True, help="the bundle to start from (its graph and thresholds are kept)")
+    cal.add_argument("--data", required=True,
+                     help="a `dataset build` folder, a SemEval-format file with images, or a HarMeme .jsonl")
     cal.add_argument("--images", help="images folder (default: images/ beside the records)")
-    cal.add_argument("--target-review-rate", type=float, help="largest share of `review` decisions")
-    cal.add_argument("--target-precision", type=float, help="smallest precision of `block` decisions")
+    cal.add_argument("--target-review-rate", type=float,
+                     help="largest expected share of review + block decisions at the base rate")
+    cal.add_argument("--target-precision", type=float, help="smallest block precision at the base rate")
+    cal.add_argument("--base-rate", type=float,
+                     help="expected share of harmful memes on the feed (default: the data's own share)")
+    cal.add_argument("--holdout", type=float, default=0.3, help="share of the data held back from the fit")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the held-back split")
+    cal.add_argument("--min-blocked", type=int, default=10,
+                     help="fewest memes of the fitting part a precision-fitted block rule must block")
     cal.add_argument("--out", required=True, help="the new bundle's folder")
-    cal.add_argument("--policy", help="decision policy YAML the workers run (default: MEMEGUARD_POLICY_FILE)")
-    cal.add_argument("--min-support", type=int, default=5, help="positives a technique needs to refit its threshold")
+    cal.add_argument("--policy", help="policy YAML to start from (default: the bundle's own policy)")
     cal.add_argument("--version", help="the new bundle's version (default: the patch number + 1)")
-    cal.add_argument("--no-progress", action="store_true")
+    cal.add_argument("--no-progress", action="store_true", help="no progress bar")
     cal.set_defaults(func=cmd_calibrate)
 
     sh = sub.add_parser("shadow", help="run a candidate bundle on a sample of live traffic into a shadow topic")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from consumer.core.bundle import ModelBundle
-from consumer.core.policy import DecisionPolicy
+from consumer.core.policy import DecisionPolicy, serving_policy
 from consumer.core.runtime import BundleRuntime
 from consumer.errors import BundleError
 from consumer.learning.calibrate import Scored, full_report, score_data
@@ -65,7 +65,9 @@ def gate_checks(gate: Gate, current: dict[str, Any], candidate: dict[str, Any], 
 
 
 def evaluate_gate(current_path: Path, candidate_path: Path, data: Path, images: Path | None, gate: Gate,
-                  policy: DecisionPolicy, progress: bool = True) -> tuple[list[Check], dict[str, Any]]:
+                  policy: DecisionPolicy | None, progress: bool = True) -> tuple[list[Check], dict[str, Any]]:
+    """`policy`: the deployment's override (MEMEGUARD_POLICY_FILE), or None: each bundle decides with its own
+    policy (a calibrated candidate differs from the serving bundle in its policy, not its thresholds)."""
     checks: list[Check] = []
     try:
         candidate_rt = BundleRuntime(ModelBundle.load(candidate_path), providers="cpu")
@@ -82,10 +84,12 @@ def evaluate_gate(current_path: Path, candidate_path: Path, data: Path, images: 
     if gate.review_budget is None and candidate_rt.manifest.calibration is not None:
         budget = candidate_rt.manifest.calibration.target.get("review_rate")
         gate = Gate(gate.max_f1_drop, gate.min_support, gate.max_precision_drop, budget)
-    cur: Scored = score_data(current_rt, data, images, policy, progress=progress)
-    cand: Scored = score_data(candidate_rt, data, images, policy, progress=progress)
-    current_report = full_report(cur, current_rt.thresholds.astype(float), policy)
-    candidate_report = full_report(cand, candidate_rt.thresholds.astype(float), policy)
+    current_policy = serving_policy(current_rt.manifest, policy)
+    candidate_policy = serving_policy(candidate_rt.manifest, policy)
+    cur: Scored = score_data(current_rt, data, images, current_policy, progress=progress)
+    cand: Scored = score_data(candidate_rt, data, images, current_policy, progress=progress)
+    current_report = full_report(cur, current_rt.thresholds, current_policy)
+    candidate_report = full_report(cand, candidate_rt.thresholds, candidate_policy)
     support = dict(zip(cur.labels, (int(x) for x in np.asarray(cur.gold).sum(axis=0)), strict=True))
     checks.extend(gate_checks(gate, current_report, candidate_report, support))
     return checks, {"current": current_report, "candidate": candidate_report,
