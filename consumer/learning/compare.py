@@ -3,9 +3,15 @@
 Joined on event id (the latest verdict of each side per event). Reports decision agreement and the confusion
 of decisions, each side's decision rates and their change, and per technique: how often the flags agree, the
 change in flag rate and the mean score change (candidate - production).
+
+Every record is validated against the Verdict schema (`parse_verdict`); one that does not fit (not JSON,
+a tombstone, deep nesting, a number out of range, a wrong type, an unreadable time) is skipped, counted in
+the report's `invalid_records` and logged by position only, never its content.
 """
 
+import logging
 from collections import Counter
+from datetime import UTC
 from typing import Any
 
 import numpy as np
@@ -14,18 +20,47 @@ from pydantic import ValidationError
 from consumer.kafka.topic_reader import read_topic
 from schemas import Decision, Verdict
 
+log = logging.getLogger(__name__)
+
 DECISIONS = [d.value for d in Decision]
+MAX_VERDICT_BYTES = 16 * 1024 * 1024  # the consumers' fetch limit
 
 
-def latest_by_event(records) -> dict[str, Verdict]:
+def parse_verdict(value: bytes | None) -> Verdict | None:
+    """The verdict in a record value, or None when it does not fit the schema. Never raises. A time without
+    an offset is read as UTC (as the input event's), so verdicts' times always compare."""
+    if value is None or len(value) > MAX_VERDICT_BYTES:
+        return None
+    try:
+        # pydantic's JSON parser: bounded nesting, no lone surrogates, strict UTF-8
+        v = Verdict.model_validate_json(value)
+        if v.created_at.tzinfo is None or v.created_at.utcoffset() is None:
+            v = v.model_copy(update={"created_at": v.created_at.replace(tzinfo=UTC)})
+        v.created_at.timestamp()  # OverflowError at the ends of the calendar: such a time orders nothing
+    except (ValidationError, ValueError, RecursionError, OverflowError):
+        return None
+    return v
+
+
+def latest_by_event(records, counts: Counter[str] | None = None) -> dict[str, Verdict]:
+    """The latest verdict per event id; `counts` gets `verdicts` and `invalid` (records skipped)."""
     out: dict[str, Verdict] = {}
+    invalid = []
     for r in records:
-        try:
-            v = Verdict.model_validate_json(r.value or b"")
-        except ValidationError:
+        v = parse_verdict(r.value)
+        if v is None:
+            invalid.append(r)
             continue
-        if v.event_id not in out or v.created_at >= out[v.event_id].created_at:
+        if counts is not None:
+            counts["verdicts"] += 1
+        if v.event_id not in out or v.created_at.timestamp() >= out[v.event_id].created_at.timestamp():
             out[v.event_id] = v
+    if invalid:
+        first = invalid[0]
+        log.warning("%d records on %s do not fit the verdict schema; skipped (first at partition %d offset %d)",
+                    len(invalid), first.topic, first.partition, first.offset)
+        if counts is not None:
+            counts["invalid"] += len(invalid)
     return out
 
 
@@ -71,8 +106,12 @@ def compare_verdicts(production: dict[str, Verdict], shadow: dict[str, Verdict])
 
 
 def compare_topics(bootstrap: str, production_topic: str, shadow_topic: str) -> dict[str, Any]:
-    return compare_verdicts(latest_by_event(read_topic(bootstrap, production_topic)),
-                            latest_by_event(read_topic(bootstrap, shadow_topic)))
+    prod_counts: Counter[str] = Counter()
+    shadow_counts: Counter[str] = Counter()
+    report = compare_verdicts(latest_by_event(read_topic(bootstrap, production_topic), prod_counts),
+                              latest_by_event(read_topic(bootstrap, shadow_topic), shadow_counts))
+    report["invalid_records"] = {"production": prod_counts["invalid"], "shadow": shadow_counts["invalid"]}
+    return report
 
 
 def format_comparison(r: dict[str, Any]) -> str:

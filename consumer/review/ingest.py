@@ -5,20 +5,36 @@ Replicas: every review page joins the consumer group `MEMEGUARD_REVIEW_GROUP_ID`
 are split between them) and writes to the shared store, whose writes are idempotent by event id and safe
 when an event's reference and its verdict are read by different replicas (consumer/review/store.py). A
 Redis error is counted (`memeguard_review_store_errors_total`), logged, and the batch is read again: the
-partitions are rewound to the batch's first offsets, nothing is committed past what Redis holds."""
+partitions are rewound to the batch's first offsets, nothing is committed past what Redis holds.
 
-import json
+Every record is untrusted (anyone who can write the input or verdict topic): it is validated against its schema
+(MemeEvent on the input topic, Verdict on the verdict topic, with ids within the event's bounds), and one that
+does not fit (not JSON, a tombstone, deep nesting, a number out of range, a wrong type), or that fails on
+anything but Redis, is skipped: counted in `counts` and `memeguard_review_ingest_records_total{result}`,
+logged by position only (never its content), and committed past. Only a Redis error rewinds, so no record
+can make the ingest read the same batch forever, crash it or stop it."""
+
 import logging
 import threading
 import time
+from collections import Counter
 
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import Counter as PromCounter
+from redis.exceptions import DataError
 
+from consumer.core.redis_client import REDIS_ERRORS
 from consumer.kafka.config import client_config
 from consumer.review.store import ReviewStore
-from schemas import Decision, Verdict
+from schemas import Decision, MemeEvent, Verdict
 
 log = logging.getLogger(__name__)
+
+INGEST_RECORDS = PromCounter("memeguard_review_ingest_records", "Records the review ingest read, by outcome: "
+                             "queued (a reference or a review verdict stored), ignored (valid, nothing to "
+                             "queue), invalid (does not fit the schema), failed (a non-Redis error).", ["result"])
+MAX_ID_CHARS = 200  # the input event's bound on event ids; a verdict naming a longer one judged no event
+RESULTS = ("queued", "ignored", "invalid", "failed")
 
 RETRY_AFTER_S = 1.0  # pause after a failed batch (Redis down) before it is read again
 
@@ -52,39 +68,56 @@ class ReviewIngest:
             self.assigned.set()  # nothing to read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.counts: Counter[str] = Counter()  # records by outcome (RESULTS)
 
-    def _take(self, topic: str, value: bytes, partition: int = -1, offset: int = -1) -> None:
-        try:
-            payload = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return  # the worker dead-letters unreadable events; nothing to review
-        if not isinstance(payload, dict) or not isinstance(payload.get("event_id"), str):
-            return
+    def _take(self, topic: str, value: bytes | None, partition: int = -1, offset: int = -1) -> str:
+        """Store what one record holds; its outcome (RESULTS). Raises only what the store raises."""
+        if value is None:  # a tombstone
+            return "invalid"
         if topic == self.input_topic:
-            ref = {"text": payload.get("text") if isinstance(payload.get("text"), str) else None}
-            if isinstance(payload.get("image_url"), str):
-                ref["image_url"] = payload["image_url"]
-            elif isinstance(payload.get("image_b64"), str) and partition >= 0:
+            try:  # pydantic's JSON parser: bounded nesting, strict UTF-8, no lone surrogates
+                event = MemeEvent.model_validate_json(value)
+            except (ValueError, RecursionError):
+                return "invalid"  # the worker dead-letters it; nothing to review
+            ref: dict = {"text": event.text}
+            if event.image_url is not None:
+                ref["image_url"] = event.image_url
+            elif partition >= 0:
                 # Where the bytes are, not the bytes (up to the worker's event cap each): the page reads the record
                 # back for the image, so the Redis the verdict cache and the breaker share never holds them.
                 ref["record"] = [topic, partition, offset]
-            self.store.put_ref(payload["event_id"], ref)
-        else:
-            try:
-                v = Verdict.model_validate(payload)
-            except ValueError:
-                return
-            if v.decision == Decision.REVIEW:
-                self.store.put_verdict(v)
+            self.store.put_ref(event.event_id, ref)
+            return "queued"
+        try:
+            v = Verdict.model_validate_json(value)
+            v.created_at.timestamp()  # the queue's score: a time at the end of the calendar overflows
+        except (ValueError, RecursionError, OverflowError):
+            return "invalid"
+        if not 0 < len(v.event_id) <= MAX_ID_CHARS:
+            return "invalid"
+        if v.decision != Decision.REVIEW:
+            return "ignored"
+        self.store.put_verdict(v)
+        return "queued"
 
     def poll_once(self, timeout_s: float = 0.5, max_records: int = 200) -> int:
         messages = [m for m in self.consumer.consume(max_records, timeout_s) if m.error() is None]
-        try:
-            for m in messages:
-                self._take(m.topic(), m.value(), m.partition(), m.offset())
-        except Exception:
-            self._rewind(messages)  # else the next poll would go on after the records Redis never got
-            raise
+        for m in messages:
+            try:
+                result = self._take(m.topic(), m.value(), m.partition(), m.offset())
+            except REDIS_ERRORS as e:
+                if isinstance(e, DataError):  # a value redis-py refuses to send: the record's, not Redis's
+                    result = "failed"
+                else:
+                    self._rewind(messages)  # else the next poll would go on after the records Redis never got
+                    raise
+            except Exception:  # noqa: BLE001 (anything else belongs to this record: skip it, never retry it)
+                result = "failed"
+            self.counts[result] += 1
+            INGEST_RECORDS.labels(result).inc()
+            if result in ("invalid", "failed"):
+                log.warning("review ingest skipped a record", extra={  # where, never the record's content
+                    "result": result, "topic": m.topic(), "partition": m.partition(), "offset": m.offset()})
         if messages:
             self.consumer.commit(asynchronous=False)
         return len(messages)
