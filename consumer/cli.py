@@ -237,8 +237,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     from consumer.ops.logs import configure_logging, logging_config
     from consumer.review.app import create_app
     from consumer.review.ingest import ReviewIngest
+    from consumer.review.settings import ReviewSettings
     from consumer.review.store import ReviewStore
-    from consumer.settings import ReviewSettings
 
     s = ReviewSettings()
     configure_logging(s.log_format, s.log_level)
@@ -411,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
 # MEMEGUARD_CONNECT_TIMEOUT_S, else one sentence. (The services wait MEMEGUARD_STARTUP_TIMEOUT_S themselves;
 # produce, rollout and rollback check their input first, then wait MEMEGUARD_CONNECT_TIMEOUT_S.)
 BROKER_COMMANDS = {"tail", "replay", "dataset", "shadow", "compare", "promote"}
+# Commands that use MEMEGUARD_REDIS_URL (verdict cache, crash-loop breaker, alert windows, review store).
+REDIS_COMMANDS = {"worker", "replay", "alert", "review", "shadow", "demo"}
 GLOBAL_FLAGS = ("--debug", "--verbose")
 
 
@@ -419,13 +421,19 @@ def _say(label: str, message: str) -> None:
     err.print(f"[bold red]{label}[/] " + escape(" ".join(str(message).split())), soft_wrap=True)
 
 
-def _preflight(args: argparse.Namespace) -> None:
-    """Settings every command reads, checked before any work: a bad value is one sentence (exit 2), not a
-    traceback from deep inside (logging's dictConfig, redis-py) or 30 s of librdkafka retries."""
+def _check_environment(command: str) -> None:
+    """Settings read deep inside (logging's dictConfig, redis-py), checked before any work: a bad value is one
+    sentence (exit 2), not a traceback."""
     from consumer.ops.logs import check_log_level
 
     check_log_level(os.environ.get("MEMEGUARD_LOG_LEVEL", "info"))
-    check_redis_url(os.environ.get("MEMEGUARD_REDIS_URL", ""))
+    if command in REDIS_COMMANDS:
+        check_redis_url(os.environ.get("MEMEGUARD_REDIS_URL", ""))
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """A one-shot command's broker answers within MEMEGUARD_CONNECT_TIMEOUT_S, or one sentence: not 30 s of
+    librdkafka retries and a traceback from whichever call hit it first."""
     if args.command in BROKER_COMMANDS and not getattr(args, "dry_run", False):
         from consumer.kafka.topics import wait_for_broker
         from consumer.settings import KafkaSettings
@@ -460,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in TRAINING_COMMANDS:
         return _forward(argv[0], *TRAINING_COMMANDS[argv[0]], argv[1:])
     try:
+        if not {"-h", "--help"} & set(argv):
+            _check_environment(argv[0] if argv else "")
         if argv and argv[0] == "evaluate":
             from consumer.evaluate.run import main as evaluate_main
 

@@ -7,7 +7,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tenacity import Retrying, retry_if_exception_type, stop_before_delay, wait_exponential_jitter
 
 from consumer.errors import ConfigError
-from consumer.kafka.config import client_config
+from consumer.kafka.config import KafkaSecurity, client_config
 from consumer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -17,9 +17,9 @@ def admin(bootstrap: str, quiet: bool = False, error_cb=None) -> AdminClient:
     config = client_config(bootstrap, {"socket.timeout.ms": 3000})
     if error_cb is not None:
         config["error_cb"] = error_cb
-    if quiet:
+    if quiet and not KafkaSecurity().client_logs:
         # librdkafka prints every refused reconnect (a dozen lines per attempt) to stderr, drowning our one
-        # warning per attempt; only its critical messages remain.
+        # warning per attempt; only its critical messages remain (`memeguard --verbose`: all of them).
         config["log_level"] = 2
     return AdminClient(config)
 
