@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from consumer import paths
@@ -39,6 +39,9 @@ class KafkaSettings(BaseSettings):
     control_key: SecretStr | None = Field(
         None, description="HMAC key of control commands: rollout/rollback/promote sign with it, workers refuse "
                           "what it does not verify. Unset: unsigned commands only on a loopback (dev) broker.")
+    review_signing_key: SecretStr | None = Field(
+        None, description="HMAC key of moderator reviews: the review page signs with it, `dataset build` uses only "
+                          "what it verifies. Unset: unsigned reviews only on a loopback (dev) broker.")
     topic_partitions: int = Field(4, ge=1, description="Partitions for topics memeguard creates itself.")
     topic_replication_factor: int = Field(-1, ge=-1, description="For topics memeguard creates; -1 = broker default.")
     create_topics: Literal["auto", "always", "never"] = Field(
@@ -47,13 +50,14 @@ class KafkaSettings(BaseSettings):
         15.0, gt=0, description="How long one-shot commands (produce, tail, replay, rollout, dataset, shadow, "
                                 "compare, promote) wait for the broker before one clear error.")
 
-    @field_validator("control_key", mode="before")
+    @field_validator("control_key", "review_signing_key", mode="before")
     @classmethod
-    def _control_key(cls, value: object) -> object:
+    def _control_key(cls, value: object, info: ValidationInfo) -> object:
         if value == "":
             return None
         if isinstance(value, str) and len(value.encode()) < 16:
-            raise ValueError("MEMEGUARD_CONTROL_KEY must be at least 16 bytes (e.g. `openssl rand -hex 32`)")
+            raise ValueError(f"MEMEGUARD_{str(info.field_name).upper()} must be at least 16 bytes "
+                             "(e.g. `openssl rand -hex 32`)")
         return value
 
 

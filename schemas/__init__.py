@@ -4,6 +4,7 @@ from schemas.dead_letter import DeadLetter, ErrorKind, Origin
 from schemas.events import MemeEvent
 from schemas.explanation import VerdictExplanation
 from schemas.manifest import BundleManifest, FileDigest, ImagePreprocessing, InputSpec, TextPreprocessing
+from schemas.review import RetractionMessage, ReviewMessage
 from schemas.techniques import TECHNIQUE_DESCRIPTIONS, TECHNIQUES, Technique
 from schemas.verdict import Decision, ModelInfo, TechniqueScore, Verdict
 from schemas.version import SCHEMA_VERSION
@@ -22,6 +23,8 @@ __all__ = [
     "MemeEvent",
     "ModelInfo",
     "Origin",
+    "RetractionMessage",
+    "ReviewMessage",
     "Technique",
     "TechniqueScore",
     "TextPreprocessing",

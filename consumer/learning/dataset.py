@@ -4,7 +4,14 @@ OUT/dataset.json   SemEval records (`id`, `text`, `image`, `labels`) plus what t
                    (block | allow), `content_hash`, `model_version`, `model_decision`, `scores`, `moderators`.
 OUT/images/        one image per content hash, fetched through the worker's ImageFetcher (same SSRF and size
                    rules) and kept only when its bytes + text still hash to the reviewed content hash.
-OUT/manifest.json  counts per label and decision, review time range, model versions, disagreements, skips.
+OUT/manifest.json  counts per label and decision, review time range, model versions, disagreements, skips,
+                   and the review records that were not used (`review_records` counts per outcome,
+                   `rejected_reviews` lists them by partition and offset, with the reason).
+
+Only authentic reviews are used (consumer/learning/reviews.py): signed by the review page with
+MEMEGUARD_REVIEW_SIGNING_KEY, a retraction only of the same moderator's review, labels only among the techniques
+the reviewed verdict flagged. Verdict and input-event records are validated against their schemas; what does not
+fit is skipped and counted (`invalid_verdict_records`, `invalid_event_records`), never stops the build.
 
 Idempotent: records are sorted by content hash, images are named by it and written only when missing, and
 nothing in the output depends on when the command ran, so re-running over the same topics rewrites the same bytes.
@@ -23,25 +30,37 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from consumer.core.fetch import FetchPolicy, ImageFetcher
 from consumer.core.hashing import content_hash
 from consumer.errors import InputError
 from consumer.kafka.topic_reader import read_topic
-from consumer.learning.reviews import Resolution, Resolved, resolve
+from consumer.learning.compare import parse_verdict
+from consumer.learning.reviews import (
+    FROM_SETTINGS,
+    MAX_LISTED,
+    Key,
+    Resolution,
+    Resolved,
+    ReviewAuth,
+    refuse_labels,
+    resolve,
+    verify,
+)
 from consumer.settings import WorkerSettings
 from schemas import MemeEvent, Verdict
+from schemas.review import ReviewMessage
 
 log = logging.getLogger(__name__)
 
 DATASET_FILE = "dataset.json"
 MANIFEST_FILE = "manifest.json"
 IMAGES_DIR = "images"
-RESOLUTION_POLICY = ("retractions cancel the review they name; each moderator's latest standing review per "
-                     "content hash is their vote; the majority of moderators is the label; ties are "
-                     "disagreements, recorded and left out")
+RESOLUTION_POLICY = ("only reviews signed by the review page; a retraction cancels the review it names, only the "
+                     "same moderator's; labels only among the techniques the verdict flagged; each moderator's "
+                     "latest standing review (broker timestamp) per content hash is their vote; the majority of "
+                     "moderators is the label; ties are disagreements, recorded and left out")
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
 
 
@@ -71,34 +90,59 @@ def _event_id(value: bytes | None) -> str | None:
     return payload.get("event_id") if isinstance(payload, dict) and isinstance(payload.get("event_id"), str) else None
 
 
-def _index_verdicts(records) -> dict[str, list[Verdict]]:
+def _skipped(kind: str, topic: str, bad: list) -> int:
+    if bad:  # where, never what
+        log.warning("%d records on %s do not fit the %s schema; skipped (first at partition %d offset %d)",
+                    len(bad), topic, kind, bad[0].partition, bad[0].offset)
+    return len(bad)
+
+
+def _index_verdicts(records) -> tuple[dict[str, list[Verdict]], list]:
     out: dict[str, list[Verdict]] = {}
+    bad = []
     for r in records:
-        try:
-            v = Verdict.model_validate_json(r.value or b"")
-        except ValidationError:
+        v = parse_verdict(r.value)
+        if v is None:
+            bad.append(r)
             continue
         out.setdefault(v.event_id, []).append(v)
-    return out
+    return out, bad
 
 
-def _index_events(records) -> dict[str, MemeEvent]:
+def _index_events(records) -> tuple[dict[str, MemeEvent], list]:
     out: dict[str, MemeEvent] = {}
+    bad = []
     for r in records:
         try:
             e = MemeEvent.model_validate_json(r.value or b"")
-        except (ValidationError, ValueError):
+        except (ValueError, RecursionError):  # ValidationError is a ValueError
+            bad.append(r)
             continue
         out.setdefault(e.event_id, e)  # the first event of an id is the one the worker judged first
-    return out
+    return out, bad
 
 
-def _verdict_for(review: dict[str, Any], verdicts: dict[str, list[Verdict]]) -> Verdict | None:
-    """The verdict the moderator saw: same event and content, the model version the review names if present."""
-    candidates = [v for v in verdicts.get(review["event_id"], []) if v.content_hash == review["content_hash"]]
-    same_model = [v for v in candidates if v.model.version == review.get("model")]
-    pool = same_model or candidates
-    return max(pool, key=lambda v: v.created_at) if pool else None
+def _candidates(review: ReviewMessage, verdicts: dict[str, list[Verdict]]) -> list[Verdict]:
+    """The verdicts the moderator may have seen: same event and content, the model version the review names
+    if any has it."""
+    candidates = [v for v in verdicts.get(review.event_id, []) if v.content_hash == review.content_hash]
+    return [v for v in candidates if v.model.version == review.model] or candidates
+
+
+def _verdict_for(review: ReviewMessage, verdicts: dict[str, list[Verdict]]) -> Verdict | None:
+    """The verdict the moderator saw (the latest candidate)."""
+    pool = _candidates(review, verdicts)
+    return max(pool, key=lambda v: v.created_at.timestamp()) if pool else None
+
+
+def _labels_allowed(review: ReviewMessage, verdicts: dict[str, list[Verdict]]) -> bool | None:
+    """Whether the review's labels and rejected labels are all techniques the verdict it reviewed flagged (the
+    review page endorses or rejects exactly those); None when no verdict is there to check against."""
+    pool = _candidates(review, verdicts)
+    if not pool:
+        return None
+    named = {str(t) for t in (*review.labels, *review.rejected_labels)}
+    return any(named <= {t.technique for t in v.flagged} for v in pool)
 
 
 def _image_name(data: bytes, h: str) -> str:
@@ -111,25 +155,31 @@ def _image_name(data: bytes, h: str) -> str:
 
 
 def _record(res: Resolved, verdict: Verdict, event: MemeEvent, image: str) -> dict[str, Any]:
-    review = res.latest or {}
+    """The one place a dataset record is built, from the verified review (`res.latest`), the verdict it reviewed
+    and the input event: a field from another source (e.g. the moderator's harm verdict) is added here."""
+    review = res.latest
+    assert review is not None  # only labelled resolutions become records
+    flagged = {t.technique for t in verdict.flagged}
     return {
         "id": res.content_hash[:32],
         "text": event.text or "",
         "image": image,
-        # Confirmed reviews endorse the techniques the model flagged; an overturned meme has none.
-        "labels": sorted(review.get("labels") or []) if res.decision == "block" else [],
-        "rejected_labels": sorted(review.get("rejected_labels") or []),
+        # Confirmed reviews endorse the techniques the model flagged; an overturned meme has none. Only names
+        # the verdict flagged (already checked: refuse_labels), intersected again so no other name gets in.
+        "labels": sorted(str(t) for t in review.labels if t in flagged) if res.decision == "block" else [],
+        "rejected_labels": sorted(str(t) for t in review.rejected_labels if t in flagged),
         "decision": res.decision,
         "content_hash": res.content_hash,
-        "event_id": review.get("event_id"),
-        "post_id": review.get("post_id"),
+        "event_id": review.event_id,
+        "post_id": review.post_id,
         "model_version": verdict.model.version,
         "model_name": verdict.model.name,
         "model_decision": verdict.decision.value,
         "scores": {t.technique: t.score for t in verdict.techniques},
         "harmful_score": verdict.harmful_score,
         "moderators": {v.moderator: v.decision for v in res.votes},
-        "reviewed_at": max(str(v.review.get("reviewed_at") or "") for v in res.votes),
+        # the signed review times (UTC), never a time the record carried outside its signature
+        "reviewed_at": max(v.message.reviewed_at for v in res.votes).isoformat(),
     }
 
 
@@ -153,18 +203,28 @@ async def _fetch_all(fetcher: ImageFetcher, jobs: list[tuple[Resolved, MemeEvent
 
 
 def build_dataset(bootstrap: str, sources: Sources, out_dir: Path, fetch_policy: FetchPolicy,
-                  progress: bool = True) -> dict[str, Any]:
-    """Read the three topics, resolve decisions, fetch images, write OUT; returns the manifest."""
-    resolution: Resolution = resolve(read_topic(bootstrap, sources.reviews_topic))
-    wanted = {str((r.latest or {}).get("event_id")) for r in resolution.labelled}
+                  progress: bool = True, review_key: Key = FROM_SETTINGS) -> dict[str, Any]:
+    """Read the three topics, verify the reviews, resolve decisions, fetch images, write OUT; returns the
+    manifest. `review_key`: the review page's signing key (default MEMEGUARD_REVIEW_SIGNING_KEY)."""
+    auth = ReviewAuth.of(bootstrap, review_key)
+    if auth.key is None:
+        log.warning("MEMEGUARD_REVIEW_SIGNING_KEY is not set: %s", "unsigned reviews are used (loopback development "
+                    "broker)" if auth.allow_unsigned else "no review is used (set the review page's key)")
+    checked = verify(read_topic(bootstrap, sources.reviews_topic), sources.reviews_topic, auth)
+    wanted = {s.message.event_id for s in checked.reviews}
     keep = lambda record: _event_id(record.value) in wanted  # noqa: E731 (only the reviewed events are kept)
-    verdicts = _index_verdicts(read_topic(bootstrap, sources.verdict_topic, keep=keep))
-    events = _index_events(read_topic(bootstrap, sources.input_topic, keep=keep))
+    verdicts, bad_verdicts = _index_verdicts(read_topic(bootstrap, sources.verdict_topic, keep=keep))
+    events, bad_events = _index_events(read_topic(bootstrap, sources.input_topic, keep=keep))
+    refuse_labels(checked, lambda m: _labels_allowed(m, verdicts), sources.reviews_topic)
+    resolution: Resolution = resolve(checked)
+    invalid = {"invalid_verdict_records": _skipped("verdict", sources.verdict_topic, bad_verdicts),
+               "invalid_event_records": _skipped("input event", sources.input_topic, bad_events)}
     skipped: list[dict[str, str]] = []
     jobs: list[tuple[Resolved, Verdict, MemeEvent]] = []
     for res in resolution.labelled:
-        review = res.latest or {}
-        verdict, event = _verdict_for(review, verdicts), events.get(str(review.get("event_id")))
+        review = res.latest
+        assert review is not None
+        verdict, event = _verdict_for(review, verdicts), events.get(review.event_id)
         if verdict is None or event is None:
             what = "verdict" if verdict is None else "input event"
             skipped.append({"content_hash": res.content_hash, "reason": f"its {what} is no longer on the topic"})
@@ -187,7 +247,7 @@ def build_dataset(bootstrap: str, sources: Sources, out_dir: Path, fetch_policy:
         write_atomic(out_dir / IMAGES_DIR / name, data)
         records.append(_record(res, verdict, event, name))
     records.sort(key=lambda r: r["content_hash"])
-    manifest = dataset_manifest(records, resolution, skipped, sources)
+    manifest = dataset_manifest(records, resolution, skipped, sources) | invalid
     write_atomic(out_dir / DATASET_FILE, json.dumps(records, indent=1, ensure_ascii=False, sort_keys=True).encode())
     write_atomic(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=1, ensure_ascii=False, sort_keys=True).encode())
     return manifest
@@ -213,6 +273,10 @@ def dataset_manifest(records: list[dict[str, Any]], resolution: Resolution, skip
              "votes": {v.moderator: v.decision for v in r.votes}} for r in resolution.disagreements],
         "retracted_reviews": resolution.retracted,
         "invalid_review_records": resolution.invalid,
+        # every review record that was not used, and why (consumer/learning/reviews.py)
+        "review_records": dict(sorted(resolution.checked.counts.items())),
+        "rejected_reviews": [r.listed() for r in sorted(resolution.checked.rejected,
+                                                        key=lambda r: (r.partition, r.offset))][:MAX_LISTED],
         "skipped": sorted(skipped, key=lambda s: s["content_hash"]),
         "resolution_policy": RESOLUTION_POLICY,
         "sources": {"reviews_topic": sources.reviews_topic, "verdict_topic": sources.verdict_topic,

@@ -56,6 +56,7 @@ from consumer.review.auth import (
 from consumer.review.store import Item, ReviewStore
 from consumer.settings import ReviewSettings
 from schemas import MemeEvent
+from schemas.review import encode_review
 
 HERE = Path(__file__).parent
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -129,6 +130,8 @@ def authenticator_for(settings: ReviewSettings) -> Authenticator:
 
 def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer | None = None) -> FastAPI:
     owns_producer = producer is None
+    signing_key = (settings.review_signing_key.get_secret_value().encode() if settings.review_signing_key
+                   else None)
     producer = producer or Producer(client_config(settings.kafka_bootstrap, {"acks": "all"}))
     auth = authenticator_for(settings)
     throttle = LoginThrottle(settings.review_login_failures_per_user, settings.review_login_failures_per_address,
@@ -347,7 +350,8 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
                 item = store.get(card)
                 if item is not None and item.decision is None:
                     message = review_message(item, action, who)
-                    await asyncio.to_thread(publish, producer, settings.reviews_topic, item.verdict.post_id, message)
+                    await asyncio.to_thread(publish, producer, settings.reviews_topic, item.verdict.post_id, message,
+                                            signing_key)
                     store.decide(card, message)
             finally:
                 store.release(card)
@@ -371,7 +375,8 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
             if item is None or item.decision is None or item.decision.get("review_id") != form.get("review_id"):
                 raise HTTPException(409, "that is no longer your latest decision: nothing was undone")
             retraction = retraction_message(item, who)
-            await asyncio.to_thread(publish, producer, settings.reviews_topic, item.verdict.post_id, retraction)
+            await asyncio.to_thread(publish, producer, settings.reviews_topic, item.verdict.post_id, retraction,
+                                    signing_key)
             store.undo(card, who.name, item.decision["review_id"])
         finally:
             store.release(card)
@@ -460,9 +465,12 @@ def to_png(data: bytes, max_pixels: int, formats: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def publish(producer: Producer, topic: str, key: str, message: dict[str, Any]) -> None:
+def publish(producer: Producer, topic: str, key: str, message: dict[str, Any], signing_key: bytes | None = None
+            ) -> None:
+    """Publish a review or retraction, signed with MEMEGUARD_REVIEW_SIGNING_KEY (`dataset build` uses only
+    reviews that key verifies: the moderator, time and labels are read from the signed content)."""
     errors: list[str] = []
-    producer.produce(topic, key=key.encode(), value=json.dumps(message).encode(),
+    producer.produce(topic, key=key.encode(), value=encode_review(topic, message, signing_key),
                      on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
     if producer.flush(15) > 0 or errors:
         raise HTTPException(503, f"the review could not be published to {topic}: {errors[:1] or 'timeout'}; try again")
