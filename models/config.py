@@ -90,7 +90,7 @@ class HarmHeadConfig:
     """The harm head (models/harm.py), fitted on HarMeme train+val; `enabled: false` leaves it out."""
 
     enabled: bool = False
-    c_features: float = 0.0005
+    c_features: float = 0.0002
     c_tokens: float = 1.0
     folds: int = 5
     # The default policy's operating point, fitted on the head's out-of-fold scores (scoring/harm.py).

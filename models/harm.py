@@ -26,7 +26,7 @@ from models.harm_data import SEVERITIES, HarmMeme
 class HarmConfig:
     """Inverse L2 strengths of the two views (chosen by nested CV, docs/models.md)."""
 
-    c_features: float = 0.0005
+    c_features: float = 0.0002
     c_tokens: float = 1.0
 
 

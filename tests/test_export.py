@@ -106,14 +106,47 @@ def test_missing_run_dir_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_build_default_keeps_an_existing_bundle(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def _run_of(bundle: Path, runs: Path) -> None:
+    """A finished run of configs/default.yaml that `bundle` was exported from."""
+    import json
+
+    import yaml
+
+    from consumer.core.bundle import ModelBundle
+    from models.config import load_config
+
+    run = runs / "memeguard-default"
+    (run / "tokenizer").mkdir(parents=True)
+    for name in ("tokenizer/tokenizer.json", "metrics.json", "thresholds.json", "checkpoint.pt"):
+        (run / name).write_text("{}")
+    config = load_config(Path(cli.REPO) / "configs" / "default.yaml")
+    (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (run / "run.json").write_text(json.dumps({"run_id": ModelBundle.load(bundle).manifest.training_run_id}))
+
+
+def test_build_default_keeps_a_bundle_of_the_current_run_and_precision(tiny_bundle: Path, tmp_path: Path,
+                                                                        capsys) -> None:
     import shutil
 
     out = Path(shutil.copytree(tiny_bundle, tmp_path / "default"))
+    _run_of(out, tmp_path / "runs")
     before = (out / "manifest.json").read_bytes()
-    assert cli.main(["build-default", "--out", str(out), "--runs", str(tmp_path / "no-runs")]) == 0
+    args = ["build-default", "--out", str(out), "--runs", str(tmp_path / "runs"), "--precision", "fp32"]
+    assert cli.main(args) == 0
     assert "bundle already built" in capsys.readouterr().out
     assert (out / "manifest.json").read_bytes() == before
+
+
+def test_build_default_names_why_a_bundle_is_out_of_date(tiny_bundle: Path, tmp_path: Path) -> None:
+    from consumer.core.bundle import ModelBundle
+    from exporters.default import _stale_reason
+
+    config = Path(cli.REPO) / "configs" / "default.yaml"
+    bundle = ModelBundle.load(tiny_bundle)
+    assert "int8" in _stale_reason(bundle, config, tmp_path / "runs", "int8")
+    assert "changed since it was trained" in _stale_reason(bundle, config, tmp_path / "none", "fp32")
+    _run_of(tiny_bundle, tmp_path / "runs")
+    assert _stale_reason(bundle, config, tmp_path / "runs", "fp32") is None
 
 
 def test_build_default_without_config_is_a_clear_error(tmp_path: Path, capsys) -> None:
