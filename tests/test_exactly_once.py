@@ -1,4 +1,4 @@
-"""Exactly-once mode (consumer/worker/transactional.py) on Apache Kafka: real worker processes, real faults, and an
+"""Exactly-once mode (consumer/worker/loop.py) on Apache Kafka: real worker processes, real faults, and an
 audit that reads the outputs with `isolation.level=read_committed` (librdkafka's default, tests/faults/audit.py):
 the outputs of aborted transactions must stay invisible, so every event shows up exactly once *before* any
 de-duplication, and the input offsets end committed through the transactions.
@@ -16,10 +16,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, TopicPar
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from consumer.core.pipeline import Outcome, RawRecord, dead_letter
-from consumer.core.publish import TRUNCATED_ORIGINAL_BYTES, OutcomePublisher
+from consumer.core.publish import TRUNCATED_ORIGINAL_BYTES, OutcomePublisher, ProducerTopic
 from consumer.devinfra.stack import KafkaCluster
 from consumer.kafka.topics import ensure_topics
-from consumer.worker.transactional import ProducerTopic
 from schemas import ErrorKind
 from tests.faults.audit import OutputReader, audit, rate_per_s, report
 from tests.faults.records import mixed

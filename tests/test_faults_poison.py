@@ -33,7 +33,7 @@ def test_poison_flood_half_invalid_all_dead_lettered_valid_unaffected(stack, wor
     assert worker.stop() == 0, worker.log()  # never crashed, never restarted
 
 
-MAX_EVENT_BYTES = 2048  # the worker's producer refuses records over 2 x this (consumer/worker/service.py)
+MAX_EVENT_BYTES = 2048  # the worker's producer refuses records over 2 x this (consumer/worker/producer_config.py)
 
 
 @pytest.mark.parametrize("engine", ["faust", "confluent"])  # both at-least-once engines refuse the same records
@@ -75,7 +75,7 @@ def test_verdict_too_large_to_publish_is_dead_lettered_and_partition_moves_on(st
 
 def test_records_past_the_consumer_prefetch_cap_end_as_dead_letters_and_the_stream_goes_on(
         stack, worker_factory, topics, tmp_path: Path):
-    """The default loop caps librdkafka's prefetch at 16 MiB (consumer/worker/transactional.py). Records of
+    """The default loop caps librdkafka's prefetch at 16 MiB (consumer/worker/loop.py). Records of
     16,000,000 bytes, near the broker's 16 MiB limit and over the 15 MiB MAX_EVENT_BYTES default, two of them
     back to back (past the cap together), between valid events: each is one `oversized` dead letter and the
     events around it are verdicts; the worker never exits."""

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from consumer.core.pipeline import RawRecord
 from consumer.core.publish import OutcomePublisher
-from consumer.worker.service import process_isolating_failures
+from consumer.worker.batches import process_isolating_failures
 from schemas import DeadLetter, ErrorKind, Verdict
 from tests.generative import keys, record_values
 from tests.inprocess import MemoryTopic, build_pipeline, write_image_root

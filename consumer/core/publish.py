@@ -1,9 +1,9 @@
 """Publish outcomes and wait for the broker's acknowledgement before the batch counts as done.
 
 Both workers publish through librdkafka (confluent-kafka): `ProducerTopic` is one topic of one producer,
-transactional (consumer/worker/transactional.py) or plain idempotent (the Faust worker, consumer/worker/service.py, whose
-outputs used to go through Faust's aiokafka producer: ~1 ms of Python per record and a round trip through
-Faust's send buffer; librdkafka batches and acknowledges in C).
+transactional or plain idempotent (consumer/worker/producer_config.py, the same for the confluent-kafka loop and
+the Faust agent; the agent's outputs used to go through Faust's aiokafka producer: ~1 ms of Python per record and
+a round trip through Faust's send buffer; librdkafka batches and acknowledges in C).
 """
 
 import asyncio

@@ -1,5 +1,7 @@
-"""The worker program: builds the pipeline, then runs the confluent-kafka loop (worker/transactional.py, the
-default) or the Faust agent defined here (MEMEGUARD_WORKER_ENGINE=faust); `--processes N` supervises N of them."""
+"""The worker program: builds the pipeline, then runs the confluent-kafka loop (worker/loop.py, the default,
+at-least-once or exactly-once) or the Faust agent defined here (MEMEGUARD_WORKER_ENGINE=faust, at-least-once);
+`--processes N` supervises N of them. Both engines run a batch through worker/batches.py and publish through
+worker/producer_config.py; the agent owns only what is Faust's: the app, the agent and its batches of events."""
 
 import asyncio
 import hashlib
@@ -12,55 +14,43 @@ from pathlib import Path
 
 import faust
 import yaml
-from confluent_kafka import Producer
 
 from consumer.core.cache import VerdictCache
 from consumer.core.fetch import FetchPolicy, ImageFetcher
 from consumer.core.malloc import bound_heap
-from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
+from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord
 from consumer.core.policy import load_policy_file
-from consumer.core.publish import RECORD_OVERHEAD_BYTES, OutcomePublisher, ProducerTopic
+from consumer.core.publish import OutcomePublisher
 from consumer.core.runtime import BundleRuntime
 from consumer.enrich import EnrichmentPipeline
-from consumer.kafka.config import KafkaSecurity, client_config
+from consumer.kafka.config import KafkaSecurity
 from consumer.kafka.topics import prepare_topics, wait_for_broker
 from consumer.ops.logs import configure_logging, logging_config
 from consumer.ops.metrics import PipelineMetrics
 from consumer.ops.server import Health, OpsServer, broker_probe, redis_probe
 from consumer.settings import WorkerSettings
+from consumer.worker.batches import abandon, after_publish, one_by_one, pipelined_outcomes
 from consumer.worker.control import FleetMember, status_topic_of
 from consumer.worker.crash_guard import CrashLoopBreaker
 from consumer.worker.explanations import ExplanationPublisher
 from consumer.worker.hot_reload import BundleWatcher
-from schemas import ErrorKind
+from consumer.worker.loop import run_loop
+from consumer.worker.producer_config import output_producer, output_publisher
+from consumer.worker.serving_model import set_model_metrics, swap_model_if_ready
 
 log = logging.getLogger(__name__)
-
-EXIT_ABANDONED = 75  # EX_TEMPFAIL: a supervisor should restart the worker
 
 
 def raw_topic(app: faust.App, name: str) -> faust.TopicT:
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
-def output_record_limit(settings: WorkerSettings) -> int:
-    """The largest output record an at-least-once worker publishes: room for a dead letter that carries a large
-    original (2 x max_event_bytes, with its headers); anything larger goes down the publisher's fallbacks."""
-    return 2 * settings.max_event_bytes + RECORD_OVERHEAD_BYTES
-
-
-def log_dead_letters(outcomes: list[Outcome]) -> None:
-    """One line per dead letter, so an operator can find a rejected event by its id or its offset."""
-    for outcome in outcomes:
-        if (dl := outcome.dead_letter) is not None:
-            log.info("dead letter", extra={"event_id": dl.event_id, "error_kind": dl.error_kind.value,
-                                           "origin": f"{dl.origin.topic}/{dl.origin.partition}@{dl.origin.offset}",
-                                           "error": dl.message})
-
-
 def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
                watcher: BundleWatcher | None = None, metrics: PipelineMetrics | None = None,
-               health: Health | None = None, breaker: CrashLoopBreaker | None = None) -> faust.App:
+               health: Health | None = None, breaker: CrashLoopBreaker | None = None,
+               publisher: OutcomePublisher | None = None) -> faust.App:
+    """The Faust app and its agent. `publisher` (producer_config.output_publisher) publishes the outputs; None
+    only for an app whose agent never runs (tests of its configuration)."""
     app = faust.App(
         settings.group_id,
         broker=";".join(f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")),
@@ -87,49 +77,14 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         consumer_metadata_max_age_ms=10_000,
     )
     source = raw_topic(app, settings.input_topic)
-    producer = output_producer(settings)
-    # Room for dead letters that carry a large original (2 x max_event_bytes a record, as before with Faust's
-    # producer); a broker with a smaller limit refuses the record, and the publisher truncates the original.
-    record_limit = output_record_limit(settings)
-    publisher = OutcomePublisher(ProducerTopic(producer, settings.output_topic, record_limit),
-                                 ProducerTopic(producer, settings.dlq_topic, record_limit))
     app.memeguard_publisher = publisher  # for metrics and tests
     explanations = (ExplanationPublisher(pipeline.explainer, raw_topic(app, settings.explanations_topic))
                     if pipeline is not None and pipeline.explainer is not None else None)
 
-    async def publish(outcomes: list[Outcome]) -> None:
+    async def publish(outcomes: list[Outcome], records: list[RawRecord] | None = None) -> None:
         published = time.perf_counter()
         await publisher.publish(outcomes)
-        # Nothing after the acknowledgement may fail the batch: its outputs are out, its offsets must commit.
-        try:
-            log_dead_letters(outcomes)
-            if explanations is not None:
-                explanations.submit(outcomes, pipeline.runtime.version)
-            if metrics is not None:
-                metrics.observe_stage("publish", time.perf_counter() - published)
-                metrics.observe_batch(outcomes)
-        except Exception:
-            publisher.counts["post_publish_errors"] += 1
-            log.exception("bookkeeping after publishing a batch failed; the batch stands")
-
-    def swap_model_if_ready() -> None:
-        if watcher is not None and (new := watcher.take_ready()) is not None:
-            # Swapped between batches; the model version in the cache key changes with it. A batch already
-            # prepared finishes with the runtime it was prepared with.
-            log.info("model swapped", extra={"old": pipeline.runtime.version, "new": new.version})
-            pipeline.runtime = new
-            if metrics is not None:
-                set_model_metrics(metrics, pipeline)
-
-    async def handle_one_by_one(records: list[RawRecord]) -> None:
-        for record in records:  # a worker died with one of these in flight: find which, one at a time
-            if (poison := await breaker.begin_alone(record)) is not None:
-                outcomes = [Outcome(record, dead_letter=dead_letter(record, ErrorKind.POISON_RECORD, poison,
-                                                                    peek_event_id(record)))]
-            else:
-                outcomes = await process_isolating_failures(pipeline, [record])
-            await publish(outcomes)
-            await breaker.finish([record])
+        after_publish(outcomes, pipeline, explanations, metrics, published, publisher.counts)
 
     async def handle(records: list[RawRecord], previous: asyncio.Future | None) -> None:
         await publish(await pipelined_outcomes(pipeline, records, previous))
@@ -141,7 +96,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         """Never raises: a batch that cannot be published ends the process uncommitted."""
         try:
             if suspect:
-                await handle_one_by_one(records)
+                await one_by_one(pipeline, breaker, records, publish)
             else:
                 await handle(records, previous)
         except asyncio.CancelledError:
@@ -167,7 +122,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
                     event.message.incref()
                 records = [RawRecord(key=e.message.key, value=e.message.value, topic=e.message.topic,
                                      partition=e.message.partition, offset=e.message.offset) for e in events]
-                swap_model_if_ready()
+                swap_model_if_ready(pipeline, watcher, metrics)
                 suspect = breaker is not None and await breaker.begin_batch(records)
                 if suspect:  # the one-by-one replay must be alone in flight: its verdict on a record depends on it
                     await asyncio.shield(asyncio.gather(*in_flight))
@@ -204,26 +159,6 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
     return app
 
 
-def producer_limit(settings: WorkerSettings) -> int:
-    """librdkafka's own request limit: above the largest record the publisher lets through."""
-    return min(2 * settings.max_event_bytes + 64 * 1024, 1_000_000_000)
-
-
-def output_producer(settings: WorkerSettings) -> Producer:
-    """Verdicts and dead letters go out through librdkafka, not Faust's aiokafka producer (consumer/core/publish.py):
-    idempotent, so retries neither duplicate nor reorder a partition's outputs, and acks=all."""
-    return Producer(client_config(settings.kafka_bootstrap, {
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": settings.producer_linger_ms,
-        "message.max.bytes": producer_limit(settings),
-        # A delivery that cannot complete fails the batch (the worker exits uncommitted) instead of waiting
-        # librdkafka's default 5 minutes.
-        "message.timeout.ms": 30_000,
-        "logger": log,
-    }))
-
-
 def consumer_lag(app: faust.App) -> dict[tuple[str, int], int]:
     """High watermark (from fetch responses, which Tansu gets right) minus the committed offset."""
     consumer = app.consumer
@@ -232,12 +167,6 @@ def consumer_lag(app: faust.App) -> dict[tuple[str, int], int]:
         committed = consumer._committed_offset.get(tp)  # Faust keeps no public accessor for it
         lags[(tp.topic, tp.partition)] = max(0, consumer.highwater(tp) - (committed or 0))
     return lags
-
-
-def set_model_metrics(metrics: PipelineMetrics, pipeline: ModerationPipeline) -> None:
-    rt = pipeline.runtime
-    info = rt.model_info
-    metrics.set_model(rt.version, info.name, info.version, rt.provider, info.precision)
 
 
 def start_ops_server(settings: WorkerSettings) -> tuple[PipelineMetrics, Health]:
@@ -257,56 +186,6 @@ def watch_pipeline(metrics: PipelineMetrics, health: Health, pipeline: Moderatio
     metrics.watch_counts("memeguard_cache_ops", "Verdict cache hits, misses, errors, skipped, stored.", "result",
                          lambda: dict(pipeline.cache.counts))
     health.bundle = lambda: None if pipeline.runtime is not None else "no bundle loaded"
-
-
-async def pipelined_outcomes(pipeline: ModerationPipeline, records: list[RawRecord],
-                             previous: asyncio.Future | None) -> list[Outcome]:
-    """One batch's outcomes. Its preparation (fetch, hash, cache lookup, decode) runs while the previous batch
-    is still in inference; they are returned only once the previous batch (its publication) is done."""
-    try:
-        prepared = await pipeline.prepare(records)
-    except Exception:  # a bug triggered by a record: the isolating path below finds it
-        log.exception("preparing a batch of %d failed; processing it record by record", len(records))
-        prepared = None
-    if previous is not None:
-        await previous
-    outcomes = None
-    if prepared is not None:
-        try:
-            outcomes = await pipeline.finish(prepared)
-        except Exception:
-            log.exception("a batch of %d failed in inference; processing it again, bisecting", len(records))
-    if outcomes is None:
-        outcomes = await process_isolating_failures(pipeline, records)
-    return outcomes
-
-
-async def process_isolating_failures(pipeline: ModerationPipeline, records: list[RawRecord]) -> list[Outcome]:
-    """A bug triggered by one record must not stall or crash-loop the stream: split the failing batch in
-    halves until the record that fails is alone, and dead-letter just that one (log2(n) extra calls)."""
-    try:
-        return await pipeline.process(records)
-    except Exception as e:
-        if len(records) == 1:
-            record = records[0]
-            log.exception("record %s/%d@%d failed; dead-lettering it", record.topic, record.partition, record.offset)
-            return [Outcome(record, dead_letter=dead_letter(
-                record, ErrorKind.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}"))]
-        log.exception("batch of %d failed unexpectedly; bisecting it", len(records))
-    half = len(records) // 2
-    return (await process_isolating_failures(pipeline, records[:half])
-            + await process_isolating_failures(pipeline, records[half:]))
-
-
-def abandon(reason: str, backoff_s: float) -> None:
-    """Exit without committing: the batch's offsets stay where they were and it is consumed again.
-
-    The pause first (the event loop is blocked, so nothing commits meanwhile) keeps a supervisor that
-    restarts at once from turning a broker or Redis outage into a hot restart loop."""
-    log.critical(reason, extra={"exit_in_s": backoff_s})
-    logging.shutdown()
-    time.sleep(backoff_s)
-    os._exit(EXIT_ABANDONED)
 
 
 def build_pipeline(settings: WorkerSettings) -> ModerationPipeline:
@@ -389,13 +268,12 @@ def run_worker(settings: WorkerSettings) -> None:
     if breaker is not None:
         metrics.watch_counts("memeguard_crash_loop_breaker", "Suspect batches, poison records, Redis errors.", "event",
                              lambda: dict(breaker.counts))
-    exactly_once = settings.processing_guarantee == "exactly_once"  # Faust cannot: see worker/transactional.py
+    exactly_once = settings.processing_guarantee == "exactly_once"  # Faust cannot: see worker/loop.py
     if exactly_once or settings.worker_engine == "confluent":
-        from consumer.worker.transactional import run_transactional
-
-        run_transactional(settings, pipeline, watcher, metrics, health, breaker, transactions=exactly_once)
+        run_loop(settings, pipeline, watcher, metrics, health, breaker, transactions=exactly_once)
         return
-    app = create_app(settings, pipeline, watcher, metrics, health, breaker)
+    publisher = output_publisher(settings, output_producer(settings))
+    app = create_app(settings, pipeline, watcher, metrics, health, breaker, publisher)
     metrics.watch_counts("memeguard_publish", "Outputs published, last-resort dead letters, bookkeeping errors.",
                          "result", lambda: dict(app.memeguard_publisher.counts))
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), redirect_stdouts=False,

@@ -1,18 +1,29 @@
-"""Exactly-once mode (MEMEGUARD_PROCESSING_GUARANTEE=exactly_once): the worker's own consume loop on
-confluent-kafka's transactional API; without transactions, the at-least-once default (MEMEGUARD_WORKER_ENGINE=
-confluent). The Faust agent (consumer/worker/service.py, MEMEGUARD_WORKER_ENGINE=faust) is the alternative.
+"""The worker's consume loop on confluent-kafka (the default engine, MEMEGUARD_WORKER_ENGINE=confluent), serving
+both guarantees: at-least-once (the default) and exactly-once (MEMEGUARD_PROCESSING_GUARANTEE=exactly_once,
+one transaction per batch). The Faust agent (consumer/worker/service.py, MEMEGUARD_WORKER_ENGINE=faust) is the
+other engine, at-least-once only. Both run a batch through the same core (consumer/worker/batches.py) and
+publish through the same producer (consumer/worker/producer_config.py).
 
-Why not Faust: its exactly-once mode keeps one transactional producer per *output* partition and commits
-offsets per *input* partition, so a verdict can sit in one open transaction while its input offset commits
-in another, and with two workers a send can be routed to a producer another worker owns. Here one batch is
-one transaction, on one producer:
+At-least-once: no per-event machinery (half the CPU per cache hit of the Faust agent, docs/benchmarks.md). Up to
+MEMEGUARD_PIPELINE_DEPTH batches are in flight (the next one prepared while one is in inference). A batch's
+outputs are produced and acknowledged, then its offsets are committed, in batch order (asynchronously, so the
+next batch need not wait; synchronously for partitions being revoked and at shutdown). An output that cannot
+be acknowledged ends the process uncommitted (code 75, batches.abandon()); after a crash the batch is consumed
+again and may be published twice.
 
-    consume(max_batch, max_wait)  ->  pipeline (same code as the Faust path)  ->
+Exactly-once: one batch at a time (MEMEGUARD_PIPELINE_DEPTH does not apply), one batch is one transaction, on
+one producer:
+
+    consume(max_batch, max_wait)  ->  pipeline  ->
     begin_transaction; produce every verdict and dead letter; send_offsets_to_transaction(next offsets,
     consumer group metadata); commit_transaction
 
 so a batch's outputs and its input offsets become visible together or not at all (read_committed readers
 never see the outputs of an aborted transaction).
+
+Why not Faust's exactly-once: it keeps one transactional producer per *output* partition and commits offsets
+per *input* partition, so a verdict can sit in one open transaction while its input offset commits in another,
+and with two workers a send can be routed to a producer another worker owns.
 
 Fencing. `transactional.id` is `{group_id}-{instance_id}` (MEMEGUARD_INSTANCE_ID, default the host name):
 stable across restarts of one instance, so `init_transactions()` at start aborts whatever transaction the
@@ -23,18 +34,10 @@ aborted, and the partitions' new owner starts from the last committed offsets.
 
 Errors. Anything that fails inside a transaction aborts it; the consumer is rewound to the batch's first
 uncommitted offsets and the records are consumed again (after `MAX_ABORTS_IN_A_ROW` aborts in a row, or a
-fatal error, the process exits with code 75 like worker.abandon(): nothing of the batch is committed).
-Serialisation, the DLQ, last-resort and truncated dead letters are OutcomePublisher's (consumer/core/publish.py)
-through an adapter; a record larger than the topic's `max.message.bytes` is refused before it is produced
-(a broker-side refusal would doom the whole transaction), which sends it down the publisher's fallbacks.
-
-Without transactions (MEMEGUARD_WORKER_ENGINE=confluent, at_least_once, the default): the same loop, without
-Faust's per-event machinery (half the CPU per cache hit, docs/benchmarks.md). Up to MEMEGUARD_PIPELINE_DEPTH
-batches are in flight, as in the Faust agent (the next one prepared while one is in inference). A batch's
-outputs are produced and acknowledged, then its offsets are committed, in batch order (asynchronously, so the
-next batch need not wait; synchronously for partitions being revoked and at shutdown).
-An output that cannot be acknowledged ends the process uncommitted (code 75), as the Faust worker does; after a
-crash the batch is consumed again and may be published twice (at-least-once).
+fatal error, the process exits with code 75: nothing of the batch is committed). Serialisation, the DLQ,
+last-resort and truncated dead letters are OutcomePublisher's (consumer/core/publish.py); a record larger than
+the topic's `max.message.bytes` is refused before it is produced (a broker-side refusal would doom the whole
+transaction), which sends it down the publisher's fallbacks.
 """
 
 import asyncio
@@ -46,44 +49,40 @@ from collections import Counter, deque
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import ConfigResource
 from tenacity import RetryCallState, wait_exponential_jitter
 
-from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
-from consumer.core.publish import (  # noqa: F401
-    CALL_TIMEOUT_S,
-    Deadline,
-    OutcomePublisher,
-    ProducerTopic,
-    RecordTooLarge,
-)
+from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord
+from consumer.core.publish import CALL_TIMEOUT_S, Deadline, ProducerTopic
 from consumer.kafka.config import client_config
-from consumer.kafka.topics import admin
 from consumer.ops.metrics import PipelineMetrics
 from consumer.ops.server import Health
 from consumer.settings import WorkerSettings
+from consumer.worker.batches import (
+    abandon,
+    after_publish,
+    one_by_one,
+    pipelined_outcomes,
+    process_isolating_failures,
+)
 from consumer.worker.crash_guard import CrashLoopBreaker
 from consumer.worker.explanations import ExplanationPublisher
 from consumer.worker.hot_reload import BundleWatcher
-from consumer.worker.service import (
-    abandon,
-    log_dead_letters,
-    output_record_limit,
-    pipelined_outcomes,
-    process_isolating_failures,
-    set_model_metrics,
+from consumer.worker.producer_config import (
+    TRANSACTION_TIMEOUT_MS,
+    max_message_bytes,
+    output_producer,
+    output_publisher,
+    producer_limit,
 )
-from schemas import ErrorKind
+from consumer.worker.serving_model import swap_model_if_ready
 
 log = logging.getLogger(__name__)
 
-TRANSACTION_TIMEOUT_MS = 15_000  # a transaction spans only produce + commit (processing happens before it)
 DELIVERY_TIMEOUT_S = TRANSACTION_TIMEOUT_MS / 1000 + 5
 WATCHDOG_MARGIN_S = 5.0  # a transactional call still blocked this long after its own timeout is wedged
 MAX_ABORTS_IN_A_ROW = 5
 # 0.4 s after the first abort, doubled per abort in a row, plus jitter (replicas aborting together retry apart), capped.
 ABORT_BACKOFF = wait_exponential_jitter(multiplier=0.4, max=5.0, jitter=0.2)
-KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 
 
 class Rewound(Exception):
@@ -109,28 +108,13 @@ def transactional_id(settings: WorkerSettings) -> str:
     return f"{settings.group_id}-{settings.instance_id or socket.gethostname()}"
 
 
-def max_message_bytes(settings: WorkerSettings, topic: str, producer_limit: int) -> int:
-    """The most a record batch of `topic` may hold: its `max.message.bytes` (Kafka's default when it cannot
-    be read), and never more than the producer's own limit."""
-    try:
-        client = admin(settings.kafka_bootstrap, quiet=True)  # referenced until the answer is in
-        futures = client.describe_configs([ConfigResource("topic", topic)], request_timeout=10)
-        config = next(iter(futures.values())).result()
-        limit = int(config["max.message.bytes"].value)
-    except Exception as e:  # noqa: BLE001 (e.g. no DescribeConfigs permission: the safe default)
-        log.warning("max.message.bytes of %s unknown (%s); assuming Kafka's default %d", topic, e,
-                    KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
-        limit = KAFKA_DEFAULT_MAX_MESSAGE_BYTES
-    return min(limit, producer_limit)
-
-
 def _kafka_error(e: BaseException) -> KafkaError | None:
     if isinstance(e, KafkaException) and e.args and isinstance(e.args[0], KafkaError):
         return e.args[0]
     return None
 
 
-class TransactionalWorker:
+class ConsumeLoop:
     def __init__(self, settings: WorkerSettings, pipeline: ModerationPipeline,
                  watcher: BundleWatcher | None = None, metrics: PipelineMetrics | None = None,
                  health: Health | None = None, breaker: CrashLoopBreaker | None = None,
@@ -140,7 +124,6 @@ class TransactionalWorker:
         self.metrics, self.health, self.breaker = metrics, health, breaker
         self.transactional_id = transactional_id(settings)
         self.counts: Counter[str] = Counter()  # transactions committed / aborted, rebalances
-        producer_limit = min(2 * settings.max_event_bytes + 64 * 1024, 1_000_000_000)
         self.consumer = Consumer(client_config(settings.kafka_bootstrap, {
             "group.id": settings.group_id,
             "isolation.level": "read_committed",
@@ -156,31 +139,16 @@ class TransactionalWorker:
             **({} if transactions else {"on_commit": self._on_commit}),
             "logger": log,
         }))
-        self.producer = Producer(client_config(settings.kafka_bootstrap, {
-            **({"transactional.id": self.transactional_id, "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS}
-               if transactions else {}),
-            "enable.idempotence": True,
-            "acks": "all",
-            "message.timeout.ms": TRANSACTION_TIMEOUT_MS,
-            "message.max.bytes": producer_limit,
-            "linger.ms": settings.producer_linger_ms,
-            "logger": log,
-        }))
+        self.producer = output_producer(settings, self.transactional_id if transactions else None)
         self.deadline = Deadline()
-        # Without transactions, the Faust worker's limit: both at-least-once engines refuse the same records.
-        record_limit = producer_limit if transactions else output_record_limit(settings)
-        self.publisher = OutcomePublisher(
-            ProducerTopic(self.producer, settings.output_topic,
-                          max_message_bytes(settings, settings.output_topic, record_limit), self.deadline),
-            ProducerTopic(self.producer, settings.dlq_topic,
-                          max_message_bytes(settings, settings.dlq_topic, record_limit), self.deadline))
+        self.publisher = output_publisher(settings, self.producer, self.deadline, transactions)
         self.explanations = None
         if pipeline.explainer is not None:  # best effort, after the verdict: outside the transactions
             plain = Producer(client_config(settings.kafka_bootstrap, {"enable.idempotence": True, "acks": "all",
                                                                       "logger": log}))
             self.explanations = ExplanationPublisher(pipeline.explainer, ProducerTopic(
                 plain, settings.explanations_topic, max_message_bytes(settings, settings.explanations_topic,
-                                                                      producer_limit)))
+                                                                      producer_limit(settings))))
         self._uncommitted: dict[tuple[str, int], int] = {}  # batch in hand: first uncommitted offset per partition
         self._committed: dict[tuple[str, int], int] = {}  # for the lag gauge
         self._in_transaction = False
@@ -277,7 +245,7 @@ class TransactionalWorker:
                 in_flight.popleft().result()
             if not records:
                 continue
-            self._swap_model_if_ready()
+            swap_model_if_ready(self.pipeline, self.watcher, self.metrics)
             if self.breaker is not None and await self.breaker.begin_batch(records):
                 await asyncio.gather(*in_flight)  # the one-by-one replay must be alone in flight
                 in_flight.clear()
@@ -364,8 +332,8 @@ class TransactionalWorker:
         abandon(f"{reason}; exiting so the batch is consumed again", self.settings.restart_backoff_s)
 
     async def _handle(self, records: list[RawRecord]) -> None:
-        """As worker.create_app's handle(), with a transaction per published unit."""
-        self._swap_model_if_ready()
+        """One batch at a time (exactly-once: a transaction per published unit; at-least-once with pipeline_depth 1)."""
+        swap_model_if_ready(self.pipeline, self.watcher, self.metrics)
         # Captured now: should the group re-form before the commit, the commit is refused (KIP-447).
         group_metadata = self.consumer.consumer_group_metadata()
         self._uncommitted = {}
@@ -381,21 +349,10 @@ class TransactionalWorker:
 
     async def _one_by_one(self, records: list[RawRecord], group_metadata: Any) -> None:
         """A worker died with one of these in flight: one record (one transaction) at a time."""
-        for record in records:
-            if (poison := await self.breaker.begin_alone(record)) is not None:
-                outcomes = [Outcome(record, dead_letter=dead_letter(record, ErrorKind.POISON_RECORD, poison,
-                                                                    peek_event_id(record)))]
-            else:
-                outcomes = await process_isolating_failures(self.pipeline, [record])
-            await self._commit(outcomes, [record], group_metadata)
-            await self.breaker.finish([record])
+        async def commit(outcomes: list[Outcome], batch: list[RawRecord]) -> None:
+            await self._commit(outcomes, batch, group_metadata)
 
-    def _swap_model_if_ready(self) -> None:
-        if self.watcher is not None and (new := self.watcher.take_ready()) is not None:
-            log.info("model swapped", extra={"old": self.pipeline.runtime.version, "new": new.version})
-            self.pipeline.runtime = new
-            if self.metrics is not None:
-                set_model_metrics(self.metrics, self.pipeline)
+        await one_by_one(self.pipeline, self.breaker, records, commit)
 
     async def _commit(self, outcomes: list[Outcome], records: list[RawRecord], group_metadata: Any) -> None:
         """One transaction: every output of `outcomes` and the offsets after `records` (without transactions:
@@ -416,16 +373,7 @@ class TransactionalWorker:
         self._uncommitted.update(offsets)
         self._committed.update(offsets)
         # Nothing after the commit may fail the batch: its outputs and offsets are in.
-        try:
-            log_dead_letters(outcomes)
-            if self.explanations is not None:
-                self.explanations.submit(outcomes, self.pipeline.runtime.version)
-            if self.metrics is not None:
-                self.metrics.observe_stage("publish", time.perf_counter() - started)
-                self.metrics.observe_batch(outcomes)
-        except Exception:
-            self.publisher.counts["post_publish_errors"] += 1
-            log.exception("bookkeeping after committing a batch failed; the batch stands")
+        after_publish(outcomes, self.pipeline, self.explanations, self.metrics, started, self.publisher.counts)
 
     def _commit_now(self, partitions: list[TopicPartition]) -> None:
         """Synchronously commit the offsets after what was published, for `partitions` (without transactions:
@@ -501,11 +449,11 @@ class TransactionalWorker:
         log.info("worker stopped", extra=dict(self.counts))
 
 
-def run_transactional(settings: WorkerSettings, pipeline: ModerationPipeline, watcher: BundleWatcher | None,
+def run_loop(settings: WorkerSettings, pipeline: ModerationPipeline, watcher: BundleWatcher | None,
                       metrics: PipelineMetrics, health: Health, breaker: CrashLoopBreaker | None,
                       transactions: bool = True) -> None:
     """Blocks until SIGTERM/SIGINT (then finishes the batch in flight) or exits with code 75."""
-    worker = TransactionalWorker(settings, pipeline, watcher, metrics, health, breaker, transactions)
+    worker = ConsumeLoop(settings, pipeline, watcher, metrics, health, breaker, transactions)
     metrics.watch_counts("memeguard_publish", "Outputs published, last-resort dead letters, bookkeeping errors.",
                          "result", lambda: dict(worker.publisher.counts))
     metrics.watch_counts("memeguard_transactions", "Exactly-once transactions committed and aborted, rebalances.",
