@@ -1,10 +1,9 @@
 """The learning loop's pure parts and `memeguard calibrate`: the policy's harm cut-offs fitted on constructed
 cases whose answer is computed by hand (review budget and block precision at a base rate), the vectorised policy
 against DecisionPolicy.decide, the held-back split, and a calibrated bundle written from the tiny bundle (technique
-thresholds unchanged, exit status by target); then review resolution, shadow sampling, the gate, compare."""
+thresholds unchanged, exit status by target); then shadow sampling, the gate, compare."""
 
 import json
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from consumer.cli import main as memeguard
 from consumer.core.bundle import ModelBundle
 from consumer.core.policy import DecisionPolicy
 from consumer.core.runtime import BundleRuntime
-from consumer.kafka.topic_reader import Record
 from consumer.learning.calibrate import (
     ALLOW,
     BLOCK,
@@ -33,7 +31,6 @@ from consumer.learning.calibrate import (
 )
 from consumer.learning.compare import compare_verdicts
 from consumer.learning.promote import Gate, gate_checks
-from consumer.learning.reviews import resolve
 from consumer.learning.shadow import in_sample
 from schemas import TECHNIQUES, Decision, ModelInfo, TechniqueScore, Verdict
 from tests.memes import SEMEVAL
@@ -172,31 +169,7 @@ def test_bump_version() -> None:
     assert bump_version("0.1.0") == "0.1.1" and bump_version("2.0.9") == "2.0.10" and bump_version("dev") == "dev.1"
 
 
-def _review(h: str, who: str, final: str, minute: int, **extra) -> Record:
-    at = (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minute)).isoformat()
-    msg = {"type": "review", "review_id": f"{h}-{who}-{minute}", "content_hash": h, "event_id": f"e-{h}",
-           "moderator": who, "final_decision": final, "reviewed_at": at, "labels": [], **extra}
-    return Record("reviews", 0, minute, None, json.dumps(msg).encode(), 0)
-
-
-def test_review_resolution_latest_per_moderator_majority_and_ties() -> None:
-    retraction = {"type": "retraction", "review_id": "r", "retracts": "a-bob-3", "content_hash": "a", "moderator": "bob"}
-    records = [
-        _review("a", "alice", "allow", 1), _review("a", "alice", "block", 2),  # alice changed her mind: block
-        _review("a", "bob", "allow", 3), Record("reviews", 0, 4, None, json.dumps(retraction).encode(), 0),
-        _review("a", "carol", "block", 5),
-        _review("b", "alice", "block", 6), _review("b", "bob", "allow", 7),  # a tie: a disagreement
-        _review("c", "alice", "allow", 8), _review("c", "bob", "block", 9), _review("c", "carol", "block", 10),
-        Record("reviews", 0, 11, None, b"not json", 0),
-    ]
-    res = resolve(records)
-    by = {r.content_hash: r for r in res.resolved}
-    assert by["a"].decision == "block" and by["a"].unanimous and len(by["a"].votes) == 2  # bob's vote was undone
-    assert by["b"].decision is None and not by["b"].unanimous
-    assert by["c"].decision == "block" and not by["c"].unanimous and by["c"].latest["moderator"] == "carol"
-    assert [r.content_hash for r in res.labelled] == ["a", "c"]
-    assert {r.content_hash for r in res.disagreements} == {"b", "c"}
-    assert (res.retracted, res.invalid) == (1, 1)
+# Review resolution is tested on signed reviews: tests/test_reviews_authentic.py.
 
 
 def test_shadow_sample_is_deterministic_by_content_and_close_to_the_rate() -> None:
