@@ -13,7 +13,8 @@ import yaml
 
 from consumer.alert.rules import AlertConfig
 from consumer.ops.server import LIVENESS_PATH, READINESS_PATH
-from consumer.settings import AlertSettings, ReviewSettings, WorkerSettings
+from consumer.review.settings import ReviewSettings
+from consumer.settings import AlertSettings, WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "deploy" / "helm" / "memeguard"

@@ -1,7 +1,13 @@
 """The layering of docs/architecture.md, checked on the source: every import (module level or inside a
-function) is parsed, and one that crosses a line drawn there fails here."""
+function or a validator) is read, and one that crosses a line drawn there fails here.
+
+Two checks: import-linter's contracts (pyproject.toml, [tool.importlinter]: no import circle in consumer/,
+consumer/ above schemas/ and scoring/, no torch or models/ in consumer/, scoring/ alone, settings below the
+programs), and the hand-written per-folder rules below for the finer lines of the table."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +71,34 @@ def test_the_checker_sees_imports_inside_functions_too(tmp_path: Path) -> None:
     bad.write_text("import torch\n\ndef f():\n    from models.train import train\n")
     assert {"torch", "models.train", "models.train.train"} <= imports_of(bad)
     assert under("consumer.core.runtime", ("consumer.core",)) and not under("consumer.corex", ("consumer.core",))
+
+
+LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
+
+
+def lint_imports(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([LINT_IMPORTS, "--no-cache", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(cwd)})
+
+
+def test_the_import_contracts_hold() -> None:
+    result = lint_imports(REPO)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_the_contracts_see_imports_inside_functions_and_validators(tmp_path: Path) -> None:
+    """An import inside a validator counts: the circle it closes breaks the acyclic contract."""
+    pkg = tmp_path / "pkg"
+    (pkg / "programs").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "programs" / "__init__.py").write_text("")
+    (pkg / "programs" / "auth.py").write_text("from pkg.settings import Settings\n")
+    (pkg / "settings.py").write_text(
+        "class Settings:\n"
+        "    def _validate(self):\n"
+        "        from pkg.programs.auth import load_users\n")
+    (tmp_path / ".importlinter").write_text(
+        "[importlinter]\nroot_package = pkg\n\n"
+        "[importlinter:contract:acyclic]\nname = acyclic\ntype = acyclic_siblings\nancestors = pkg\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode == 1 and ".settings -> .programs" in result.stdout, result.stdout + result.stderr

@@ -4,7 +4,8 @@ import re
 from pathlib import Path
 
 from consumer.kafka.config import KafkaSecurity
-from consumer.settings import AlertSettings, ReviewSettings, WorkerSettings
+from consumer.review.settings import ReviewSettings
+from consumer.settings import AlertSettings, WorkerSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

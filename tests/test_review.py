@@ -18,8 +18,8 @@ from consumer.core.hashing import content_hash
 from consumer.review.app import create_app
 from consumer.review.auth import CSRF_COOKIE, SESSION_COOKIE, hash_password, verify_password
 from consumer.review.ingest import ReviewIngest
+from consumer.review.settings import ReviewSettings
 from consumer.review.store import ReviewStore
-from consumer.settings import ReviewSettings
 from schemas import TECHNIQUES, Decision, ModelInfo, TechniqueScore, Verdict
 from tests.kafka_helpers import produce_events, produce_raw, read_json_topic
 from tests.memes import SEMEVAL, event, meme_bytes

@@ -17,8 +17,8 @@ import pytest
 from consumer.devinfra.stack import free_port
 from consumer.review.app import create_app
 from consumer.review.ingest import ReviewIngest
+from consumer.review.settings import ReviewSettings
 from consumer.review.store import ReviewStore
-from consumer.settings import ReviewSettings
 from tests.kafka_helpers import produce_events, produce_raw, read_json_topic
 from tests.memes import event, meme_bytes
 from tests.test_review import HOSTILE, PASSWORDS, USERS, verdict_for

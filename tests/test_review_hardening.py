@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 import consumer.review.auth as review_auth
 from consumer.review.app import card_url, create_app, decision_url
 from consumer.review.auth import SESSION_COOKIE, TRUSTED_HEADER_WITH_PASSWORDS, Authenticator
+from consumer.review.settings import ReviewSettings
 from consumer.review.store import ReviewStore
-from consumer.settings import ReviewSettings
 from schemas import MemeEvent
 from tests.memes import SEMEVAL, event, meme_bytes
 from tests.test_review import HTML, PASSWORDS, USERS, csrf, published, queue, sign_in, verdict_for

@@ -24,7 +24,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     import os
 
     from consumer.learning.dataset import Sources, build_dataset, fetch_policy_from_env
-    from consumer.settings import KafkaSettings, ReviewSettings
+    from consumer.review.settings import ReviewSettings
+    from consumer.settings import KafkaSettings
 
     s = KafkaSettings()  # not ReviewSettings: building a dataset needs none of the page's sign-in settings
     reviews = (args.reviews_topic or os.environ.get("MEMEGUARD_REVIEWS_TOPIC")

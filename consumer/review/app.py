@@ -53,8 +53,8 @@ from consumer.review.auth import (
     PasswordChecks,
     load_users,
 )
+from consumer.review.settings import ReviewSettings
 from consumer.review.store import Item, ReviewStore
-from consumer.settings import ReviewSettings
 from schemas import MemeEvent
 from schemas.review import encode_review
 
@@ -90,14 +90,22 @@ def decision_url(event_id: str) -> str:
     return f"/decision?event_id={quote(event_id, safe='')}"
 
 
-def review_message(item: Item, action: str, moderator: Moderator) -> dict[str, Any]:
+SEVERITIES = ("not harmful", "somewhat harmful", "very harmful")
+
+
+def review_message(item: Item, action: str, moderator: Moderator, severity: str | None = None) -> dict[str, Any]:
+    """`severity`: the moderator's choice for a confirmed (blocked) meme; an overturned one is not harmful."""
     v = item.verdict
     confirmed = action == "confirm"
+    if not confirmed:
+        severity = "not harmful"
+    elif severity not in SEVERITIES[1:]:
+        severity = v.severity if v.severity in SEVERITIES[1:] else "somewhat harmful"
     return {
         "type": "review", "review_id": uuid.uuid4().hex,
         "event_id": v.event_id, "post_id": v.post_id, "author_id": v.author_id, "content_hash": v.content_hash,
         "model": v.model.version, "model_decision": v.decision.value, "harmful_score": v.harmful_score,
-        "action": action, "final_decision": ACTIONS[action],
+        "action": action, "final_decision": ACTIONS[action], "severity": severity,
         # Labelled data for the next training run: the flagged techniques, endorsed or rejected.
         "labels": [t.technique for t in v.flagged] if confirmed else [],
         "rejected_labels": [] if confirmed else [t.technique for t in v.flagged],
@@ -349,7 +357,7 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
             try:
                 item = store.get(card)
                 if item is not None and item.decision is None:
-                    message = review_message(item, action, who)
+                    message = review_message(item, action, who, form.get("severity"))
                     await asyncio.to_thread(publish, producer, settings.reviews_topic, item.verdict.post_id, message,
                                             signing_key)
                     store.decide(card, message)
