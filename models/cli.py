@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not records.is_file():
                     raise ModelsError(f"--extra-data {extra}: no dataset.json there (`memeguard dataset build`).")
                 cfg.data.pool.append(str(records.resolve()))
+                cfg.harm_head.extra.append(str(records.resolve()))  # moderators' block/allow + severity
             if cfg.text_encoder.kind == "tfidf":
                 from models.tfidf_svm import train_tfidf_svm
 

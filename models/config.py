@@ -97,6 +97,7 @@ class HarmHeadConfig:
     min_harmful_caught: float = 0.75
     block_precision: float = 0.9
     base_rate: float = 0.05
+    extra: list[str] = field(default_factory=list)  # reviews datasets (`train --extra-data`): moderator labels
 
 
 @dataclass

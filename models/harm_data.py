@@ -76,8 +76,34 @@ def load_harmeme(path: Path, domain: str | None = None) -> list[HarmMeme]:
     return memes
 
 
-def load_pool() -> list[HarmMeme]:
-    return [m for name in POOL_FILES for m in load_harmeme(harmeme_dir() / f"{name}.jsonl")]
+REVIEWS_DOMAIN = "reviews"
+
+
+def load_reviews(path: Path) -> list[HarmMeme]:
+    """A `memeguard dataset build` dataset.json: each moderator-decided meme with its severity (an allowed one is
+    'not harmful'). Records without a decision (plain SemEval files) carry no harm label and are skipped."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"Reviews dataset {path} is unreadable ({type(e).__name__}).") from e
+    if not isinstance(rows, list):
+        raise DataError(f"Reviews dataset {path} must hold a JSON list of records.")
+    memes = []
+    for row in rows:
+        if not isinstance(row, dict) or row.get("decision") not in ("block", "allow"):
+            continue
+        severity = row.get("severity") if row["decision"] == "block" else "not harmful"
+        if severity not in SEVERITIES[1:] and row["decision"] == "block":
+            severity = "somewhat harmful"
+        memes.append(HarmMeme(str(row.get("id")), str(row.get("text") or ""), SEVERITIES.index(severity),
+                              REVIEWS_DOMAIN))
+    return memes
+
+
+def load_pool(extra: tuple[Path, ...] = ()) -> list[HarmMeme]:
+    """HarMeme train+val, plus moderators' decisions from reviews datasets (`train --extra-data`)."""
+    memes = [m for name in POOL_FILES for m in load_harmeme(harmeme_dir() / f"{name}.jsonl")]
+    return memes + [m for path in extra for m in load_reviews(path)]
 
 
 def text_groups(memes: list[HarmMeme]) -> np.ndarray:

@@ -6,6 +6,7 @@ both sides of a fold). Nothing here reads a HarMeme test split: they are held ou
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,10 @@ HARM_OUT, SEVERITY_OUT = "harmful_prob", "severity_probs"  # = exporters.contrac
 TRAINED_ON = f"HarMeme {' + '.join(POOL_FILES)} (text only)"
 
 
+def trained_on(cfg: HarmHeadConfig) -> str:
+    return TRAINED_ON + "".join(f" + moderator decisions in {Path(p).parent.name or p}" for p in cfg.extra)
+
+
 def harm_inputs(encoder: TextEncoder, memes: list[HarmMeme]) -> HarmInputs:
     """Pooled features (cached on disk like every frozen feature) and token presence, tokenised as serving does."""
     features = text_features(encoder, memes)  # type: ignore[arg-type]  # only `.text` is read
@@ -44,7 +49,8 @@ def harm_inputs(encoder: TextEncoder, memes: list[HarmMeme]) -> HarmInputs:
 
 def grouped_folds(memes: list[HarmMeme], folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     sev, _ = targets(memes)
-    strata = sev * len(DOMAINS) + np.asarray([list(DOMAINS).index(m.domain) for m in memes])
+    domains = sorted({m.domain for m in memes})
+    strata = sev * len(domains) + np.asarray([domains.index(m.domain) for m in memes])
     splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(memes)), strata, text_groups(memes)))
 
@@ -92,7 +98,7 @@ def default_policy(cv: HarmCV, memes: list[HarmMeme], cfg: HarmHeadConfig, name:
     block = (cv.p_harm >= harm_block) | (very >= severity_block)
     point = operating_point(harmful, flag | block, block, cfg.base_rate)
     fit = PolicyFit(
-        data=f"{TRAINED_ON}: {cfg.folds}-fold grouped out-of-fold harm scores ({len(memes)} memes)",
+        data=f"{trained_on(cfg)}: {cfg.folds}-fold grouped out-of-fold harm scores ({len(memes)} memes)",
         target={"harmful_caught": cfg.min_harmful_caught, "block_precision": cfg.block_precision},
         target_met=point.harmful_caught >= cfg.min_harmful_caught,
         base_rate=cfg.base_rate, figures=point.as_dict(),
@@ -106,7 +112,7 @@ def default_policy(cv: HarmCV, memes: list[HarmMeme], cfg: HarmHeadConfig, name:
 def train_harm(encoder: TextEncoder, cfg: HarmHeadConfig, name: str, seed: int = 0
                ) -> tuple[HarmHead, dict[str, float], list[dict[str, Any]], DecisionPolicy]:
     """(final head, CV metrics, declared outputs, fitted policy)."""
-    memes = load_pool()
+    memes = load_pool(tuple(Path(p) for p in cfg.extra))
     inputs = harm_inputs(encoder, memes)
     head_cfg = HarmConfig(c_features=cfg.c_features, c_tokens=cfg.c_tokens)
     cv = cross_validate_harm(inputs, memes, head_cfg, cfg.folds, seed)
@@ -115,8 +121,8 @@ def train_harm(encoder: TextEncoder, cfg: HarmHeadConfig, name: str, seed: int =
     summary = {k: round(v, 4) for k, v in cv.metrics.items() if k.endswith(("auroc", "accuracy", "macro_f1"))}
     outputs = [
         {"name": HARM_OUT, "role": "harm", "kind": "binary", "labels": ["harmful"], "thresholds": [0.5],
-         "trained_on": TRAINED_ON, "metrics": summary},
+         "trained_on": trained_on(cfg), "metrics": summary},
         {"name": SEVERITY_OUT, "role": "severity", "kind": "categorical", "labels": list(SEVERITIES),
-         "trained_on": TRAINED_ON},
+         "trained_on": trained_on(cfg)},
     ]
     return head, cv.metrics, outputs, default_policy(cv, memes, cfg, name)

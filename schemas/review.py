@@ -65,6 +65,9 @@ class ReviewMessage(_Common):
     harmful_score: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
     action: Literal["confirm", "overturn"]
     final_decision: Literal["block", "allow"]
+    # The moderator's harm verdict: how harmful the meme is (a training label for the harm head). Overturned
+    # (allowed) memes are "not harmful"; absent in reviews published before the page asked for it.
+    severity: Literal["not harmful", "somewhat harmful", "very harmful"] | None = None
     labels: Annotated[list[Label], Field(max_length=len(Technique))] = []
     rejected_labels: Annotated[list[Label], Field(max_length=len(Technique))] = []
     duplicates: Annotated[list[Duplicate], Field(max_length=1000)] = []

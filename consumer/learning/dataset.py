@@ -154,6 +154,13 @@ def _image_name(data: bytes, h: str) -> str:
     return f"{h[:32]}.{ext}"
 
 
+def _severity(decision: str, moderator_says: str | None) -> str:
+    """An allowed meme is not harmful; a blocked one as harmful as its moderator said (somewhat, if unsaid)."""
+    if decision != "block":
+        return "not harmful"
+    return moderator_says if moderator_says in ("somewhat harmful", "very harmful") else "somewhat harmful"
+
+
 def _record(res: Resolved, verdict: Verdict, event: MemeEvent, image: str) -> dict[str, Any]:
     """The one place a dataset record is built, from the verified review (`res.latest`), the verdict it reviewed
     and the input event: a field from another source (e.g. the moderator's harm verdict) is added here."""
@@ -177,6 +184,10 @@ def _record(res: Resolved, verdict: Verdict, event: MemeEvent, image: str) -> di
         "model_decision": verdict.decision.value,
         "scores": {t.technique: t.score for t in verdict.techniques},
         "harmful_score": verdict.harmful_score,
+        # The harm label for the harm head (`train --extra-data`) and for `calibrate`: the moderator's own
+        # severity when the signed review has one, else what the decision implies.
+        "severity": _severity(res.decision, review.severity),
+        "severity_from": "moderator" if review.severity and res.decision == "block" else "decision",
         "moderators": {v.moderator: v.decision for v in res.votes},
         # the signed review times (UTC), never a time the record carried outside its signature
         "reviewed_at": max(v.message.reviewed_at for v in res.votes).isoformat(),
