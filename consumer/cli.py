@@ -262,7 +262,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
     s = KafkaSettings()
     command = roll_out(s, args.bundle_uri) if args.command == "rollout" else roll_back(s)
-    print(f"revision {command.revision}: {command.model_version} from {command.bundle_uri} on {s.control_topic}")
+    restores = ("" if command.restores is None else " (the bundle served before revision 1)" if command.restores == 0
+                else f" (restores revision {command.restores})")
+    print(f"revision {command.revision}: {command.model_version} from {command.bundle_uri} on {s.control_topic}"
+          f"{restores}")
     if args.no_wait:
         return 0
     report = wait_for_fleet(s, command.revision or 0, args.timeout, args.expect)

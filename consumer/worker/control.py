@@ -26,6 +26,7 @@ a worker without a key acts on no command. Whatever does not verify or does not 
 (`memeguard_control_commands{result}`) and logged, never acted on, and never stops the listener.
 """
 
+import atexit
 import hashlib
 import hmac
 import json
@@ -73,8 +74,12 @@ class ControlCommand(BaseModel):
                                       description="rollout: BundleRuntime.version announced for the bundle.")
     bundle_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
                                       description="ModelBundle.fingerprint announced for the bundle (checked).")
-    restores: int | None = Field(None, ge=1, le=MAX_REVISION,
-                                 description="rollback: the earlier revision whose bundle it re-publishes.")
+    restores: int | None = Field(None, ge=0, le=MAX_REVISION,
+                                 description="rollback: the earlier revision whose bundle it re-publishes; 0: the "
+                                             "bundle the fleet served before revision 1 (previous_bundle_uri).")
+    previous_bundle_uri: str | None = Field(
+        None, max_length=4096, description="The first rollout: the bundle the live workers served before it (from "
+                                           "their status), so that it can be rolled back.")
     command_id: str | None = Field(None, max_length=128,
                                    description="Unique per publication: who won a revision taken twice; replays.")
     issued_at: datetime | None = Field(None, description="For people reading the topic; never compared.")
@@ -115,6 +120,8 @@ class WorkerStatus(BaseModel):
     target_revision: int | None = Field(None, description="The revision it was asked for last.")
     error: str | None = Field(None, description="Why target_revision was refused.")
     refused: list[int] = Field(default_factory=list, description="Revisions it refused (latest few).")
+    bundle_uri: str | None = Field(None, description="The bundle it serves (resolved path): at revision 0 its "
+                                                     "configured MEMEGUARD_BUNDLE_PATH.")
     heartbeat_s: float
     updated_at: datetime
 
@@ -341,6 +348,20 @@ def _pin(command: ControlCommand) -> dict[str, str]:
     return {"expect_sha256": command.bundle_sha256} if command.bundle_sha256 else {}
 
 
+def default_worker_id() -> str:
+    """A worker's name on the status topic when MEMEGUARD_WORKER_ID is unset: its stable identity,
+    MEMEGUARD_INSTANCE_ID (a pod name, `--processes` members get `-<i>`), else the host name. Stable across
+    restarts, so a restarted worker replaces its own status instead of adding one more (a pid would)."""
+    return os.environ.get("MEMEGUARD_INSTANCE_ID", "").strip() or socket.gethostname()
+
+
+def _root_of(runtime: Any) -> str | None:
+    try:
+        return str(Path(runtime.bundle.root).resolve())
+    except (AttributeError, OSError, TypeError, ValueError):
+        return None
+
+
 class FleetMember:
     """A worker's side of fleet rollouts: applies the highest revision through the bundle watcher (load,
     golden set, swap between batches) and reports each step on the status topic and in the metrics."""
@@ -350,11 +371,12 @@ class FleetMember:
                  key: Key | _FromSettings = FROM_SETTINGS) -> None:
         self.bootstrap, self.control_topic, self.status_topic = bootstrap, control_topic, status_topic
         self.watcher, self.metrics, self.heartbeat_s = watcher, metrics, heartbeat_s
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.worker_id = worker_id or default_worker_id()
         self._lock = threading.Lock()
         self.revision = 0  # serving (or validated, swapped in at the next batch)
         self.target: int | None = None  # highest revision asked for
         self.model_version: str = current.version
+        self.bundle_uri: str | None = _root_of(current)
         self.state: str = "serving"
         self.error: str | None = None
         self.refused: list[int] = []
@@ -381,10 +403,17 @@ class FleetMember:
             self.watcher.wait_idle(catch_up_timeout_s)
         self.publish()
         threading.Thread(target=self._heartbeat, name="fleet-heartbeat", daemon=True).start()
+        # A clean exit (SIGTERM, SIGINT, a return from the worker loop) says so at once: `rollout` stops waiting
+        # for this worker instead of counting it live for three heartbeats. A crash or a kill -9 does not; its
+        # status expires after three heartbeats, and a restart under the same id replaces it.
+        atexit.register(self.stop)
         return self
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
+        atexit.unregister(self.stop)
         self.listener.stop()
         with self._lock:
             self.state = "stopped"
@@ -446,6 +475,7 @@ class FleetMember:
             if (tag.revision or 0) < (self.target or 0):
                 return  # superseded while loading; the newer one reports
             self.revision, self.model_version, self.state, self.error = tag.revision or 0, runtime.version, "ready", None
+            self.bundle_uri = _root_of(runtime)
         self.publish()
 
     def _rejected(self, error: str, tag: Any) -> None:
@@ -461,6 +491,7 @@ class FleetMember:
     def _swapped(self, runtime: Any, tag: Any) -> None:
         with self._lock:
             self.model_version = runtime.version
+            self.bundle_uri = _root_of(runtime)
             if isinstance(tag, ControlCommand):
                 self._swapped_revision = tag.revision or 0
             elif tag is None:  # a plain reload replaced the rolled-out bundle: no revision serves any more
@@ -476,7 +507,7 @@ class FleetMember:
         with self._lock:
             return WorkerStatus(worker_id=self.worker_id, state=self.state, revision=self.revision,  # type: ignore[arg-type]
                                 model_version=self.model_version, target_revision=self.target, error=self.error,
-                                refused=self.refused,
+                                refused=self.refused, bundle_uri=self.bundle_uri,
                                 heartbeat_s=self.heartbeat_s, updated_at=datetime.now(UTC))
 
     def publish(self, wait: bool = True) -> None:

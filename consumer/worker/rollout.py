@@ -58,28 +58,45 @@ def rollouts(bootstrap: str, control_topic: str, key=FROM_SETTINGS) -> list[Cont
 def rollback_target(history: list[ControlCommand], refused: set[int] = frozenset()) -> ControlCommand:
     """The revision that served before the current one. Revisions a worker refused never served and are
     skipped; a rollback's predecessor is the revision before the one it restored, so rollbacks in a row walk
-    back through history instead of toggling."""
+    back through history instead of toggling. Before the first rollout the fleet served the bundle the first
+    rollout recorded (`previous_bundle_uri`): returned as revision 0, re-published with `restores=0`."""
     by_revision = {c.revision: c for c in history}
-    history = [c for c in history if c.revision not in refused]
-    if not history:
+    served = [c for c in history if c.revision not in refused]
+    if not served:
         raise ConfigError("Nothing to roll back: no rollout on the control topic served yet.")
-    current = history[-1]
-    point = current.restores or current.revision or 0
-    earlier = [c for c in history if (c.revision or 0) < point]
+    current = served[-1]
+    point = current.restores if current.restores is not None else current.revision or 0
+    if point == 0:
+        raise ConfigError(f"Nothing to roll back to: revision {current.revision} already restored the bundle the fleet "
+                          "served before revision 1.")
+    earlier = [c for c in served if (c.revision or 0) < point]
     if not earlier:
-        raise ConfigError(f"Nothing to roll back to: revision {point} is the first rollout on the control topic.")
+        first = min(history, key=lambda c: c.revision or 0)
+        if first.previous_bundle_uri:
+            return ControlCommand.model_construct(action="rollout", revision=0, bundle_uri=first.previous_bundle_uri,
+                                                  restores=None, previous_bundle_uri=None)
+        raise ConfigError(f"Nothing to roll back to: revision {point} is the first rollout on the control topic and "
+                          "recorded no earlier bundle (no live worker reported one when it was published); roll the "
+                          "bundle you want out with `memeguard rollout BUNDLE`.")
     target = earlier[-1]
     return by_revision.get(target.restores, target) if target.restores else target
 
 
-def command_for(uri: str | ModelBundle, revision: int, restores: int | None = None) -> ControlCommand:
+def command_for(uri: str | ModelBundle, revision: int, restores: int | None = None,
+                previous_bundle_uri: str | None = None) -> ControlCommand:
     # Every file's sha256: a broken copy is refused here, before the fleet sees it.
     bundle = uri if isinstance(uri, ModelBundle) else ModelBundle.load(bundle_path_of(uri))
     path = bundle.root
     return ControlCommand(action="rollout", revision=revision, bundle_uri=str(path.resolve()),
                           model_version=model_version_of(bundle), bundle_sha256=bundle.fingerprint,
-                          restores=restores, command_id=uuid.uuid4().hex, issued_at=datetime.now(UTC),
-                          issued_by=f"{getpass.getuser()}@{socket.gethostname()}")
+                          restores=restores, previous_bundle_uri=previous_bundle_uri, command_id=uuid.uuid4().hex,
+                          issued_at=datetime.now(UTC), issued_by=f"{getpass.getuser()}@{socket.gethostname()}")
+
+
+def fleet_bundle(s: KafkaSettings) -> str | None:
+    """The bundle the live workers serve before any rollout (their status at revision 0), when they agree on one."""
+    uris = {st.bundle_uri for st in live_statuses(s).values() if st.revision == 0 and st.bundle_uri}
+    return uris.pop() if len(uris) == 1 else None
 
 
 def publish(s: KafkaSettings, command_of_revision) -> ControlCommand:  # noqa: ANN001 (int -> ControlCommand)
@@ -96,7 +113,13 @@ def publish(s: KafkaSettings, command_of_revision) -> ControlCommand:  # noqa: A
 
 def roll_out(s: KafkaSettings, uri: str) -> ControlCommand:
     bundle = ModelBundle.load(bundle_path_of(uri))  # a wrong URI or a broken bundle fails before the broker is asked
-    return publish(s, lambda _history, revision: command_for(bundle, revision))
+
+    def make(history: list[ControlCommand], revision: int) -> ControlCommand:
+        # The first rollout records what the fleet serves now: `rollback` can then return to it.
+        previous = fleet_bundle(s) if not history else None
+        return command_for(bundle, revision, previous_bundle_uri=previous)
+
+    return publish(s, make)
 
 
 def roll_back(s: KafkaSettings) -> ControlCommand:
