@@ -183,9 +183,11 @@ def test_shadow_sample_is_deterministic_by_content_and_close_to_the_rate() -> No
     assert not in_sample(b"not an event", 0.5) and in_sample(b"anything", 1.0)
 
 
-def _report(f1: dict[str, float], block_precision: float, review_rate: float) -> dict:
+def _report(f1: dict[str, float], block_precision: float, review_rate: float, block_rate: float = 0.1,
+            block_recall: float = 0.5, caught_recall: float = 0.9) -> dict:
     return {"per_technique": {k: {"f1": v} for k, v in f1.items()}, "block_precision": block_precision,
-            "review_rate": review_rate}
+            "review_rate": review_rate, "block_rate": block_rate, "block_recall": block_recall,
+            "caught_recall": caught_recall}
 
 
 def test_gate_checks() -> None:
@@ -194,7 +196,19 @@ def test_gate_checks() -> None:
     ok = gate_checks(gate, current, _report({"A": 0.59, "B": 0.10}, 0.79, 0.08), {"A": 9, "B": 2})
     assert all(c.passed for c in ok)  # B's drop does not count: 2 positives are too few to judge
     bad = gate_checks(gate, current, _report({"A": 0.55, "B": 0.5}, 0.70, 0.20), {"A": 9, "B": 2})
-    assert [c.passed for c in bad] == [False, False, False]
+    assert [c.name for c in bad if not c.passed] == ["technique F1", "block precision", "review rate"]
+
+
+def test_the_gate_fails_a_candidate_that_lets_through_what_moderators_blocked() -> None:
+    gate = Gate(max_f1_drop=0.02, min_support=5, max_precision_drop=0.02, max_recall_drop=0.05)
+    current = _report({"A": 0.6}, 0.8, 0.1, block_rate=0.1, block_recall=0.5, caught_recall=0.9)
+    # Fewer moderator-blocked memes caught (reviewed or blocked): fails though precision and F1 hold.
+    fewer = gate_checks(gate, current, _report({"A": 0.6}, 0.8, 0.05, caught_recall=0.7), {"A": 9})
+    assert [c.name for c in fewer if not c.passed] == ["blocked memes caught"]
+    # Blocking nothing is vacuously precise (precision 1.0): never a pass when the serving bundle blocks.
+    nothing = gate_checks(gate, current, _report({"A": 0.6}, 1.0, 0.1, block_rate=0.0, block_recall=0.0,
+                                                 caught_recall=0.9), {"A": 9})
+    assert {c.name for c in nothing if not c.passed} == {"block precision", "block recall"}
 
 
 def _verdict(event_id: str, decision: str, scores: list[float], version: str) -> Verdict:

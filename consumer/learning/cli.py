@@ -99,7 +99,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from consumer.settings import WorkerSettings
 
     s = WorkerSettings()
-    gate = Gate(args.max_f1_drop, args.min_support, args.max_precision_drop, args.review_budget)
+    gate = Gate(args.max_f1_drop, args.min_support, args.max_precision_drop, args.review_budget,
+                args.max_recall_drop)
     checks, details = evaluate_gate(Path(args.current or s.bundle_path), Path(args.candidate), Path(args.data),
                                     Path(args.images) if args.images else None, gate, _policy(args.policy),
                                     progress=not args.no_progress)
@@ -115,9 +116,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if args.dry_run:
         out.print("gate passed; --dry-run: nothing rolled out")
         return 0
-    target = roll_out(s.kafka_bootstrap, s.control_topic, Path(args.candidate),
-                      Path(args.link) if args.link else None)
-    out.print(f"gate passed; reload of {target} sent on {s.control_topic}")
+    command = roll_out(s, Path(args.candidate), Path(args.link) if args.link else None)
+    out.print(f"gate passed; fleet revision {command.revision} ({command.bundle_uri}) published on {s.control_topic}")
     return 0
 
 
@@ -175,7 +175,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--max-f1-drop", type=float, default=0.02)
     pr.add_argument("--min-support", type=int, default=5, help="positives a technique needs to be gated on")
     pr.add_argument("--max-precision-drop", type=float, default=0.02)
-    pr.add_argument("--review-budget", type=float, help="default: the candidate's calibration target")
+    pr.add_argument("--review-budget", type=float,
+                    help="the deployment's review budget (default: the serving bundle's calibrated target; never "
+                         "the candidate's own)")
+    pr.add_argument("--max-recall-drop", type=float, default=0.05,
+                    help="largest allowed fall of block recall and of the share of blocked memes caught")
     pr.add_argument("--policy", help="decision policy YAML (default: MEMEGUARD_POLICY_FILE)")
     pr.add_argument("--link", help="also re-point this symlink (the workers' MEMEGUARD_BUNDLE_PATH) at it")
     pr.add_argument("--dry-run", action="store_true", help="run the gate only")

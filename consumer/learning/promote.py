@@ -4,14 +4,19 @@ The gate (docs/learning.md, "Promotion gate"), candidate against the bundle serv
 1. The candidate loads and passes its own golden set on this machine (the check every worker repeats).
 2. Same technique labels, in the same order, as the serving bundle.
 3. No technique with at least `min_support` positives in the data loses more than `max_f1_drop` F1.
-4. Block precision does not fall by more than `max_precision_drop`.
-5. The review rate is within `review_budget` (default: the review-rate target the candidate was calibrated to).
-Only when every check passes is a `reload` command with the candidate's path sent on the control topic; each
-worker validates the bundle again in the background and swaps it in between batches (consumer/worker/hot_reload.py).
+4. Block precision does not fall by more than `max_precision_drop`; a candidate that blocks nothing while the
+   serving bundle blocks and moderators blocked something fails it (blocking nothing is not "precise").
+5. It lets through no more of what moderators blocked: block recall, and the share of blocked memes it catches
+   (block or review), each fall by at most `max_recall_drop`.
+6. The review rate is within `review_budget`: the deployment's (a flag, else the serving bundle's calibrated
+   target), never the candidate's own manifest, which would let a candidate set its own bar.
+Only when every check passes is the candidate published as a new numbered fleet revision on the control topic
+(`memeguard rollout`'s mechanism), so a worker that restarts later serves it too; each worker validates the
+bundle again in the background and swaps it in between batches (consumer/worker/hot_reload.py).
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,9 @@ from consumer.core.policy import DecisionPolicy, serving_policy
 from consumer.core.runtime import BundleRuntime
 from consumer.errors import BundleError
 from consumer.learning.calibrate import Scored, full_report, score_data
-from consumer.worker.control import ControlCommand, send_command
+from consumer.settings import KafkaSettings
+from consumer.worker import rollout
+from consumer.worker.control import ControlCommand
 from consumer.worker.hot_reload import validate_runtime
 
 
@@ -32,6 +39,7 @@ class Gate:
     min_support: int = 5
     max_precision_drop: float = 0.02
     review_budget: float | None = None
+    max_recall_drop: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -54,9 +62,16 @@ def gate_checks(gate: Gate, current: dict[str, Any], candidate: dict[str, Any], 
         f"largest drop {worst[1]:+.3f} ({worst[0]}) over {len(drops)} techniques with >= {gate.min_support} "
         f"positives; allowed {gate.max_f1_drop}"))
     drop = current["block_precision"] - candidate["block_precision"]
-    checks.append(Check("block precision", drop <= gate.max_precision_drop + 1e-12,
+    blocks_nothing = candidate["block_rate"] == 0 and current["block_rate"] > 0 and current["block_recall"] > 0
+    checks.append(Check("block precision", drop <= gate.max_precision_drop + 1e-12 and not blocks_nothing,
                         f"{current['block_precision']:.3f} -> {candidate['block_precision']:.3f}; "
-                        f"allowed drop {gate.max_precision_drop}"))
+                        f"allowed drop {gate.max_precision_drop}"
+                        + ("; the candidate blocks nothing the serving bundle blocks" if blocks_nothing else "")))
+    for key, name in (("block_recall", "block recall"), ("caught_recall", "blocked memes caught")):
+        fall = current[key] - candidate[key]
+        checks.append(Check(name, fall <= gate.max_recall_drop + 1e-12,
+                            f"share of moderator-blocked memes {'blocked' if key == 'block_recall' else 'blocked or reviewed'}: "
+                            f"{current[key]:.3f} -> {candidate[key]:.3f}; allowed drop {gate.max_recall_drop}"))
     if gate.review_budget is not None:
         checks.append(Check("review rate", candidate["review_rate"] <= gate.review_budget + 1e-12,
                             f"{current['review_rate']:.3f} -> {candidate['review_rate']:.3f}; "
@@ -81,9 +96,9 @@ def evaluate_gate(current_path: Path, candidate_path: Path, data: Path, images: 
                         "the candidate's technique labels differ from the serving bundle's"))
     if not same:
         return checks, {}
-    if gate.review_budget is None and candidate_rt.manifest.calibration is not None:
-        budget = candidate_rt.manifest.calibration.target.get("review_rate")
-        gate = Gate(gate.max_f1_drop, gate.min_support, gate.max_precision_drop, budget)
+    serving_fit = current_rt.manifest.policy.fit if current_rt.manifest.policy is not None else None
+    if gate.review_budget is None and serving_fit is not None and "review_rate" in serving_fit.target:
+        gate = replace(gate, review_budget=serving_fit.target["review_rate"])
     current_policy = serving_policy(current_rt.manifest, policy)
     candidate_policy = serving_policy(candidate_rt.manifest, policy)
     cur: Scored = score_data(current_rt, data, images, current_policy, progress=progress)
@@ -97,11 +112,12 @@ def evaluate_gate(current_path: Path, candidate_path: Path, data: Path, images: 
                     "gate": gate.__dict__}
 
 
-def roll_out(bootstrap: str, control_topic: str, candidate: Path, link: Path | None = None) -> Path:
-    """Point the fleet at the candidate: re-point `link` atomically if given, then a `reload` on the control topic.
+def roll_out(settings: KafkaSettings, candidate: Path, link: Path | None = None) -> ControlCommand:
+    """Point the fleet at the candidate: re-point `link` atomically if given, then a new numbered revision on the
+    control topic (the same record `memeguard rollout` publishes; a restarting worker replays it).
 
-    Returns the path the workers were told to load. With a link, workers that watch it would also notice on
-    their next poll; the control command makes it immediate and reaches workers watching another path.
+    With a link, workers that watch it would also notice on their next poll; the revision makes it immediate,
+    durable across restarts, and reaches workers watching another path.
     """
     target = Path(candidate).resolve()
     if link is not None:
@@ -110,5 +126,4 @@ def roll_out(bootstrap: str, control_topic: str, candidate: Path, link: Path | N
         tmp.symlink_to(target)
         os.replace(tmp, link)
         target = link
-    send_command(bootstrap, control_topic, ControlCommand(action="reload", bundle_path=str(target)))
-    return target
+    return rollout.roll_out(settings, str(target))
