@@ -67,10 +67,11 @@ def gate_checks(gate: Gate, current: dict[str, Any], candidate: dict[str, Any], 
                         f"{current['block_precision']:.3f} -> {candidate['block_precision']:.3f}; "
                         f"allowed drop {gate.max_precision_drop}"
                         + ("; the candidate blocks nothing the serving bundle blocks" if blocks_nothing else "")))
-    for key, name in (("block_recall", "block recall"), ("caught_recall", "blocked memes caught")):
+    for key, name, what in (("block_recall", "block recall", "blocked"),
+                            ("caught_recall", "blocked memes caught", "blocked or reviewed")):
         fall = current[key] - candidate[key]
         checks.append(Check(name, fall <= gate.max_recall_drop + 1e-12,
-                            f"share of moderator-blocked memes {'blocked' if key == 'block_recall' else 'blocked or reviewed'}: "
+                            f"share of moderator-blocked memes {what}: "
                             f"{current[key]:.3f} -> {candidate[key]:.3f}; allowed drop {gate.max_recall_drop}"))
     if gate.review_budget is not None:
         checks.append(Check("review rate", candidate["review_rate"] <= gate.review_budget + 1e-12,
