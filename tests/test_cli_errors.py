@@ -145,3 +145,13 @@ def test_debug_shows_the_traceback_and_verbose_the_client_log(tmp_path, monkeypa
                           capture_output=True, text=True, timeout=50)
     assert quiet.returncode == loud.returncode == 2
     assert not LIBRDKAFKA_LINE.search(quiet.stderr) and LIBRDKAFKA_LINE.search(loud.stderr), loud.stderr[-500:]
+
+
+def test_librdkafka_log_is_quiet_unless_asked_for(monkeypatch):
+    from consumer.kafka.config import client_config
+
+    monkeypatch.delenv("MEMEGUARD_KAFKA_CLIENT_LOGS", raising=False)
+    assert client_config("h:9092")["log_level"] == 2  # critical only: no FAIL|rdkafka# line per refused connect
+    assert client_config("h:9092", {"log_level": 7})["log_level"] == 7  # a caller's own choice wins
+    monkeypatch.setenv("MEMEGUARD_KAFKA_CLIENT_LOGS", "true")
+    assert "log_level" not in client_config("h:9092")

@@ -40,13 +40,14 @@ def set_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
 
 def test_plaintext_adds_nothing(monkeypatch):
     monkeypatch.delenv("MEMEGUARD_KAFKA_SECURITY_PROTOCOL", raising=False)
+    monkeypatch.setenv("MEMEGUARD_KAFKA_CLIENT_LOGS", "true")  # else librdkafka's own log is quieted (log_level 2)
     assert client_config("h:9092", {"acks": "all"}) == {"bootstrap.servers": "h:9092", "acks": "all"}
     assert KafkaSecurity().faust_credentials() is None
 
 
 def test_sasl_ssl_settings_become_librdkafka_properties(monkeypatch):
     set_env(monkeypatch, security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="svc",
-            sasl_password="s3cret", ssl_cafile=certifi.where())
+            sasl_password="s3cret", ssl_cafile=certifi.where(), client_logs="true")
     assert client_config("broker:9093", {"acks": "all"}) == {
         "bootstrap.servers": "broker:9093", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
         "sasl.username": "svc", "sasl.password": "s3cret", "ssl.ca.location": certifi.where(), "acks": "all"}
