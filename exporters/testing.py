@@ -75,7 +75,9 @@ class TinyFusion(nn.Module):
                 {"name": HARMFUL_OUT, "role": "harm", "kind": "binary", "labels": ["harmful"], "thresholds": [0.5]},
                 {"name": SEVERITY_OUT, "role": "severity", "kind": "categorical", "labels": list(SEVERITY_LEVELS)},
             ]
-            self.policy = DecisionPolicy(id="tiny-harm-v1", harm_review=0.5, harm_block=0.9, review_min_flags=0)
+            # Harm alone decides (no severe-technique rule): the random technique head is not evidence.
+            self.policy = DecisionPolicy(id="tiny-harm-v1", harm_review=0.5, harm_block=0.9, review_min_flags=0,
+                                         severe_techniques=[])
         self.image_spec = ImagePreprocessing(size=TINY_IMAGE_SIZE)
         self.text_spec = TextPreprocessing(max_length=TINY_MAX_LENGTH)
         self.metrics: dict[str, float] = {}

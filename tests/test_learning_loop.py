@@ -1,7 +1,8 @@
 """The learning loop end to end on the real broker and redis-server, a real worker process and a real browser:
-memes -> worker -> review page (decisions by clicks) -> `dataset build` -> `calibrate` -> `shadow` + `compare`
--> `promote` (gate, control topic) -> the worker hot-reloads -> later verdicts carry the new model version and
-the calibrated decisions."""
+memes -> worker (a bundle with a harm head and its own decision policy) -> review page (harm cards decided by
+clicks) -> `dataset build` -> `calibrate` the policy to a review budget -> `shadow` + `compare` -> `promote` (gate,
+numbered fleet revision) -> the worker hot-reloads -> later verdicts carry the new model version and the
+calibrated decisions, with the technique flags unchanged."""
 
 import json
 import time
@@ -12,9 +13,8 @@ import pytest
 
 from consumer.cli import main as memeguard
 from consumer.core.bundle import ModelBundle
-from consumer.core.policy import DecisionPolicy
 from consumer.core.runtime import BundleRuntime
-from consumer.learning.calibrate import BLOCK, REVIEW, decide_all, score_data
+from consumer.learning.calibrate import ALLOW, decide_all, score_data
 from consumer.learning.shadow import ShadowOptions, run_shadow
 from consumer.review.ingest import ReviewIngest
 from consumer.review.store import ReviewStore
@@ -39,7 +39,10 @@ def test_reviews_become_a_calibrated_bundle_that_is_promoted_by_hot_reload(
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    tiny = ModelBundle.load(tiny_bundle)
+    from exporters.testing import write_tiny_bundle
+
+    # Seed 2 sends about two thirds of these 16 memes to review under its policy (harm score >= 0.5).
+    tiny = ModelBundle.load(write_tiny_bundle(tmp_path / "harm-bundle", seed=2, severity_head=True))
     control = f"control-{topics.group}"
     s = review_settings(stack, topics)
     for name, value in {"MEMEGUARD_KAFKA_BOOTSTRAP": stack.bootstrap, "MEMEGUARD_INPUT_TOPIC": topics.input,
@@ -47,15 +50,16 @@ def test_reviews_become_a_calibrated_bundle_that_is_promoted_by_hot_reload(
                         "MEMEGUARD_REVIEWS_TOPIC": s.reviews_topic, "MEMEGUARD_FILE_ROOT": str(SEMEVAL.parent),
                         "MEMEGUARD_REDIS_URL": stack.redis_url}.items():
         monkeypatch.setenv(name, value)
-    worker = worker_factory(MEMEGUARD_CONTROL_TOPIC=control).start()
+    worker = worker_factory(MEMEGUARD_CONTROL_TOPIC=control, MEMEGUARD_BUNDLE_PATH=str(tiny.root)).start()
 
     # 1. Memes through the production worker.
-    events = dev_events(10)
+    events = dev_events(16)
     produce_events(stack.bootstrap, topics.input, events)
     first = {v.event_id: v for v in wait_outputs(stack.bootstrap, topics, {e.event_id for e in events})}
     assert all(isinstance(v, Verdict) for v in first.values())
     reviewed = [e for e in events if first[e.event_id].decision == Decision.REVIEW]
-    assert len(reviewed) >= 4, [v.decision for v in first.values()]  # the tiny bundle sends about half to review
+    assert len(reviewed) >= 4, [v.decision for v in first.values()]
+    assert {v.policy_id for v in first.values()} == {tiny.manifest.policy.id}
 
     # 2. A moderator decides every card in the browser, by clicks: confirm (block) or overturn (allow).
     store = ReviewStore(stack.redis_url, prefix=f"review-{uuid.uuid4().hex[:6]}:")
@@ -76,9 +80,9 @@ def test_reviews_become_a_calibrated_bundle_that_is_promoted_by_hot_reload(
         except StaleElementReferenceException:  # the page is being replaced
             return "loading"
 
-    # The moderator agrees with the model's two surest memes and overturns the rest; a budget of two reviews
-    # then has one right answer: review exactly those two.
-    surest = sorted(cards, key=lambda c: -max(t.score for t in first[c].flagged))[:2]
+    # The moderator agrees with the two memes the harm head is surest of and overturns the rest; a budget of two
+    # reviews then has one right answer: review exactly those two.
+    surest = sorted(cards, key=lambda c: -first[c].harmful_score)[:2]
     target_review_rate = 2 / len(cards)
     clicked: dict[str, str] = {}
     for _ in range(len(cards)):
@@ -86,6 +90,8 @@ def test_reviews_become_a_calibrated_bundle_that_is_promoted_by_hot_reload(
                  browser.current_url)
         card = shown()
         action = "confirm" if card in surest else "overturn"
+        if action == "confirm":  # the moderator's harm verdict: how harmful
+            browser.find_element(By.CSS_SELECTOR, "#severity-choice option[value='very harmful']").click()
         browser.find_element(By.ID, action).click()
         clicked[card] = action
         wait_for(lambda c=card: shown() not in (c, "loading"), card)  # the click moved on to the next card
@@ -108,19 +114,22 @@ def test_reviews_become_a_calibrated_bundle_that_is_promoted_by_hot_reload(
     assert all(r["labels"] == sorted(t.technique for t in first[r["event_id"]].flagged) for r in records
                if r["decision"] == "block")
     assert len(list((data / "images").iterdir())) == len(cards)
+    assert {r["severity"] for r in records if r["decision"] == "block"} == {"very harmful"}
+    assert {r["severity"] for r in records if r["decision"] == "allow"} == {"not harmful"}
 
-    # 4. Calibrate the serving bundle to a review budget on the moderators' decisions.
+    # 4. Calibrate the serving bundle's policy to a review budget on the moderators' decisions (all of them fitted
+    # on: five cards leave nothing to hold back).
     candidate = tmp_path / "candidate"
     assert memeguard(["calibrate", "--bundle", str(tiny.root), "--data", str(data), "--target-review-rate",
-                      str(target_review_rate), "--out", str(candidate), "--no-progress"]) == 0
+                      str(target_review_rate), "--holdout", "0", "--out", str(candidate), "--no-progress"]) == 0
     new = ModelBundle.load(candidate)
     assert new.manifest.calibration.decisions_from == "moderators"
-    assert new.manifest.calibration.after["review_rate"] == pytest.approx(target_review_rate)
-    assert new.manifest.calibration.after["review_precision"] == 1.0
+    assert new.manifest.thresholds == tiny.manifest.thresholds  # the technique flags are not the lever
+    assert new.manifest.policy.harm_review > tiny.manifest.policy.harm_review
     # What the calibrated bundle should decide for each reviewed meme, computed offline.
-    scored = score_data(BundleRuntime(new, providers="cpu"), data, None, DecisionPolicy(), progress=False)
+    scored = score_data(BundleRuntime(new, providers="cpu"), data, None, new.manifest.policy, progress=False)
     expected = dict(zip(scored.ids, decide_all(scored.probs, scored.harmful, np.asarray(new.manifest.thresholds),
-                                               scored.labels, DecisionPolicy()), strict=True))
+                                               scored.labels, new.manifest.policy, scored.severity), strict=True))
 
     # 5. Shadow: the candidate on the same traffic, its own group and topic; production is untouched.
     shadow_topic = f"shadow-{topics.group}"
@@ -137,7 +146,8 @@ def test_reviews_become_a_calibrated_bundle_that_is_promoted_by_hot_reload(
     # 6. Promote: the gate on the labelled set, then a reload on the control topic; the worker swaps it in.
     gate_report = tmp_path / "gate.json"
     assert memeguard(["promote", "--candidate", str(candidate), "--data", str(data), "--current", str(tiny.root),
-                      "--report", str(gate_report), "--no-progress"]) == 0
+                      "--review-budget", str(target_review_rate), "--report", str(gate_report),
+                      "--no-progress"]) == 0
     assert json.loads(gate_report.read_text())["passed"]
     deadline = time.monotonic() + 60
     while "ready to swap in" not in worker.log():
@@ -149,14 +159,17 @@ def test_reviews_become_a_calibrated_bundle_that_is_promoted_by_hot_reload(
     produce_events(stack.bootstrap, topics.input, later)
     outs = {o.event_id: o for o in wait_outputs(stack.bootstrap, topics, {e.event_id for e in later})}
     hash_id = {r["content_hash"]: r["id"] for r in records}
-    code = {Decision.ALLOW: 0, Decision.REVIEW: REVIEW, Decision.BLOCK: BLOCK}
+    code = {Decision.ALLOW: ALLOW, Decision.REVIEW: 1, Decision.BLOCK: 2}
     for e in later:
         v = outs[e.event_id]
         # The shadow run already scored these memes under the candidate's version (the cache key's model part),
         # so the promoted worker starts warm.
         assert v.model.version == new.manifest.version and v.cached
-        assert [t.threshold for t in v.techniques] == pytest.approx(new.manifest.thresholds)
+        assert v.policy_id == new.manifest.policy.id
+        # Same technique scores and flags as before calibration: only the decision moved.
+        before = first[e.event_id.removesuffix("-after")]
+        assert [(t.score, t.flagged) for t in v.techniques] == [(t.score, t.flagged) for t in before.techniques]
         assert code[v.decision] == expected[hash_id[v.content_hash]], (e.event_id, v.decision)
     assert sorted(e.event_id.removesuffix("-after") for e in later
-                  if outs[e.event_id].decision == Decision.REVIEW) == sorted(surest)
+                  if outs[e.event_id].decision != Decision.ALLOW) == sorted(surest)
     assert worker.stop() == 0, worker.log()
