@@ -178,3 +178,17 @@ def test_produce_never_creates_a_topic_when_told_never(stack, topics):
     assert done.returncode == 2, done.stderr
     assert new in done.stderr and "MEMEGUARD_CREATE_TOPICS" in done.stderr and "Traceback" not in done.stderr
     assert new not in AdminClient({"bootstrap.servers": stack.bootstrap}).list_topics(timeout=10).topics
+
+
+def test_text_log_lines_keep_their_extras():
+    """Item 8: with MEMEGUARD_LOG_FORMAT=text a dead-letter line says which event, what kind and why."""
+    import logging
+
+    from consumer.ops.logs import TextFormatter, logging_config
+
+    assert logging_config("text", "info")["formatters"]["default"] == {"()": TextFormatter}
+    record = logging.LogRecord("consumer.worker", logging.INFO, __file__, 1, "dead letter", None, None)
+    record.event_id, record.error_kind, record.message_ = "ev-1", "image_undecodable", "cannot identify image"
+    line = TextFormatter().format(record)
+    assert "dead letter" in line and "event_id=ev-1" in line and "error_kind=image_undecodable" in line
+    assert "message_='cannot identify image'" in line and "\n" not in line

@@ -21,6 +21,28 @@ class JsonFormatter(_JsonFormatter):
         log_data["level"] = record.levelname.lower()
 
 
+# Attributes every LogRecord has: anything else on a record came from `extra=` and is part of the message.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+class TextFormatter(logging.Formatter):
+    """`MEMEGUARD_LOG_FORMAT=text`: the line, then the record's extras as `key=value` (a dead letter's
+    event_id, error_kind and message are extras: without them the line says only "dead letter")."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+        if not extras:
+            return line
+        head, sep, rest = line.partition("\n")  # a traceback stays below the line
+        pairs = " ".join(f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}"
+                         for k, v in extras.items())
+        return f"{head} {pairs}{sep}{rest}"
+
+
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -38,7 +60,7 @@ def check_log_level(level: str) -> str:
 
 def logging_config(fmt: str, level: str) -> dict:
     level = check_log_level(level)
-    formatter = {"()": JsonFormatter} if fmt == "json" else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    formatter = {"()": JsonFormatter} if fmt == "json" else {"()": TextFormatter}
     return {
         "version": 1,
         "disable_existing_loggers": False,
