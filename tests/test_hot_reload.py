@@ -138,3 +138,34 @@ def test_directory_rewritten_in_place_is_reloaded(tiny_bundle: Path, second_bund
         assert new is not None and new.version != runtime.version
     finally:
         watcher.stop()
+
+
+def test_start_up_and_hot_reload_build_the_same_runtime(tiny_bundle: Path, second_bundle: Path,
+                                                        tmp_path: Path) -> None:
+    """One factory (RuntimeOptions.of(settings)): the start-up runtime used to take the manifest's batch (64)
+    and a reloaded one MEMEGUARD_MAX_BATCH, so TensorRT profiles and call sizes changed at the first reload."""
+    from consumer.settings import WorkerSettings
+    from consumer.worker.service import build_pipeline, bundle_watcher
+
+    link = tmp_path / "current"
+    link.symlink_to(tiny_bundle)
+    settings = WorkerSettings(bundle_path=link, providers="cpu", max_batch=8, intra_op_threads=2, redis_url="",
+                              trt_engine_cache_dir=tmp_path / "trt")
+    started = build_pipeline(settings).runtime
+    watcher = bundle_watcher(settings, started)
+    _point(link, second_bundle)
+    watcher.request_reload()
+    watcher.start()
+    try:
+        assert watcher.wait_idle(60)
+        reloaded = watcher.take_ready()
+    finally:
+        watcher.stop()
+    assert reloaded is not None and reloaded.bundle.root == second_bundle.resolve()
+
+    def build(rt: BundleRuntime) -> tuple:
+        return (rt.max_batch, rt.call_batch, rt.session.get_providers(),
+                rt.session.get_session_options().intra_op_num_threads, rt.engine_cache_root)
+
+    assert build(started) == build(reloaded) == (8, 8, ["CPUExecutionProvider"], 2, tmp_path / "trt")
+    assert started.max_batch != started.manifest.runtime.max_batch  # the setting, not the manifest's

@@ -33,6 +33,7 @@ from PIL import Image
 from consumer.core.bundle import MANIFEST, ModelBundle
 from consumer.core.runtime import BundleRuntime
 from consumer.errors import BundleError, MemeguardError
+from consumer.worker.serving_model import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +127,18 @@ class BundleWatcher:
         on_ready: Callable[[BundleRuntime, Any], None] | None = None,
         on_rejected: Callable[[str, Any], None] | None = None,
         on_swapped: Callable[[BundleRuntime, Any], None] | None = None,
+        options: RuntimeOptions | None = None,
     ) -> None:
+        """`options` (the worker's: RuntimeOptions.of(settings)) builds every reloaded runtime as the serving
+        one was built; without it, `providers`, `intra_op_threads`, `max_batch` and the serving runtime's
+        engine cache."""
         self.path = Path(path)
         # Optional callbacks with the `tag` of request_reload (the fleet's rollout command): validated, refused,
         # handed over by take_ready(). Called on the loader thread (the first two) or the caller's (the last).
         self.on_ready, self.on_rejected, self.on_swapped = on_ready, on_rejected, on_swapped
-        self.providers = providers
-        self.intra_op_threads = intra_op_threads
-        self.max_batch = max_batch
         # Reloaded bundles build their TensorRT engines where the serving one does (MEMEGUARD_TRT_ENGINE_CACHE_DIR).
-        self.engine_cache_root = current.engine_cache_root if current is not None else None
+        self.options = options or RuntimeOptions(providers, intra_op_threads, max_batch,
+                                                 current.engine_cache_root if current is not None else None)
         self.poll_interval_s = poll_interval_s
         self.compare_recorded = compare_recorded
         self.atol = atol
@@ -277,8 +280,7 @@ class BundleWatcher:
             self._cond.notify_all()
 
     def _load(self, path: Path, expect_version: str | None = None, expect_sha256: str | None = None) -> BundleRuntime:
-        runtime = BundleRuntime.load(path, providers=self.providers, intra_op_threads=self.intra_op_threads,
-                                     max_batch=self.max_batch, engine_cache_root=self.engine_cache_root)
+        runtime = self.options.load(path)
         if expect_version is not None and runtime.version != expect_version:
             raise BundleError(f"Bundle {path} is model {runtime.version}, not the announced {expect_version}.")
         if expect_sha256 is not None and runtime.bundle.fingerprint != expect_sha256:

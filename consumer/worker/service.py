@@ -36,7 +36,7 @@ from consumer.worker.explanations import ExplanationPublisher
 from consumer.worker.hot_reload import BundleWatcher
 from consumer.worker.loop import run_loop
 from consumer.worker.producer_config import output_producer, output_publisher
-from consumer.worker.serving_model import set_model_metrics, swap_model_if_ready
+from consumer.worker.serving_model import RuntimeOptions, set_model_metrics, swap_model_if_ready
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,7 @@ def watch_pipeline(metrics: PipelineMetrics, health: Health, pipeline: Moderatio
 
 
 def build_pipeline(settings: WorkerSettings) -> ModerationPipeline:
-    runtime = BundleRuntime.load(settings.bundle_path, providers=settings.providers,
-                                 intra_op_threads=settings.intra_op_threads,
-                                 engine_cache_root=settings.trt_engine_cache_dir)
+    runtime = RuntimeOptions.of(settings).load(settings.bundle_path)  # as every hot reload builds it (bundle_watcher)
     runtime.warmup()
     enrichment = build_enrichment(settings)
     return ModerationPipeline(
@@ -234,6 +232,12 @@ def build_enrichment(settings: WorkerSettings) -> EnrichmentPipeline | None:
     return pipe
 
 
+def bundle_watcher(settings: WorkerSettings, serving: BundleRuntime) -> BundleWatcher:
+    """Hot reload, each reloaded runtime built as build_pipeline() built the serving one."""
+    return BundleWatcher(settings.bundle_path, current=serving, options=RuntimeOptions.of(settings),
+                         poll_interval_s=settings.bundle_poll_s)
+
+
 def run_worker(settings: WorkerSettings) -> None:
     """Blocks until SIGTERM/SIGINT. Un-acknowledged events of an interrupted batch are re-delivered."""
     bound_heap(settings.malloc_mmap_threshold_bytes, settings.malloc_arena_max)  # before any thread starts
@@ -250,9 +254,7 @@ def run_worker(settings: WorkerSettings) -> None:
                                        "provider": pipeline.runtime.provider, "max_batch": settings.max_batch})
     watcher = None
     if settings.watch_bundle:
-        watcher = BundleWatcher(settings.bundle_path, settings.providers, current=pipeline.runtime,
-                                intra_op_threads=settings.intra_op_threads, max_batch=settings.max_batch,
-                                poll_interval_s=settings.bundle_poll_s).start()
+        watcher = bundle_watcher(settings, pipeline.runtime).start()
         status_topic = status_topic_of(settings.control_topic, settings.status_topic)
         prepare_topics(settings, [settings.control_topic], partitions=1)
         # Compacted: the latest status of every worker id stays readable, however long the fleet runs.
