@@ -100,10 +100,16 @@ def load_reviews(path: Path) -> list[HarmMeme]:
     return memes
 
 
-def load_pool(extra: tuple[Path, ...] = ()) -> list[HarmMeme]:
-    """HarMeme train+val, plus moderators' decisions from reviews datasets (`train --extra-data`)."""
-    memes = [m for name in POOL_FILES for m in load_harmeme(harmeme_dir() / f"{name}.jsonl")]
-    return memes + [m for path in extra for m in load_reviews(path)]
+def _first_of_each_severity(memes: list[HarmMeme], n: int) -> list[HarmMeme]:
+    return [m for level in range(len(SEVERITIES)) for m in [x for x in memes if x.severity == level][:n]]
+
+
+def load_pool(extra: tuple[Path, ...] = (), limit: int | None = None) -> list[HarmMeme]:
+    """HarMeme train+val, plus moderators' decisions from reviews datasets (`train --extra-data`).
+    `limit` (smoke runs): the first `limit` memes of each severity of each file, so every level occurs."""
+    files = [load_harmeme(harmeme_dir() / f"{name}.jsonl") for name in POOL_FILES]
+    files += [load_reviews(path) for path in extra]
+    return [m for f in files for m in (_first_of_each_severity(f, limit) if limit else f)]
 
 
 def text_groups(memes: list[HarmMeme]) -> np.ndarray:

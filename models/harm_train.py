@@ -109,10 +109,10 @@ def default_policy(cv: HarmCV, memes: list[HarmMeme], cfg: HarmHeadConfig, name:
     )
 
 
-def train_harm(encoder: TextEncoder, cfg: HarmHeadConfig, name: str, seed: int = 0
+def train_harm(encoder: TextEncoder, cfg: HarmHeadConfig, name: str, seed: int = 0, limit: int | None = None
                ) -> tuple[HarmHead, dict[str, float], list[dict[str, Any]], DecisionPolicy]:
-    """(final head, CV metrics, declared outputs, fitted policy)."""
-    memes = load_pool(tuple(Path(p) for p in cfg.extra))
+    """(final head, CV metrics, declared outputs, fitted policy); `limit`: a smoke run's few memes per severity."""
+    memes = load_pool(tuple(Path(p) for p in cfg.extra), limit)
     inputs = harm_inputs(encoder, memes)
     head_cfg = HarmConfig(c_features=cfg.c_features, c_tokens=cfg.c_tokens)
     cv = cross_validate_harm(inputs, memes, head_cfg, cfg.folds, seed)

@@ -96,7 +96,8 @@ def train(cfg: RunConfig, out_root: Path, epochs: int | None = None, limit: int 
     if cfg.harm_head.enabled:
         if final.text_encoder is None:
             raise ConfigError(f"{cfg.name}: harm_head needs a text encoder (HarMeme is text only).")
-        harm, harm_metrics, info["harm_outputs"], policy = train_harm(final.text_encoder, cfg.harm_head, cfg.name)
+        harm, harm_metrics, info["harm_outputs"], policy = train_harm(final.text_encoder, cfg.harm_head, cfg.name,
+                                                                   limit=limit)
         final.attach_harm_head(harm)
         checkpoint["harm_head"] = harm.state_dict()
         metrics |= harm_metrics

@@ -91,7 +91,8 @@ def test_default_config_one_epoch_on_a_few_real_memes_then_evaluate_and_export(t
     assert len(th["labels"]) == len(th["thresholds"]) == 22
     pre = json.loads((run_dir / "preprocessing.json").read_text())
     assert pre["image"]["size"] == 224 and pre["image"]["resize_mode"] == "squash"
-    assert "cv_micro_f1" in json.loads((run_dir / "metrics.json").read_text())
+    assert {"cv_micro_f1", "harm_cv_harm_c_auroc", "harm_cv_harm_p_auroc"} <= set(
+        json.loads((run_dir / "metrics.json").read_text()))
 
     assert cli.main(["evaluate", str(run_dir), "--data", "dev", "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -100,9 +101,12 @@ def test_default_config_one_epoch_on_a_few_real_memes_then_evaluate_and_export(t
         assert (tmp_path / "eval" / png).stat().st_size > 1000
 
     model = load_for_export(run_dir)
-    assert not model.training and model.name == "memeguard-default" and not model.has_harmful_head
+    assert not model.training and model.name == "memeguard-default" and model.has_harmful_head
     assert model.input_names == ["pixel_values", "input_ids", "attention_mask"]
-    assert model.output_names == ["technique_probs"]
+    # The harm head (HarMeme, the first 6 memes of each severity of each file here) and the policy fitted on it.
+    assert model.output_names == ["technique_probs", "harmful_prob", "severity_probs"]
+    assert [o["role"] for o in model.extra_outputs] == ["harm", "severity"]
+    assert model.policy is not None and model.policy.review_min_flags == 0
     assert set(model.metrics) >= {"cv_micro_f1", "dev_micro_f1"}
     _onnx_roundtrip(run_dir, tmp_path)  # the real MiniLM + EfficientNet-Lite0 graph
 
