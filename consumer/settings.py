@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from consumer import paths
@@ -120,10 +120,13 @@ class WorkerSettings(KafkaSettings):
     bundle_poll_s: float = Field(2.0, gt=0)
     worker_id: str | None = Field(None, description="Name in `memeguard rollout`'s table; default host-pid.")
     fleet_heartbeat_s: float = Field(15.0, gt=0, description="How often a worker re-reports its status.")
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="exactly_once: each batch's outputs and input offsets in one Kafka transaction "
+                                     "(the confluent engine, one batch at a time).")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] | None = Field(
+        None, description="The former name of MEMEGUARD_GUARANTEE, still accepted for one release.")
     worker_engine: Literal["confluent", "faust"] = Field(
-        "confluent", description="at_least_once: the exactly-once worker's confluent-kafka loop without transactions "
-                                 "(outputs acknowledged, then offsets committed), or the Faust agent.")
+        "confluent", description="The confluent-kafka loop (either guarantee), or the Faust agent (at_least_once).")
     instance_id: str | None = Field(
         None, description="exactly_once: this worker's stable identity (transactional.id = {group_id}-{instance_id}); "
                           "unique per live worker, kept across its restarts. Default: the host name.")
@@ -134,6 +137,30 @@ class WorkerSettings(KafkaSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "info"
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics, /healthz, /readyz port; 0 = off.")
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_guarantee_name(cls, data: object) -> object:
+        """MEMEGUARD_PROCESSING_GUARANTEE, the former name of MEMEGUARD_GUARANTEE, still sets it (one release)."""
+        if isinstance(data, dict) and data.get("processing_guarantee") not in (None, ""):
+            former, current = data["processing_guarantee"], data.get("guarantee")
+            if current not in (None, "", former):
+                raise ValueError(f"MEMEGUARD_GUARANTEE={current} and MEMEGUARD_PROCESSING_GUARANTEE={former} disagree: "
+                                 "set only MEMEGUARD_GUARANTEE (the other is its former name)")
+            data = {**data, "guarantee": former}
+        return data
+
+    @model_validator(mode="after")
+    def _possible_guarantee(self) -> "WorkerSettings":
+        """Combinations that cannot run are refused at start, in one sentence, rather than silently changed."""
+        if self.guarantee == "exactly_once" and self.worker_engine == "faust":
+            raise ValueError("MEMEGUARD_GUARANTEE=exactly_once runs only on MEMEGUARD_WORKER_ENGINE=confluent (the "
+                             "Faust agent is at-least-once): unset MEMEGUARD_WORKER_ENGINE or the guarantee")
+        if self.guarantee == "exactly_once" and "pipeline_depth" in self.model_fields_set and self.pipeline_depth > 1:
+            raise ValueError(f"MEMEGUARD_PIPELINE_DEPTH={self.pipeline_depth} cannot apply under MEMEGUARD_GUARANTEE="
+                             "exactly_once, which runs one batch (one transaction) at a time: unset it or set it to 1")
+        return self
 
 
 class AlertSettings(KafkaSettings):

@@ -1,6 +1,6 @@
 """The worker's consume loop on confluent-kafka (the default engine, MEMEGUARD_WORKER_ENGINE=confluent), serving
-both guarantees: at-least-once (the default) and exactly-once (MEMEGUARD_PROCESSING_GUARANTEE=exactly_once,
-one transaction per batch). The Faust agent (consumer/worker/service.py, MEMEGUARD_WORKER_ENGINE=faust) is the
+both guarantees: at-least-once (the default) and exactly-once (MEMEGUARD_GUARANTEE=exactly_once, one
+transaction per batch). The Faust agent (consumer/worker/service.py, MEMEGUARD_WORKER_ENGINE=faust) is the
 other engine, at-least-once only. Both run a batch through the same core (consumer/worker/batches.py) and
 publish through the same producer (consumer/worker/producer_config.py).
 
@@ -11,8 +11,8 @@ next batch need not wait; synchronously for partitions being revoked and at shut
 be acknowledged ends the process uncommitted (code 75, batches.abandon()); after a crash the batch is consumed
 again and may be published twice.
 
-Exactly-once: one batch at a time (MEMEGUARD_PIPELINE_DEPTH does not apply), one batch is one transaction, on
-one producer:
+Exactly-once: one batch at a time (the settings refuse MEMEGUARD_PIPELINE_DEPTH > 1 with it), one batch is one
+transaction, on one producer:
 
     consume(max_batch, max_wait)  ->  pipeline  ->
     begin_transaction; produce every verdict and dead letter; send_offsets_to_transaction(next offsets,

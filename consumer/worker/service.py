@@ -64,7 +64,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         topic_partitions=settings.topic_partitions,
         topic_disable_leader=True,
         producer_acks=-1,
-        processing_guarantee=settings.processing_guarantee,
+        processing_guarantee="at_least_once",  # exactly_once runs on the confluent engine (settings refuse faust)
         # Room for dead letters that carry a large original; brokers with a smaller limit get a truncated one.
         producer_max_request_size=2 * settings.max_event_bytes,
         # Faster group joins and failure detection than Faust's defaults (see DESIGN, Tansu notes).
@@ -270,9 +270,9 @@ def run_worker(settings: WorkerSettings) -> None:
     if breaker is not None:
         metrics.watch_counts("memeguard_crash_loop_breaker", "Suspect batches, poison records, Redis errors.", "event",
                              lambda: dict(breaker.counts))
-    exactly_once = settings.processing_guarantee == "exactly_once"  # Faust cannot: see worker/loop.py
-    if exactly_once or settings.worker_engine == "confluent":
-        run_loop(settings, pipeline, watcher, metrics, health, breaker, transactions=exactly_once)
+    if settings.worker_engine == "confluent":  # either guarantee; exactly_once with faust is refused by the settings
+        run_loop(settings, pipeline, watcher, metrics, health, breaker,
+                 transactions=settings.guarantee == "exactly_once")
         return
     publisher = output_publisher(settings, output_producer(settings))
     app = create_app(settings, pipeline, watcher, metrics, health, breaker, publisher)
