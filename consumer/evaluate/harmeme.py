@@ -118,7 +118,8 @@ def evaluate_harmeme(runtime: BundleRuntime, data: Path, out_dir: Path, policy: 
         "binary_definition": "harmful = somewhat harmful or very harmful (the published binary setting)",
         # A figure on the head's own training data measures fit (in-sample), not generalisation.
         "in_training_data": ("yes (in-sample: the harm head was fitted on this file)"
-                             if harm.trained_on and data.stem in harm.trained_on else "not as far as the bundle says"),
+                             if harm.trained_on and data.stem in harm.trained_on else
+                             f"unknown: compare with the harm head's training data, {harm.trained_on or 'not recorded'}"),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
