@@ -27,7 +27,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from models.config import load_config
 from models.encoders.registry import build_text_encoder
-from models.harm import HarmInputs, idf, tfidf_rows, targets
+from models.harm import HarmInputs, idf, targets, tfidf_rows
 from models.harm_data import DOMAINS, load_pool, text_groups
 from models.harm_train import grouped_folds, harm_inputs
 from models.paths import REPO_ROOT
