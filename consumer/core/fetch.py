@@ -144,6 +144,15 @@ _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 
+def _file_type(mode: int) -> str:
+    """What a non-regular file is, for a message."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return f"a special file (mode {stat.filemode(mode)})"
+
+
 def _show(text: str, limit: int = 200) -> str:
     """A user-supplied string for a message: repr (so any code point is printable) and bounded."""
     return repr(text[:limit]) + ("…" if len(text) > limit else "")
@@ -279,11 +288,17 @@ class ImageFetcher:
             raise InputError(f"{_show(url)} is outside the allowed root {self.policy.file_root}",
                              ErrorKind.FORBIDDEN_URL)
         try:
-            size = path.stat().st_size
-            if size > self.policy.max_bytes:
-                raise InputError(f"{_show(url)} is {size} bytes, over the {self.policy.max_bytes}-byte cap",
-                                 ErrorKind.IMAGE_TOO_LARGE)
-            return path.read_bytes()
+            # O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever (and fetch_many reads inline,
+            # on the event loop); fstat before any read refuses a FIFO, a device or a directory.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise InputError(f"{_show(url)} is {_file_type(info.st_mode)}, not a regular file; only regular "
+                                     "files are read", ErrorKind.IMAGE_MISSING)
+                return self._read_regular(fd, info.st_size, url)
+            finally:
+                os.close(fd)
         except FileNotFoundError as e:
             raise InputError(f"{_show(url)} does not exist", ErrorKind.IMAGE_MISSING) from e
         except IsADirectoryError as e:
@@ -316,22 +331,26 @@ class ImageFetcher:
             if not (opened.startswith(root) or opened == root[:-1]):
                 raise InputError(f"{_show(url)} is outside the allowed root {self.policy.file_root}",
                                  ErrorKind.FORBIDDEN_URL)
-            if info.st_size > self.policy.max_bytes:
-                raise InputError(f"{_show(url)} is {info.st_size} bytes, over the {self.policy.max_bytes}-byte cap",
-                                 ErrorKind.IMAGE_TOO_LARGE)
-            # Sized by fstat (not max_bytes + 1: that allocates the whole cap per read); os.read, not a buffered
-            # file object; a short read (or a file that grew since fstat) reads on, up to the cap.
-            data = os.read(fd, info.st_size + 1)
-            while len(data) <= self.policy.max_bytes and (
-                    more := os.read(fd, min(1 << 16, self.policy.max_bytes + 1 - len(data)))):
-                data += more  # chunked: os.read allocates what it is asked for before reading
-            if len(data) > self.policy.max_bytes:  # it grew since fstat
-                raise InputError(f"{_show(url)} is over the {self.policy.max_bytes}-byte cap", ErrorKind.IMAGE_TOO_LARGE)
-            return data
+            return self._read_regular(fd, info.st_size, url)
         except OSError:
             return None
         finally:
             os.close(fd)
+
+    def _read_regular(self, fd: int, size: int, url: str) -> bytes:
+        """The bytes of the regular file open on `fd` (fstat said `size`), up to the cap."""
+        if size > self.policy.max_bytes:
+            raise InputError(f"{_show(url)} is {size} bytes, over the {self.policy.max_bytes}-byte cap",
+                             ErrorKind.IMAGE_TOO_LARGE)
+        # Sized by fstat (not max_bytes + 1: that allocates the whole cap per read); os.read, not a buffered
+        # file object; a short read (or a file that grew since fstat) reads on, up to the cap.
+        data = os.read(fd, size + 1)
+        while len(data) <= self.policy.max_bytes and (
+                more := os.read(fd, min(1 << 16, self.policy.max_bytes + 1 - len(data)))):
+            data += more  # chunked: os.read allocates what it is asked for before reading
+        if len(data) > self.policy.max_bytes:  # it grew since fstat
+            raise InputError(f"{_show(url)} is over the {self.policy.max_bytes}-byte cap", ErrorKind.IMAGE_TOO_LARGE)
+        return data
 
     def _parse_hop(self, url: str) -> _Hop:
         try:
