@@ -245,7 +245,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     wait_for_broker(s.kafka_bootstrap, s.startup_timeout_s)
     prepare_topics(s, [s.reviews_topic])
     store = ReviewStore(s.redis_url)
-    ingest = ReviewIngest(s.kafka_bootstrap, s.review_group_id, s.input_topic, s.output_topic, store).start()
+    ingest = ReviewIngest.for_page(s, store, rebuild_now=args.rebuild).start()
     try:
         uvicorn.run(create_app(s, store), host=args.host or s.review_host, port=args.port or s.review_port,
                     log_config=logging_config(s.log_format, s.log_level))
@@ -373,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     rv = sub.add_parser("review", help="moderator review page for verdicts with decision `review`")
     rv.add_argument("--host", help="default: MEMEGUARD_REVIEW_HOST (127.0.0.1)")
     rv.add_argument("--port", type=int, help="default: MEMEGUARD_REVIEW_PORT (8080)")
+    rv.add_argument("--rebuild", action="store_true",
+                    help="rebuild the queue from the verdicts and reviews topics before serving (done by itself "
+                         "when Redis lost the queue)")
     rv.set_defaults(func=cmd_review)
 
     for name, what in (("rollout", "roll a bundle out to every worker (control topic) and report who serves it"),

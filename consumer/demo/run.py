@@ -1,4 +1,8 @@
-"""`memeguard demo`: embedded broker + Redis, the default bundle, the 63 dev memes through a real worker."""
+"""`memeguard demo`: embedded broker + Redis, the default bundle, the 63 dev memes through a real worker.
+
+The demo's worker is pinned to the demo bundle: it does not join the fleet (MEMEGUARD_WATCH_BUNDLE=false: no
+control-topic listener, no hot reload), so a `memeguard rollout` on the dev control topic never changes what the
+demo serves. The demo prints the bundle, its model version and that it is pinned, before and after the run."""
 
 import os
 import signal
@@ -32,12 +36,26 @@ def ensure_bundle(bundle: Path) -> None:
         raise ConfigError(f"Building the default bundle failed (`{' '.join(cmd)}`); see the output above.")
 
 
+def pinned_bundle(settings: WorkerSettings) -> str:
+    """What the demo serves, in one line: the bundle path, its model version (name@version+fingerprint, as the
+    verdicts name it) and that fleet rollouts on the control topic are not followed."""
+    from consumer.core.bundle import ModelBundle
+
+    bundle = ModelBundle.load(settings.bundle_path, verify=False)  # the worker verifies it when it loads it
+    version = f"{bundle.manifest.name}@{bundle.manifest.version}+{bundle.fingerprint[:8]}"  # BundleRuntime.version
+    return (f"serving bundle {settings.bundle_path} (model {version}), pinned: rollouts on "
+            f"{settings.control_topic} are not followed")
+
+
 def start_worker(settings: WorkerSettings, state_dir: Path) -> tuple[subprocess.Popen, Path]:
+    """The demo's worker, pinned to settings.bundle_path: MEMEGUARD_WATCH_BUNDLE=false keeps it out of the fleet
+    (no control-topic listener, so no rollout or rollback of the dev fleet reaches it; no hot reload)."""
     ready = state_dir / f"worker-{os.getpid()}.ready"
     ready.unlink(missing_ok=True)
     log_path = state_dir / "worker.log"
     env = {**os.environ, "MEMEGUARD_READY_FILE": str(ready), "MEMEGUARD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "MEMEGUARD_REDIS_URL": settings.redis_url, "MEMEGUARD_BUNDLE_PATH": str(settings.bundle_path)}
+           "MEMEGUARD_REDIS_URL": settings.redis_url, "MEMEGUARD_BUNDLE_PATH": str(settings.bundle_path),
+           "MEMEGUARD_WATCH_BUNDLE": "false"}
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "consumer.cli", "worker"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -60,6 +78,8 @@ def run_demo(limit: int | None = None) -> int:
         console.print(f"broker {stack.bootstrap} and redis {stack.redis_url} up (state in {state_dir})")
     ensure_bundle(settings.bundle_path)
     prepare_topics(settings, [settings.input_topic, settings.output_topic, settings.dlq_topic])
+    pinned = pinned_bundle(settings)
+    console.print(pinned)
     worker, log_path = start_worker(settings, state_dir)
     try:
         sources = read_semeval(paths.semeval_dir() / "dev.json")[:limit]
@@ -89,6 +109,11 @@ def run_demo(limit: int | None = None) -> int:
     if model:
         console.print(f"model {model.name} {model.version} ({model.precision}, {model.provider}) from "
                       f"{settings.bundle_path}; policy {', '.join(policies)}; worker log: {log_path}")
+        console.print(pinned)
+        others = Counter(v.model.version for v in verdicts if v.model.version != model.version)
+        if others:  # another worker of the same consumer group (a dev fleet worker) answered some events
+            console.print(f"[yellow]{sum(others.values())} verdict(s) came from another worker of group "
+                          f"{settings.group_id} serving {', '.join(sorted(others))}[/]")
     console.print(f"[bold]{summary}[/]")
     console.print("[bold]decisions: " + "  ".join(f"{d}: {decisions.get(d, 0)}" for d in ("allow", "review", "block"))
                   + "[/]")

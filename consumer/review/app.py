@@ -34,6 +34,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from PIL import Image
+from redis.exceptions import RedisClusterException, RedisError
 
 from consumer.core.fetch import FetchPolicy, ImageFetcher
 from consumer.core.hashing import content_hash
@@ -65,6 +66,7 @@ ACTIONS = {"confirm": "block", "overturn": "allow"}  # a confirmed `review` beco
 MAX_FORM_BYTES = 16 * 1024
 REALM = 'Basic realm="memeguard review", charset="UTF-8"'
 IMAGE_READ_TIMEOUT_S = 10.0  # reading an inline image's input record back from the broker
+DEGRADED = "degraded: Redis is unreachable, decisions are paused"  # every page while the store cannot be reached
 
 
 class NotAuthenticated(Exception):
@@ -265,6 +267,18 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
             response.headers.update(challenge)
             return response
         return JSONResponse({"detail": exc.reason}, status_code=401, headers=challenge if auth.passwords else {})
+
+    @app.exception_handler(RedisError)
+    @app.exception_handler(RedisClusterException)
+    async def degraded(request: Request, exc: Exception) -> Response:
+        """The store is unreachable: one sentence and 503 (a browser gets it as a page), not a bare 500. No
+        decision can be taken, since a card's claim and decision live in Redis; the page works again as soon as
+        Redis answers (a Redis that lost its data is refilled from the topics, consumer/review/ingest.py)."""
+        headers = {"Retry-After": "5"}
+        if "text/html" in request.headers.get("accept", ""):
+            return templates.TemplateResponse(request, "degraded.html", {"message": DEGRADED}, status_code=503,
+                                              headers=headers)
+        return JSONResponse({"detail": DEGRADED}, status_code=503, headers=headers)
 
     def page(request: Request, who: Moderator, item: Item | None) -> HTMLResponse:
         pending = store.pending()

@@ -12,21 +12,37 @@ Every record is untrusted (anyone who can write the input or verdict topic): it 
 does not fit (not JSON, a tombstone, deep nesting, a number out of range, a wrong type), or that fails on
 anything but Redis, is skipped: counted in `counts` and `memeguard_review_ingest_records_total{result}`,
 logged by position only (never its content), and committed past. Only a Redis error rewinds, so no record
-can make the ingest read the same batch forever, crash it or stop it."""
+can make the ingest read the same batch forever, crash it or stop it.
 
+Rebuild. Redis holds the queue, but the topics hold everything it is made of: `rebuild` reads the reviews topic
+(the decisions that stand: reviews not retracted, verified as `dataset build` verifies them, schemas/review.py),
+restores those decisions, then reads the verdicts topic and the input topic from the beginning through the same
+`take_record` as the ingest: the undecided `review` verdicts become cards again, the decided ones come back
+decided (not in the queue). The page's ingest runs it by itself when the store has no `built` mark (a Redis
+that lost its data, or a first start), and `memeguard review --rebuild` runs it before the page starts. It is
+idempotent: running it on a full store changes nothing but the order of the recent decisions."""
+
+import functools
+import hmac
 import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
+import pydantic_core
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import Counter as PromCounter
 from redis.exceptions import DataError
 
 from consumer.core.redis_client import REDIS_ERRORS
 from consumer.kafka.config import client_config
+from consumer.kafka.topic_reader import read_topic
+from consumer.kafka.topics import is_loopback
 from consumer.review.store import ReviewStore
 from schemas import Decision, MemeEvent, Verdict
+from schemas.review import MAX_REVIEW_BYTES, REVIEW_RECORD, REVIEW_SIGNATURE, RetractionMessage, review_signature
 
 log = logging.getLogger(__name__)
 
@@ -69,36 +85,26 @@ class ReviewIngest:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.counts: Counter[str] = Counter()  # records by outcome (RESULTS)
+        # The page's: how to fill the queue from the topics when the store has no `built` mark (None: never).
+        self.rebuild: Callable[[], object] | None = None
+
+    @classmethod
+    def for_page(cls, settings: Any, store: ReviewStore, rebuild_now: bool = False) -> "ReviewIngest":
+        """The page's ingest (`memeguard review`; settings: ReviewSettings): it rebuilds the queue from the topics
+        whenever the store lost it (no `built` mark), and at once, before returning, with `rebuild_now`
+        (`memeguard review --rebuild`)."""
+        key = settings.review_signing_key.get_secret_value().encode() if settings.review_signing_key else None
+        ingest = cls(settings.kafka_bootstrap, settings.review_group_id, settings.input_topic, settings.output_topic,
+                     store)
+        ingest.rebuild = functools.partial(rebuild, store, settings.kafka_bootstrap, settings.input_topic,
+                                           settings.output_topic, settings.reviews_topic, key)
+        if rebuild_now:
+            ingest.rebuild()
+        return ingest
 
     def _take(self, topic: str, value: bytes | None, partition: int = -1, offset: int = -1) -> str:
         """Store what one record holds; its outcome (RESULTS). Raises only what the store raises."""
-        if value is None:  # a tombstone
-            return "invalid"
-        if topic == self.input_topic:
-            try:  # pydantic's JSON parser: bounded nesting, strict UTF-8, no lone surrogates
-                event = MemeEvent.model_validate_json(value)
-            except (ValueError, RecursionError):
-                return "invalid"  # the worker dead-letters it; nothing to review
-            ref: dict = {"text": event.text}
-            if event.image_url is not None:
-                ref["image_url"] = event.image_url
-            elif partition >= 0:
-                # Where the bytes are, not the bytes (up to the worker's event cap each): the page reads the record
-                # back for the image, so the Redis the verdict cache and the breaker share never holds them.
-                ref["record"] = [topic, partition, offset]
-            self.store.put_ref(event.event_id, ref)
-            return "queued"
-        try:
-            v = Verdict.model_validate_json(value)
-            v.created_at.timestamp()  # the queue's score: a time at the end of the calendar overflows
-        except (ValueError, RecursionError, OverflowError):
-            return "invalid"
-        if not 0 < len(v.event_id) <= MAX_ID_CHARS:
-            return "invalid"
-        if v.decision != Decision.REVIEW:
-            return "ignored"
-        self.store.put_verdict(v)
-        return "queued"
+        return take_record(self.store, self.input_topic, topic, value, partition, offset)
 
     def poll_once(self, timeout_s: float = 0.5, max_records: int = 200) -> int:
         messages = [m for m in self.consumer.consume(max_records, timeout_s) if m.error() is None]
@@ -163,6 +169,10 @@ class ReviewIngest:
         def loop() -> None:
             while not self._stop.is_set():
                 try:
+                    if self.rebuild is not None and not self.store.built():  # Redis lost the queue
+                        log.warning("the review store holds no queue (Redis restarted without persistence, or "
+                                    "a first start): rebuilding it from the topics")
+                        self.rebuild()
                     self.poll_once()
                 except Exception as e:  # keep the page alive; the batch was rewound, the next poll reads it again
                     log.warning("review ingest failed (%s: %s); reading the batch again in %.1fs",
@@ -178,3 +188,144 @@ class ReviewIngest:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+
+
+def take_record(store: ReviewStore, input_topic: str, topic: str, value: bytes | None, partition: int = -1,
+                offset: int = -1, only: set[str] | None = None) -> str:
+    """Store what one record holds; its outcome (RESULTS). Raises only what the store raises. `only`: store input
+    events of these event ids only (a rebuild needs the references of the review verdicts, not every event's)."""
+    if value is None:  # a tombstone
+        return "invalid"
+    if topic == input_topic:
+        try:  # pydantic's JSON parser: bounded nesting, strict UTF-8, no lone surrogates
+            event = MemeEvent.model_validate_json(value)
+        except (ValueError, RecursionError):
+            return "invalid"  # the worker dead-letters it; nothing to review
+        if only is not None and event.event_id not in only:
+            return "ignored"
+        ref: dict = {"text": event.text}
+        if event.image_url is not None:
+            ref["image_url"] = event.image_url
+        elif partition >= 0:
+            # Where the bytes are, not the bytes (up to the worker's event cap each): the page reads the record
+            # back for the image, so the Redis the verdict cache and the breaker share never holds them.
+            ref["record"] = [topic, partition, offset]
+        store.put_ref(event.event_id, ref)
+        return "queued"
+    v = review_verdict(value)
+    if v is None:
+        return "invalid"
+    if v.decision != Decision.REVIEW:
+        return "ignored"
+    store.put_verdict(v)
+    return "queued"
+
+
+def review_verdict(value: bytes | None) -> Verdict | None:
+    """The verdict in a record of the verdicts topic, or None when it does not fit."""
+    if value is None:
+        return None
+    try:
+        v = Verdict.model_validate_json(value)
+        v.created_at.timestamp()  # the queue's score: a time at the end of the calendar overflows
+    except (ValueError, RecursionError, OverflowError):
+        return None
+    return v if 0 < len(v.event_id) <= MAX_ID_CHARS else None
+
+
+def standing_decisions(bootstrap: str, reviews_topic: str, signing_key: bytes | None,
+                       timeout_s: float = 300.0) -> dict[str, dict[str, Any]]:
+    """Per content hash, the latest review (by its signed `reviewed_at`) that no retraction cancels: the message
+    as the page published it, without its signature. A record counts only as `dataset build` counts it
+    (consumer/learning/reviews.py, rules 1 and 3): it fits schemas/review.py and verifies with the signing key
+    (without a key, unsigned records only from a loopback broker); a retraction cancels a review of the same
+    moderator and content. Whatever else the topic holds is skipped, never an error."""
+    allow_unsigned = signing_key is None and is_loopback(bootstrap)
+    reviews: dict[str, tuple[dict[str, Any], Any]] = {}
+    retractions: list[RetractionMessage] = []
+    skipped = 0
+    for record in read_topic(bootstrap, reviews_topic, timeout_s=timeout_s):
+        doc = _verified_review(reviews_topic, record.value, signing_key, allow_unsigned)
+        if doc is None:
+            skipped += 1
+            continue
+        message = REVIEW_RECORD.validate_python(doc)
+        if isinstance(message, RetractionMessage):
+            retractions.append(message)
+        else:
+            reviews.setdefault(message.review_id, (doc, message))  # a copy of a signed review is the same review
+    cancelled = {r.retracts for r in retractions if r.retracts in reviews
+                 and (reviews[r.retracts][1].moderator, reviews[r.retracts][1].content_hash)
+                 == (r.moderator, r.content_hash)}
+    standing: dict[str, tuple[dict[str, Any], Any]] = {}
+    for review_id, (doc, message) in reviews.items():
+        if review_id in cancelled:
+            continue
+        held = standing.get(message.content_hash)
+        if held is None or message.reviewed_at > held[1].reviewed_at:
+            standing[message.content_hash] = (doc, message)
+    if skipped:
+        log.warning("review rebuild skipped %d record(s) of %s that do not verify", skipped, reviews_topic)
+    return {content: doc for content, (doc, _) in standing.items()}
+
+
+def _verified_review(topic: str, value: bytes | None, key: bytes | None, allow_unsigned: bool
+                     ) -> dict[str, Any] | None:
+    """The message of a reviews-topic record (signature removed) when it verifies and fits the schema."""
+    if value is None or len(value) > MAX_REVIEW_BYTES:
+        return None
+    try:
+        doc = pydantic_core.from_json(value)  # bounded nesting, strict UTF-8, no lone surrogates
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    signature = doc.pop(REVIEW_SIGNATURE, None)
+    if key is not None:
+        try:
+            expected = review_signature(key, topic, doc)
+        except (ValueError, RecursionError, TypeError):
+            return None
+        if not (isinstance(signature, str) and hmac.compare_digest(signature, expected)):
+            return None
+    elif not allow_unsigned:
+        return None
+    try:
+        REVIEW_RECORD.validate_python(doc)
+    except (ValueError, RecursionError):
+        return None
+    return doc
+
+
+def rebuild(store: ReviewStore, bootstrap: str, input_topic: str, verdict_topic: str, reviews_topic: str,
+            signing_key: bytes | None, timeout_s: float = 300.0) -> Counter[str]:
+    """Fill the queue again from the topics (the module's docstring, "Rebuild"), then mark the store built.
+    Returns counts: decided (decisions restored), verdicts (review verdicts read), references (their events)."""
+    counts: Counter[str] = Counter()
+    for decision in standing_decisions(bootstrap, reviews_topic, signing_key, timeout_s).values():
+        store.restore_decision(decision)  # first: a decided meme never enters the queue, even for a moment
+        counts["decided"] += 1
+    needed: set[str] = set()
+
+    def verdict(record: Any) -> bool:  # stored while reading; nothing kept in memory
+        v = review_verdict(record.value)
+        if v is not None and v.decision == Decision.REVIEW:
+            store.put_verdict(v)
+            needed.add(v.event_id)
+            counts["verdicts"] += 1
+        return False
+
+    def reference(record: Any) -> bool:
+        if take_record(store, input_topic, input_topic, record.value, record.partition, record.offset,
+                       only=needed) == "queued":
+            counts["references"] += 1
+        return False
+
+    read_topic(bootstrap, verdict_topic, timeout_s=timeout_s, keep=verdict)
+    if needed:
+        read_topic(bootstrap, input_topic, timeout_s=timeout_s, keep=reference)
+    store.mark_built()
+    log.info("review queue rebuilt from %s, %s and %s: %d decision(s) restored, %d review verdict(s), %d "
+             "reference(s); %d card(s) waiting", reviews_topic, verdict_topic, input_topic, counts["decided"],
+             counts["verdicts"], counts["references"], store.pending_count())
+    return counts

@@ -22,11 +22,15 @@ Keys (all under `review:`; `{…}` is a Redis Cluster hash tag, the part that pi
   `decision:ID`: the moderator's decision (the published review message), so a refresh or a restart
   shows it; `recent`: the latest decided cards; `last:USER`: that moderator's latest decisions, for undo.
   `claim:ID` (30 s): one request at a time publishes for a card.
+  `built`: set once the queue was filled from the topics (ReviewIngest, or `rebuild` in ingest.py). A Redis
+  that lost its data (restarted without persistence, flushed) has no `built`, and the page rebuilds the queue
+  from the verdicts and reviews topics (consumer/review/ingest.py, `rebuild`).
   `session:SID` (the session TTL): the moderator of a live sign-in; logout deletes it, so a copied session
   cookie dies with it on every replica (the cookie's signature alone cannot be taken back).
 
 Every Redis failure is counted in `memeguard_review_store_errors_total{op}` and raised to the caller (the
-page answers 500, the ingest logs it and reads the records again): nothing is dropped silently.
+page answers 503 "degraded: Redis is unreachable, decisions are paused", the ingest logs it and reads the
+records again): nothing is dropped silently.
 """
 
 import functools
@@ -49,14 +53,19 @@ STORE_ERRORS = Counter("memeguard_review_store_errors", "Review store operations
 # Queue a card unless its content already has one or it was decided. KEYS: card:HASH, item:ID, queue,
 # decision:ID (one slot); ARGV: event id, item JSON, score. Returns the content's card (the event id itself
 # when it is the card): one script, so two ingest replicas cannot both create a card for one content, and a
-# decision taken meanwhile is not undone by a re-delivered verdict.
+# decision taken meanwhile is not undone by a re-delivered verdict. A decided card whose item is missing (a
+# decision restored from the reviews topic before its verdict was read again) gets its item, not a queue place.
 ADD_SCRIPT = """
 local card = redis.call('GET', KEYS[1])
 if not card then
   redis.call('SET', KEYS[1], ARGV[1])
   card = ARGV[1]
 end
-if card ~= ARGV[1] or redis.call('EXISTS', KEYS[4]) == 1 then return card end
+if card ~= ARGV[1] then return card end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('SET', KEYS[2], ARGV[2], 'NX')
+  return card
+end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return card
@@ -217,6 +226,33 @@ class ReviewStore:
             pipe.lrem(f"{self.q}recent", 0, event_id)
             pipe.lrem(f"{self.q}last:{moderator}", 1, entry)
             pipe.execute()
+
+    @counted("restore_decision")
+    def restore_decision(self, decision: dict[str, Any]) -> str:
+        """A decision read back from the reviews topic (the published review message, signature removed), for a
+        rebuild: its content's card is the review's event id unless the content already has one; the card is
+        decided and out of the queue, so its verdict read again (and every repost) queues nothing. Returns the
+        card's event id."""
+        card_key = f"{self.q}card:{decision['content_hash']}"
+        self.r.set(card_key, decision["event_id"], nx=True)
+        card = self.r.get(card_key).decode()
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.set(f"{self.q}decision:{card}", json.dumps(decision))
+            pipe.zrem(f"{self.q}queue", card)
+            pipe.lrem(f"{self.q}recent", 0, card)
+            pipe.lpush(f"{self.q}recent", card)
+            pipe.ltrim(f"{self.q}recent", 0, 49)
+            pipe.execute()
+        return card
+
+    @counted("built")
+    def built(self) -> bool:
+        """Whether this Redis still holds a queue filled from the topics (see the module docstring)."""
+        return bool(self.r.exists(f"{self.q}built"))
+
+    @counted("mark_built")
+    def mark_built(self) -> None:
+        self.r.set(f"{self.q}built", "1")
 
     @counted("open_session")
     def open_session(self, sid: str, user: str, ttl_s: int) -> None:
