@@ -37,22 +37,6 @@ def harmeme_dir() -> Path:
     return data_dir() / "harmeme"
 
 
-def is_harmeme_file(path: Path) -> bool:
-    """A .jsonl whose first record has HarMeme's `labels[0]` severity (the format `memeguard evaluate` accepts)."""
-    if path.suffix != ".jsonl" or not path.is_file():
-        return False
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    return False
-                labels = row.get("labels") if isinstance(row, dict) else None
-                return bool(labels) and isinstance(labels, list) and labels[0] in SEVERITIES
-    return False
-
-
 def load_harmeme(path: Path, domain: str | None = None) -> list[HarmMeme]:
     """One HarMeme annotation file: `{"id", "image", "labels": [severity, target...], "text"}` per line.
 
