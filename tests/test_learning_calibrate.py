@@ -296,12 +296,15 @@ def test_calibrate_starts_from_the_bundles_own_policy_and_fits_block_cutoffs(tmp
 
     bundle = write_tiny_bundle(tmp_path / "harm", seed=1, severity_head=True)  # harm + severity heads, a policy
     base = ModelBundle.load(bundle)
-    new, report = calibrate(bundle, _dev(tmp_path, 60), tmp_path / "cal", 0.5, 0.5, images=SEMEVAL / "images",
-                            base_rate=0.3, min_blocked=1, progress=False)
+    # The tiny bundle's policy has no severe techniques; SemEval records are harmful when their gold labels hold
+    # one, so the start is its policy with the built-in severe techniques (same id: it is still that policy's fit).
+    start = base.manifest.policy.model_copy(update={"severe_techniques": DecisionPolicy().severe_techniques})
+    new, report = calibrate(bundle, _dev(tmp_path, 60), tmp_path / "cal", 0.5, 0.5, policy=start,
+                            images=SEMEVAL / "images", base_rate=0.3, min_blocked=1, progress=False)
     m = new.manifest
     assert report["policy_before"]["id"] == base.manifest.policy.id == m.calibration.base_policy
     assert m.policy.fit.target == {"review_rate": 0.5, "block_precision": 0.5}
-    assert (m.policy.severe_techniques, m.policy.review_min_flags) == (base.manifest.policy.severe_techniques, 0)
+    assert (m.policy.severe_techniques, m.policy.review_min_flags) == (start.severe_techniques, 0)
     assert m.thresholds == base.manifest.thresholds and report["techniques"]["thresholds_unchanged"]
     # The random tiny model has no harm signal on these memes: no block cut-off is precise enough, so nothing is
     # blocked on the harm scores and the target is reported missed, with the reasons.
