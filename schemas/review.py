@@ -7,19 +7,17 @@ spaces, ASCII) bound to the topic's name. The moderator, the review time and the
 signed content; the learning loop verifies (consumer/learning/reviews.py) and uses nothing that does not.
 """
 
-import hashlib
-import hmac
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from schemas.signing import SIGNATURE, canonical, sign
 from schemas.techniques import Technique
 
-REVIEW_SIGNATURE = "signature"  # the record's JSON member that carries the HMAC (not part of the message)
+REVIEW_SIGNATURE = SIGNATURE  # the record's JSON member that carries the HMAC (not part of the message)
 MAX_REVIEW_BYTES = 1024 * 1024  # a review lists at most 1000 reposts: far below this
-_SIGNATURE_CONTEXT = b"memeguard-review-v1"
+REVIEW_CONTEXT = b"memeguard-review-v1"
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]  # the input event's own bounds
 ReviewId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -87,14 +85,13 @@ REVIEW_RECORD: TypeAdapter[ReviewMessage | RetractionMessage] = TypeAdapter(Revi
 
 
 def canonical_review(doc: dict[str, Any]) -> bytes:
-    """The bytes that are signed: sorted keys, no spaces, ASCII only (NaN or infinity: ValueError)."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    """The bytes that are signed (schemas.signing.canonical)."""
+    return canonical(doc)
 
 
 def review_signature(key: bytes, topic: str, doc: dict[str, Any]) -> str:
     """HMAC-SHA256 of the message (without its signature) bound to the topic it is published on."""
-    message = _SIGNATURE_CONTEXT + b"\0" + topic.encode("utf-8", "surrogatepass") + b"\0" + canonical_review(doc)
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return sign(key, REVIEW_CONTEXT, topic, doc)
 
 
 def encode_review(topic: str, doc: dict[str, Any], key: bytes | None) -> bytes:

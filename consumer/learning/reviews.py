@@ -25,9 +25,7 @@ The resolution policy (docs/learning.md, "Which decision counts"), over what ver
    recorded, so agreement between moderators can be measured.
 """
 
-import hmac
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,12 +38,12 @@ from consumer.kafka.topic_reader import Record
 from consumer.kafka.topics import is_loopback
 from schemas.review import (
     MAX_REVIEW_BYTES,
+    REVIEW_CONTEXT,
     REVIEW_RECORD,
-    REVIEW_SIGNATURE,
     RetractionMessage,
     ReviewMessage,
-    review_signature,
 )
+from schemas.signing import signature_refusal
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +52,6 @@ ACCEPTED = ("verified", "unchecked")  # unchecked: unsigned, taken because no ke
 REFUSED = ("invalid", "unsigned", "bad_signature", "replayed", "timestamp_before_review", "foreign_retraction",
            "retracts_unknown_review", "labels_not_in_verdict")
 MAX_LISTED = 1000  # rejected records listed in the manifest (all are counted)
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class _FromSettings:
@@ -104,19 +101,9 @@ class ReviewAuth:
             return None, "invalid"
         if not isinstance(doc, dict):
             return None, "invalid"
-        signature = doc.pop(REVIEW_SIGNATURE, None)
-        if self.key is not None:
-            if signature is None:
-                return None, "unsigned"
-            try:
-                expected = review_signature(self.key, topic, doc)
-            except (ValueError, RecursionError, TypeError):  # NaN, infinity: never produced by a signer
-                return None, "bad_signature"
-            if not (isinstance(signature, str) and _HEX64.fullmatch(signature)
-                    and hmac.compare_digest(signature, expected)):
-                return None, "bad_signature"
-        elif not self.allow_unsigned:
-            return None, "unsigned"
+        refused = signature_refusal(doc, self.key, self.allow_unsigned, REVIEW_CONTEXT, topic)
+        if refused:
+            return None, refused
         try:
             message = REVIEW_RECORD.validate_python(doc)
         except (ValidationError, ValueError, RecursionError):

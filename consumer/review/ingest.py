@@ -23,7 +23,6 @@ that lost its data, or a first start), and `memeguard review --rebuild` runs it 
 idempotent: running it on a full store changes nothing but the order of the recent decisions."""
 
 import functools
-import hmac
 import logging
 import threading
 import time
@@ -42,7 +41,8 @@ from consumer.kafka.topic_reader import read_topic
 from consumer.kafka.topics import is_loopback
 from consumer.review.store import ReviewStore
 from schemas import Decision, MemeEvent, Verdict
-from schemas.review import MAX_REVIEW_BYTES, REVIEW_RECORD, REVIEW_SIGNATURE, RetractionMessage, review_signature
+from schemas.review import MAX_REVIEW_BYTES, REVIEW_CONTEXT, REVIEW_RECORD, RetractionMessage
+from schemas.signing import signature_refusal
 
 log = logging.getLogger(__name__)
 
@@ -280,15 +280,7 @@ def _verified_review(topic: str, value: bytes | None, key: bytes | None, allow_u
         return None
     if not isinstance(doc, dict):
         return None
-    signature = doc.pop(REVIEW_SIGNATURE, None)
-    if key is not None:
-        try:
-            expected = review_signature(key, topic, doc)
-        except (ValueError, RecursionError, TypeError):
-            return None
-        if not (isinstance(signature, str) and hmac.compare_digest(signature, expected)):
-            return None
-    elif not allow_unsigned:
+    if signature_refusal(doc, key, allow_unsigned, REVIEW_CONTEXT, topic):
         return None
     try:
         REVIEW_RECORD.validate_python(doc)

@@ -27,12 +27,9 @@ a worker without a key acts on no command. Whatever does not verify or does not 
 """
 
 import atexit
-import hashlib
-import hmac
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import uuid
@@ -50,6 +47,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validat
 from consumer.errors import ConfigError
 from consumer.kafka.config import client_config
 from consumer.kafka.topics import is_loopback
+from schemas.signing import SIGNATURE, canonical, sign, signature_refusal
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +55,8 @@ BUNDLE_SCHEMES = ("", "file")  # a bundle every worker reads from its own file s
 
 
 MAX_REVISION = 2**63 - 1  # a Kafka-sized integer: a revision past it could never be followed by a higher one
-SIGNATURE = "signature"  # the record's JSON member that carries the HMAC (not part of ControlCommand)
 MAX_COMMAND_BYTES = 64 * 1024  # a command is a few hundred bytes; anything far larger is not one
 _SIGNATURE_CONTEXT = b"memeguard-control-v1"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ControlCommand(BaseModel):
@@ -151,15 +147,9 @@ def _key_bytes(key: Key | _FromSettings) -> bytes | None:
     return key or None
 
 
-def canonical(doc: dict) -> bytes:
-    """The bytes that are signed: sorted keys, no spaces, ASCII only (NaN or infinity: ValueError)."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
-
-
 def signature_of(key: bytes, topic: str, doc: dict) -> str:
     """HMAC-SHA256 of the command (without its signature) bound to the topic it is published on."""
-    message = _SIGNATURE_CONTEXT + b"\0" + topic.encode("utf-8", "surrogatepass") + b"\0" + canonical(doc)
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return sign(key, _SIGNATURE_CONTEXT, topic, doc)
 
 
 def encode_command(topic: str, command: ControlCommand, key: Key | _FromSettings = FROM_SETTINGS) -> bytes:
@@ -214,19 +204,9 @@ class ControlAuth:
             return None, "invalid"
         if not isinstance(doc, dict):
             return None, "invalid"
-        signature = doc.pop(SIGNATURE, None)
-        if self.key is not None:
-            if signature is None:
-                return None, "unsigned"
-            try:
-                expected = signature_of(self.key, topic, doc)
-            except (ValueError, RecursionError):  # NaN, infinity: never produced by a signer
-                return None, "bad_signature"
-            if not (isinstance(signature, str) and _HEX64.fullmatch(signature)
-                    and hmac.compare_digest(signature, expected)):
-                return None, "bad_signature"
-        elif not self.allow_unsigned:
-            return None, "unsigned"
+        refused = signature_refusal(doc, self.key, self.allow_unsigned, _SIGNATURE_CONTEXT, topic)
+        if refused:
+            return None, refused
         try:
             command = ControlCommand.model_validate(doc)
         except (ValidationError, ValueError, RecursionError):
