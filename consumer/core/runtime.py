@@ -218,6 +218,10 @@ class BundleRuntime:
         # batching): calls there are at most CPU_CALL_BATCH memes; GPU providers take max_batch at once.
         self.call_batch = min(self.max_batch, CPU_CALL_BATCH) if self.provider == CPU else self.max_batch
         self.thresholds = np.asarray(m.thresholds, dtype=np.float32)
+        # The declared outputs serving reads (roles, ONNX names), resolved once rather than per call.
+        declared = {o.role: o.name for o in m.outputs}
+        roles = [r for r in ("techniques", "harm", "severity") if r in declared]
+        self._outputs = (roles, [declared[r] for r in roles])
 
     @classmethod
     def load(
@@ -258,10 +262,8 @@ class BundleRuntime:
 
     def run_feeds(self, feeds: dict[str, np.ndarray]) -> Prediction:
         """One ONNX Runtime call on already preprocessed inputs (the exporter's parity check uses it)."""
-        declared = {o.role: o.name for o in self.manifest.outputs}
-        roles = [r for r in ("techniques", "harm", "severity") if r in declared]
-        result = dict(zip(roles, self.session.run([declared[r] for r in roles], feeds, self._run_options),
-                          strict=True))
+        roles, names = self._outputs
+        result = dict(zip(roles, self.session.run(names, feeds, self._run_options), strict=True))
         harmful, severity = result.get("harm"), result.get("severity")
         return Prediction(
             technique_probs=np.asarray(result["techniques"], dtype=np.float32),
