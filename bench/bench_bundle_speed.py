@@ -10,16 +10,17 @@ ratios come from the same minutes of a shared machine; the figure per bundle is 
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from bench.common import machine
 from consumer.core.runtime import BundleRuntime
 from exporters.memes import DEFAULT_DATA, load_memes
 from models.paths import REPO_ROOT
-from models.sweep_mpnet import load_avg, machine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     for rt in runtimes:
         rt.predict(images[: args.batch], texts[: args.batch])  # warm-up: ORT allocates on the first call
     seconds: list[list[float]] = [[] for _ in runtimes]
-    load_before = load_avg()
+    load_before = list(os.getloadavg())
     for _ in range(args.rounds):
         for k, rt in enumerate(runtimes):
             started = time.perf_counter()
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"command": "python -m bench.bench_bundle_speed " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
            "data": f"semeval2021_task6/dev.json ({len(memes)} memes, decoded once before timing)",
            "batch": args.batch, "threads": args.threads, "machine": machine(),
-           "load_avg_before": load_before, "load_avg_after": load_avg(), "results": rows}
+           "load_avg_before": load_before, "load_avg_after": list(os.getloadavg()), "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.out}")

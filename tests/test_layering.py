@@ -56,6 +56,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # folder: (forbid
     "exporters": (consumer_parts_except("core", "evaluate") + ("testkit", "tests", "bench"), ()),
     "testkit": (("models", "exporters", "tests", "bench"), ()),
     "bench": (("tests",), ()),
+    "research": (("exporters", "testkit", "tests", "bench"), ()),  # studies: read models/, schemas/, scoring/, consumer/
 }
 
 
@@ -64,6 +65,12 @@ def test_a_layer_imports_only_what_docs_architecture_allows(folder: str) -> None
     assert (REPO / folder).is_dir(), f"{folder}/ is gone: update docs/architecture.md and this test"
     forbidden, allowed = RULES[folder]
     assert crossings(folder, forbidden, allowed) == []
+
+
+@pytest.mark.parametrize("folder", ["schemas", "scoring", "consumer", "models", "exporters", "testkit", "bench"])
+def test_no_library_program_or_bench_imports_research(folder: str) -> None:
+    """research/ sits on top: the sweeps and nested-CV studies read the library, nothing reads them."""
+    assert crossings(folder, ("research",)) == []
 
 
 def test_the_checker_sees_imports_inside_functions_too(tmp_path: Path) -> None:

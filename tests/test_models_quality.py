@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from models.quality_features import masked_max
-from models.sweep_quality import LabelAttention, label_attention_fitter, per_label_choice
-from models.sweep_table import SweepTable
+from research.sweep_quality import LabelAttention, label_attention_fitter, per_label_choice
+from research.sweep_table import SweepTable
 
 
 def test_masked_max_ignores_padding() -> None:

@@ -1,6 +1,6 @@
 """Where the offline default sits: its head settings swept, and two cheap ensembles, under the default's CV.
 
-    python -m models.sweep [--config configs/default.yaml] [--out bench/results/default_sweep.json]
+    python -m research.sweep [--config configs/default.yaml] [--out bench/results/default_sweep.json]
 
 Uses the config's cached encoder features (`memeguard train CONFIG` builds them)
 and `models.protocol.cross_validate`: 5-fold CV over train+dev (750), each fold scored with thresholds tuned
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
             rows.append({"variant": f"default + {w} x {name} (probability average)", **score(mixed)})
             print(rows[-1], flush=True)
-    doc = {"command": "python -m models.sweep " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    doc = {"command": "python -m research.sweep " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
            "split": f"{folds}-fold CV (seed {seed}) over train+dev ({len(y)} memes), thresholds tuned on the other folds",
            "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

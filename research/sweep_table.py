@@ -1,21 +1,46 @@
-"""The comparison table the sweeps share: every row is scored the same way, from out-of-fold probabilities
-with per-label thresholds tuned on the other folds (as `protocol.cross_validate`), and compared fold by fold
-with the default's row of the same run."""
+"""What the sweeps share: the comparison table (every row scored the same way, from out-of-fold probabilities
+with per-label thresholds tuned on the other folds, as `protocol.cross_validate`, and compared fold by fold
+with the default's row of the same run), the machine facts recorded with a run, and the result-file writer."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from models.metrics import binarize, summary
 from models.protocol import cross_validate
-from models.sweep_mpnet import load_avg
 from models.thresholds import tune_thresholds
 
 Fitter = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def machine() -> dict[str, str]:
+    model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(
+        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if ln.startswith("Model name")), "")
+    return {"cpu": model, "cores": str(os.cpu_count()), "python": platform.python_version()}
+
+
+def load_avg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def write_sweep(out: Path, doc: dict, merge: bool, key: str) -> None:
+    """Write a sweep's result file; with `merge` a partial run replaces only its own rows (same `key`) of the
+    file already there."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if merge and out.is_file():
+        names = {r[key] for r in doc["results"]}
+        doc = {**doc, "results": [r for r in json.loads(out.read_text())["results"] if r[key] not in names]
+               + doc["results"]}
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 class SweepTable:

@@ -1,6 +1,6 @@
 """Issue 15, quality round: pooling views, layer sets, label-embedding attention and head ensembles on MPNet.
 
-    python -m models.sweep_quality [--out bench/results/model_sweep_quality.json] [--only SUBSTRING]
+    python -m research.sweep_quality [--out bench/results/model_sweep_quality.json] [--only SUBSTRING]
 
 Every row is scored as the comparison table's "CV micro-F1": 5-fold CV (shuffled, seed 0) over train+dev (750
 memes), each fold scored with per-label thresholds tuned on the other folds' out-of-fold probabilities. The
@@ -31,11 +31,9 @@ from models.paths import REPO_ROOT
 from models.protocol import cross_validate
 from models.quality_features import mpnet_quality_features, token_states
 from models.sources import FeatureSource
-from models.sweep_mpnet import load_avg, machine, write_sweep
 from models.thresholds import tune_thresholds
 from models.train import _load_pool
-
-Fitter = Callable[[np.ndarray, np.ndarray], np.ndarray]
+from research.sweep_table import Fitter, load_avg, machine, write_sweep
 
 
 def view(f: dict[str, np.ndarray], pooling: str, layers: list[int]) -> np.ndarray:
@@ -202,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         r = cross_validate(fit, y, y.shape[1], folds, seed, "micro")
         oofs[name] = r.oof
         splits0[:] = r.folds
-        record(name, r.oof, r.folds, started, f"python -m models.sweep_quality --only {shlex.quote(name)}")
+        record(name, r.oof, r.folds, started, f"python -m research.sweep_quality --only {shlex.quote(name)}")
 
     def rule(name: str, oof_of: str, decide: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> None:
         """A decision rule on a row's out-of-fold probabilities, each fold decided by thresholds that
@@ -217,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         r = summary(y, pred)
         row = {"config": name, "cv_micro_f1": round(r["micro_f1"], 4), "cv_macro_f1": round(r["macro_f1"], 4),
                "split": f"{folds}-fold CV seed {seed} over train+dev ({len(y)})",
-               "command": "python -m models.sweep_quality --only default (rules run on the default's OOF)",
+               "command": "python -m research.sweep_quality --only default (rules run on the default's OOF)",
                "wall_seconds": round(time.perf_counter() - started, 1), "load_avg": load_avg()}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -227,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         oof = sum(oofs[m] for m in members) / len(members)
         record(name, oof, splits0, time.perf_counter(),
-               "python -m models.sweep_quality (probability average of the named rows' out-of-fold probabilities)")
+               "python -m research.sweep_quality (probability average of the named rows' out-of-fold probabilities)")
 
     mean36 = view(feats, "mean", [3, 6])
     max36 = view(feats, "max", [3, 6])
@@ -285,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ensemble("ens: default + label attention", "default: MPNet mean L3/6 + EfficientNet",
              "label attention on MPNet L6 tokens + linear(mean L3/6 + EfficientNet 0.3)")
 
-    doc = {"command": "python -m models.sweep_quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    doc = {"command": "python -m research.sweep_quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
            "split": f"{folds}-fold CV (shuffled, seed {seed}) over train+dev ({len(y)} memes); each fold scored with "
                     "per-label thresholds tuned on the other folds' out-of-fold probabilities; the official test "
                     "split is never read",

@@ -1,6 +1,6 @@
 """Issue 15, quality round 4: partial fine-tuning of MPNet's upper layers on CPU, against the default.
 
-    nice -n 19 python -m models.sweep_finetune [--out bench/results/model_sweep_finetune.json] [--only SUBSTRING]
+    nice -n 19 python -m research.sweep_finetune [--out bench/results/model_sweep_finetune.json] [--only SUBSTRING]
         [--epochs 3] [--probe] [--features-only]
 
 The default (configs/default.yaml) runs only MPNet's first 6 of 12 layers and mean-pools layers 3 and 6 (each
@@ -43,9 +43,8 @@ from models.optim import make_loss
 from models.paths import REPO_ROOT, cache_dir
 from models.preprocess import TextTokenizer
 from models.sources import FeatureSource
-from models.sweep_mpnet import load_avg, machine, write_sweep
-from models.sweep_table import Fitter, SweepTable
 from models.train import _load_pool
+from research.sweep_table import Fitter, SweepTable, load_avg, machine, write_sweep
 
 CACHED_INPUTS = (4, 5)  # hidden_states[k] = output of layer k = input of layer k+1
 
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     default = "default: MPNet mean L3/6 + EfficientNet (recomputed)"
-    cmd = "nice -n 19 python -m models.sweep_finetune " + " ".join(
+    cmd = "nice -n 19 python -m research.sweep_finetune " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     table = SweepTable(y, folds, seed, default, args.only)
 

@@ -1,6 +1,6 @@
 """MPNet against the offline default: encoders, fusions, losses, head ensembles and threshold strategies.
 
-    python -m models.sweep_mpnet [--out bench/results/model_sweep_mpnet.json] [--only SUBSTRING]
+    python -m research.sweep_mpnet [--out bench/results/model_sweep_mpnet.json] [--only SUBSTRING]
 
 Every row is scored by `models.protocol.cross_validate` exactly as the comparison table's "CV micro-F1":
 5-fold CV (shuffled, seed 0) over train+dev (750 memes), each fold scored with thresholds tuned on the other
@@ -13,13 +13,9 @@ a `pooling: mean_layers` encoder with those layers computes).
 import argparse
 import copy
 import json
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,12 +31,12 @@ from models.metrics import binarize, summary
 from models.paths import REPO_ROOT
 from models.protocol import cross_validate
 from models.sources import FeatureSource
-from models.sweep import knn_fitter, tfidf_fitter
 from models.thresholds import tune_thresholds
 from models.train import _load_pool
+from research.sweep import knn_fitter, tfidf_fitter
+from research.sweep_table import Fitter, load_avg, machine, write_sweep
 
 MPNET_LAYERS = list(range(1, 13))  # all 12 layers in one pass; 768-d each
-Fitter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def mpnet_all_layers(memes: list, max_length: int) -> np.ndarray:
@@ -51,28 +47,6 @@ def mpnet_all_layers(memes: list, max_length: int) -> np.ndarray:
 
 def layer_slice(all_layers: np.ndarray, layers: list[int], width: int = 768) -> np.ndarray:
     return np.concatenate([all_layers[:, (k - 1) * width : k * width] for k in layers], axis=1)
-
-
-def machine() -> dict[str, str]:
-    model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if ln.startswith("Model name")), "")
-    return {"cpu": model, "cores": str(os.cpu_count()), "python": platform.python_version()}
-
-
-def load_avg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def write_sweep(out: Path, doc: dict, merge: bool, key: str) -> None:
-    """Write a sweep's result file; with `merge` a partial run replaces only its own rows (same `key`) of the
-    file already there."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if merge and out.is_file():
-        names = {r[key] for r in doc["results"]}
-        doc = {**doc, "results": [r for r in json.loads(out.read_text())["results"] if r[key] not in names]
-               + doc["results"]}
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {out}")
 
 
 # ----- decision rules on out-of-fold probabilities (scored cross-fitted, as protocol.cross_validate) -----
@@ -287,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                      "fast: MPNet L2/4/6/8 (first 8 of 12 layers) + EfficientNet iw 0.3"):
             run(f"{name} [fold seed {fold_seed}]", fitters[name], (), fold_seed)
 
-    doc = {"command": "python -m models.sweep_mpnet " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    doc = {"command": "python -m research.sweep_mpnet " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
            "split": f"{folds}-fold CV (shuffled, seed {seed}) over train+dev ({len(y)} memes); each fold scored "
                     "with thresholds (or the decision rule) tuned on the other folds' out-of-fold probabilities; "
                     "the official test split is never read",

@@ -1,8 +1,8 @@
 """Issue 15, quality round 3: the enrichment pipeline's feature text and detector outputs as extra views.
 
-    python -m models.sweep_views [--out bench/results/model_sweep_views.json] [--only SUBSTRING] [--features-only]
+    python -m research.sweep_views [--out bench/results/model_sweep_views.json] [--only SUBSTRING] [--features-only]
 
-Every row is scored as the comparison table's "CV micro-F1" and as `models.sweep_quality` scores it: 5-fold CV
+Every row is scored as the comparison table's "CV micro-F1" and as `research.sweep_quality` scores it: 5-fold CV
 (shuffled, seed 0) over train+dev (750 memes), each fold scored with per-label thresholds tuned on the other
 folds' out-of-fold probabilities (`models.protocol.cross_validate`). The official test split is never read:
 enrichment and embeddings are computed for the 750 pool memes only.
@@ -35,11 +35,10 @@ from models.metrics import binarize, summary
 from models.paths import REPO_ROOT, cache_dir
 from models.quality_features import mpnet_quality_features
 from models.sources import FeatureSource
-from models.sweep_mpnet import machine, write_sweep
-from models.sweep_quality import view
-from models.sweep_table import Fitter, SweepTable
 from models.thresholds import tune_thresholds
 from models.train import _load_pool
+from research.sweep_quality import view
+from research.sweep_table import Fitter, SweepTable, machine, write_sweep
 
 STAGES = ("faces", "objects", "attributes")  # + sentiment and feature_text, which the pipeline adds itself
 
@@ -184,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = table.rows
 
     def run(name: str, fit: Fitter, note: str = "") -> None:
-        table.run(name, fit, f"nice -n 19 python -m models.sweep_views --only {shlex.quote(name)}",
+        table.run(name, fit, f"nice -n 19 python -m research.sweep_views --only {shlex.quote(name)}",
                   {"note": note} if note else None)
 
     def ensemble(name: str, *members: str) -> None:
-        table.ensemble(name, "nice -n 19 python -m models.sweep_views", *members)
+        table.ensemble(name, "nice -n 19 python -m research.sweep_views", *members)
 
     mean36 = view(feats, "mean", [3, 6])
     ft36 = view(feats_ft, "mean", [3, 6])
@@ -263,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[-1]["alpha_per_fold"] = chosen
     run("nested one-step classifier chain: default + 22 inner-OOF probabilities (image block)", chain_head)
 
-    doc = {"command": "nice -n 19 python -m models.sweep_views " + " ".join(
+    doc = {"command": "nice -n 19 python -m research.sweep_views " + " ".join(
                shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
            "split": f"5-fold CV over train+dev, {len(y)} memes (shuffled KFold, seed {seed}); each fold scored "
                     "with per-label thresholds tuned on the other folds' out-of-fold probabilities "
