@@ -9,6 +9,7 @@ from an event (text, ids) is escaped, since memes carry hostile text.
 import base64
 import io
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
@@ -42,9 +43,18 @@ def _png(fig: Any) -> str:
     return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-def plots(reports: list[dict[str, Any]], scores: list[dict[str, list[tuple[bool, float]]]]) -> list[str] | None:
-    """Per-technique F1 (one bar per bundle), decisions, harmful score by gold class, latency, as PNG data URIs;
-    None without matplotlib."""
+@dataclass
+class Plot:
+    """One chart: its PNG data URI, or, when it has no data, the one sentence the page shows instead."""
+
+    title: str
+    src: str | None = None
+    omitted: str | None = None
+
+
+def plots(reports: list[dict[str, Any]], scores: list[dict[str, list[tuple[bool, float]]]]) -> list[Plot] | None:
+    """Per-technique F1 (one bar per bundle), decisions, harmful score by gold class, latency; None without
+    matplotlib. A chart with no data is not drawn: its Plot says why instead."""
     try:
         import matplotlib
 
@@ -53,6 +63,7 @@ def plots(reports: list[dict[str, Any]], scores: list[dict[str, list[tuple[bool,
     except ImportError:
         return None
     out = []
+    title = "Per-technique F1"
     if all("per_technique" in r for r in reports):
         names = list(reports[0]["per_technique"])
         fig, ax = plt.subplots(figsize=(10, 6))
@@ -63,30 +74,49 @@ def plots(reports: list[dict[str, Any]], scores: list[dict[str, list[tuple[bool,
         ax.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], [n[:40] for n in names], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("F1 (zero_division=1)")
-        ax.set_title("Per-technique F1")
+        ax.set_title(title)
         ax.legend(fontsize=7)
-        out.append(_png(fig))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    for k, r in enumerate(reports):
-        axes[0].bar([x + k * 0.4 for x in range(3)], list(r["decisions"].values()), width=0.4, label=r["model"])
-    axes[0].set_xticks([0.2 * (len(reports) - 1) + x for x in range(3)], list(reports[0]["decisions"]))
-    axes[0].set_title("Decisions")
-    axes[0].legend(fontsize=7)
-    for r, s in zip(reports, scores, strict=True):
-        pos = [v for gold, v in s.get("harmful", []) if gold]
-        neg = [v for gold, v in s.get("harmful", []) if not gold]
-        if pos or neg:
-            axes[1].hist([neg, pos], bins=20, range=(0, 1), label=[f"{r['model']} gold no", f"{r['model']} gold yes"])
-    axes[1].set_title("Harmful score by gold class")
-    axes[1].legend(fontsize=6)
-    out.append(_png(fig))
-    fig, ax = plt.subplots(figsize=(10, 2.8))
-    for r, s in zip(reports, scores, strict=True):
-        if s.get("latency"):
-            ax.hist([v for _, v in s["latency"]], bins=30, alpha=0.6, label=r["model"])
-    ax.set_xlabel("pipeline latency per event (ms, the batch it was in)")
-    ax.legend(fontsize=7)
-    out.append(_png(fig))
+        out.append(Plot(title, _png(fig)))
+    else:
+        out.append(Plot(title, omitted="no replayed event carries technique labels (produce --labels, or "
+                                       "--labels-file), so there is no F1 to draw."))
+    title = "Decisions"
+    if any(sum(r["decisions"].values()) for r in reports):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for k, r in enumerate(reports):
+            ax.bar([x + k * 0.4 for x in range(3)], list(r["decisions"].values()), width=0.4, label=r["model"])
+        ax.set_xticks([0.2 * (len(reports) - 1) + x for x in range(3)], list(reports[0]["decisions"]))
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        out.append(Plot(title, _png(fig)))
+    else:
+        out.append(Plot(title, omitted="no event became a verdict, so there are no decisions to draw."))
+    title = "Harmful score by gold class"
+    if any(s.get("harmful") for s in scores):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for r, s in zip(reports, scores, strict=True):
+            pos = [v for gold, v in s.get("harmful", []) if gold]
+            neg = [v for gold, v in s.get("harmful", []) if not gold]
+            if pos or neg:
+                ax.hist([neg, pos], bins=20, range=(0, 1), label=[f"{r['model']} gold no", f"{r['model']} gold yes"])
+        ax.set_title(title)
+        ax.legend(fontsize=6)
+        out.append(Plot(title, _png(fig)))
+    else:
+        out.append(Plot(title, omitted="no replayed verdict has both a harmful score and a gold harm label "
+                                       "(metadata.harmful, or technique labels), so there is nothing to draw."))
+    title = "Pipeline latency per event"
+    if any(s.get("latency") for s in scores):
+        fig, ax = plt.subplots(figsize=(10, 2.8))
+        for r, s in zip(reports, scores, strict=True):
+            if s.get("latency"):
+                ax.hist([v for _, v in s["latency"]], bins=30, alpha=0.6, label=r["model"])
+        ax.set_xlabel("pipeline latency per event (ms, the batch it was in)")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        out.append(Plot(title, _png(fig)))
+    else:
+        out.append(Plot(title, omitted="no verdict recorded its pipeline time, so there is no latency to draw."))
     return out
 
 

@@ -36,6 +36,8 @@ class ReplayResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     wall_s: float = 0.0
     training_pool: TrainingPool | None = None  # what the bundle was fitted on (`load_training_pool`)
+    expected: dict[str, float] = field(default_factory=dict)  # the bundle manifest's `expected` (nested CV)
+    topic: str = ""  # the replayed topic
 
 
 def auroc(gold: np.ndarray, scores: np.ndarray) -> float | None:
@@ -88,7 +90,42 @@ def build_report(result: ReplayResult, events: dict[str, EventInfo], labels: lis
     report["harmful_auroc"] = (auroc(np.array([g for g, _ in harmful]), np.array([s for _, s in harmful]))
                                if harmful else None)
     report["harmful_gold"] = "metadata.harmful when present, else: the meme has at least one technique label"
+    report["micro_f1_context"] = figure_context(report, result.expected, result.topic)
     return report
+
+
+# What the manifest's `expected` figures are (models/expected.py copies them from research/technique_nested_cv.md).
+EXPECTED_PROTOCOL = ("nested cross-validation on SemEval train+dev: mean ± sd of the outer folds "
+                     "(the bundle manifest's expected figures, docs/models.md)")
+
+
+def figure_context(report: dict[str, Any], expected: dict[str, float], topic: str) -> dict[str, Any]:
+    """The replay micro-F1 labelled with what it measures, beside the bundle's cross-validated estimate.
+
+    A figure on memes the model was fitted on measures fit, not what it will score on new memes: it is labelled
+    in-sample whenever any replayed meme is in the bundle's recorded training pool, and "may be in-sample" when
+    the bundle does not record its pool."""
+    seen, scored = report.get("n_in_training_pool"), report.get("n_scored")
+    if seen is None or scored is None:
+        sample = "unknown"
+        label = (f"replayed topic {topic or '(unnamed)'}: may be in-sample (the bundle does not record the memes "
+                 "it was trained on)")
+    elif seen:
+        splits = ", ".join(report.get("training_pool_splits") or []) or "its training pool"
+        sample = "in-sample" if seen == scored else "partly in-sample"
+        label = f"{sample}: {seen} of {scored} replayed memes are in the bundle's training data ({splits})"
+    else:
+        sample = "held-out"
+        label = f"held-out: none of the {scored} replayed memes is in the bundle's training data"
+    out: dict[str, Any] = {"sample": sample, "label": label}
+    if "expected_micro_f1" in expected:
+        out["expected_micro_f1"] = expected["expected_micro_f1"]
+        out["expected_micro_f1_sd"] = expected.get("expected_micro_f1_sd")
+        if "expected_micro_f1_low" in expected and "expected_micro_f1_high" in expected:
+            out["expected_micro_f1_interval_95"] = [expected["expected_micro_f1_low"],
+                                                    expected["expected_micro_f1_high"]]
+        out["expected_protocol"] = EXPECTED_PROTOCOL
+    return out
 
 
 def disagreements(a: ReplayResult, b: ReplayResult, limit: int = 200) -> list[dict[str, Any]]:

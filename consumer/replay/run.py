@@ -113,7 +113,8 @@ async def replay(settings: WorkerSettings, opts: ReplayOptions) -> dict[str, Any
     wait_for_broker(settings.kafka_bootstrap, min(settings.startup_timeout_s, 30.0))
     joined = read_label_file(opts.labels_file) if opts.labels_file else {}
     pipelines = await asyncio.to_thread(_pipelines, settings, opts)
-    results = [ReplayResult(model=p.runtime.version, training_pool=load_training_pool(p.runtime.bundle.root))
+    results = [ReplayResult(model=p.runtime.version, training_pool=load_training_pool(p.runtime.bundle.root),
+                            expected=dict(p.runtime.manifest.expected), topic=opts.topic)
                for p in pipelines]
     metrics = PipelineMetrics("replay")
     server = None
