@@ -158,7 +158,7 @@ def child(mode: str, folder: Path) -> dict:
         results = asyncio.run(fetcher.decoder.decode_many(blobs, settings.max_image_pixels, None))
     else:
         runtime = SimpleNamespace(manifest=SimpleNamespace(image=ImagePreprocessing(size=224)))
-        pipe = ModerationPipeline(runtime=runtime, cache=None, fetcher=fetcher, policy=None,
+        pipe = ModerationPipeline(runtime=runtime, cache=None, fetcher=fetcher, decoder=fetcher.decoder, policy=None,
                                   max_event_bytes=settings.max_event_bytes, max_image_pixels=settings.max_image_pixels,
                                   enricher=(lambda image, text: None) if mode == "new-enrichment" else None)
         items = [_Item(RawRecord(None, b"{}", "bench", 0, n)) for n in range(len(blobs))]

@@ -2,6 +2,9 @@
 
 Stages: parse/validate -> fetch image bytes -> content hash -> cache lookup -> decode -> (enrich) ->
 one batched inference for the unique misses -> thresholds + policy -> cache store.
+
+The fetcher and the decoder are handed in (consumer.core.seams: `Fetcher`, `Decoder`); the worker passes
+`consumer.core.fetch.ImageFetcher` and `consumer.core.images.ImageDecoder`.
 """
 
 import asyncio
@@ -19,11 +22,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from consumer.core.cache import VerdictCache, cache_key
-from consumer.core.fetch import ImageFetcher
 from consumer.core.hashing import content_hash
-from consumer.core.images import decode_image
 from consumer.core.policy import DecisionPolicy, harm_fields, serving_policy
 from consumer.core.runtime import BundleRuntime
+from consumer.core.seams import Decoder, Fetcher
 from consumer.errors import InputError
 from schemas import DeadLetter, ErrorKind, MemeEvent, Origin, TechniqueScore, Verdict
 
@@ -126,7 +128,7 @@ class PreparedBatch:
 
 
 class ModerationPipeline:
-    def __init__(self, runtime: BundleRuntime, cache: VerdictCache, fetcher: ImageFetcher,
+    def __init__(self, runtime: BundleRuntime, cache: VerdictCache, fetcher: Fetcher, decoder: Decoder,
                  policy: DecisionPolicy | None, max_event_bytes: int, max_image_pixels: int,
                  enricher: Callable[[Image.Image, str | None], Any] | None = None,
                  explainer: Callable[[Image.Image, str | None, str], Awaitable[Any]] | None = None,
@@ -134,6 +136,7 @@ class ModerationPipeline:
         self.runtime = runtime  # swapped between batches on hot reload
         self.cache = cache
         self.fetcher = fetcher
+        self.decoder = decoder
         # A deployment's MEMEGUARD_POLICY_FILE; None serves the policy of the bundle in use (serving_policy).
         self.policy_override = policy
         self.max_event_bytes = max_event_bytes
@@ -177,16 +180,7 @@ class ModerationPipeline:
                 event_id if isinstance(event_id, str) else None))
 
     async def _fetch(self, items: list[_Item]) -> None:
-        fetch_many = getattr(self.fetcher, "fetch_many", None)
-        if fetch_many is not None:  # the whole batch at once: file reads inline, no thread per image
-            results = await fetch_many([i.event for i in items])
-        else:
-            async def one(item: _Item) -> bytes | InputError:
-                try:
-                    return await self.fetcher.fetch(item.event)
-                except InputError as e:
-                    return e
-            results = await asyncio.gather(*(one(i) for i in items))
+        results = await self.fetcher.fetch_many([i.event for i in items])  # the whole batch at once
         for item, result in zip(items, results, strict=True):
             if isinstance(result, InputError):
                 self._fail(item, result.kind, str(result))
@@ -199,24 +193,16 @@ class ModerationPipeline:
         dropped for it). Images are decoded downscaled to what their readers need (consumer.core.images): the
         model's input side, or `enrichment_side` when enrichment or the explainer look at them too. With
         `tensors` (and neither of them), the decode threads go straight to the model's input tensors."""
-        spec = getattr(getattr(runtime or self.runtime, "manifest", None), "image", None)
-        decoder = getattr(self.fetcher, "decoder", None)
+        spec = (runtime or self.runtime).manifest.image
         target = spec.size if spec is not None else None
         pictures_needed = self.enricher is not None or self.explainer is not None
         if pictures_needed:
-            target = max(target or 0, decoder.policy.enrichment_side) if decoder is not None else None
-        if tensors and not pictures_needed and spec is not None and hasattr(decoder, "decode_tensors"):
-            results = await decoder.decode_tensors([i.image_bytes for i in items], self.max_image_pixels, spec)
-        elif decoder is not None:
-            results = await decoder.decode_many([i.image_bytes for i in items], self.max_image_pixels, target)
-        else:  # a fetcher without a decoder: one image at a time
-            results = []
-            for i in items:
-                try:
-                    results.append(await asyncio.to_thread(decode_image, i.image_bytes, self.max_image_pixels,
-                                                           target=target))
-                except InputError as e:
-                    results.append(e)
+            target = max(target or 0, self.decoder.policy.enrichment_side)
+        blobs = [i.image_bytes for i in items]
+        if tensors and not pictures_needed and spec is not None:
+            results = await self.decoder.decode_tensors(blobs, self.max_image_pixels, spec)
+        else:
+            results = await self.decoder.decode_many(blobs, self.max_image_pixels, target)
         for item, result in zip(items, results, strict=True):
             if isinstance(result, InputError):
                 self._fail(item, result.kind, str(result))

@@ -192,11 +192,13 @@ def build_pipeline(settings: WorkerSettings) -> ModerationPipeline:
     runtime = RuntimeOptions.of(settings).load(settings.bundle_path)  # as every hot reload builds it (bundle_watcher)
     runtime.warmup()
     enrichment = build_enrichment(settings)
+    fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
     return ModerationPipeline(
         runtime=runtime,
         cache=VerdictCache(settings.redis_url, settings.cache_ttl_s, settings.redis_timeout_s,
                            settings.redis_retry_after_s),
-        fetcher=ImageFetcher(FetchPolicy.from_settings(settings)),
+        fetcher=fetcher,
+        decoder=fetcher.decoder,
         policy=load_policy_file(settings.policy_file),
         max_event_bytes=settings.max_event_bytes,
         max_image_pixels=settings.max_image_pixels,
