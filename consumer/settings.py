@@ -96,6 +96,12 @@ class WorkerSettings(KafkaSettings):
     jpeg_scan_subset: bool = Field(
         True, description="At 1/8 scale, decode a progressive JPEG from only the scans that scale reads (same "
                           "pixels); see consumer/core/jpeg_scans.py.")
+    jpeg_max_scans: int = Field(
+        100, ge=1, description="A JPEG with more scans (SOS segments) is image_undecodable before it is decoded: "
+                               "each scan walks the whole frame (a normal file has at most about 10).")
+    decode_deadline_ms: int = Field(
+        5000, ge=1, description="CPU time one image decode may take; past it the decode stops and the record is "
+                                "image_undecodable (worker, review page, dataset build).")
     malloc_mmap_threshold_bytes: int = Field(
         1024 * 1024, ge=0, description="glibc: blocks this large are mmapped and unmapped on free (0: glibc's "
                                        "dynamic threshold); see consumer/core/malloc.py.")

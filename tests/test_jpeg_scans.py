@@ -97,3 +97,80 @@ def test_a_subset_that_fails_to_decode_falls_back_to_the_whole_file():
     prepared.image = Image.open(io.BytesIO(broken))
     prepared.image.draft("RGB", (TARGET, TARGET))
     np.testing.assert_array_equal(np.asarray(prepared.decode()), _pixels(data, False))
+
+
+# --- The subset is used only where it is exact (consumer/core/jpeg_scans.py, "DC-scale subset") ---
+
+def _progressive(data: bytes) -> bytes:
+    """A dev meme re-encoded by libjpeg's own progressive script (4:2:0; component ids 1 = Y, 2, 3 chroma)."""
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(buf, "JPEG", progressive=True, quality=90)
+    return buf.getvalue()
+
+
+def _without_scans(data: bytes, drop) -> bytes:
+    """`data` without the scans whose SOS header `drop(header)` picks (their Huffman tables stay)."""
+    from tests.decode_bombs import _segments
+
+    kept = [data[start:end] for start, end, header in _segments(data) if header is None or not drop(header)]
+    return data[:2] + b"".join(kept) + b"\xff\xd9"
+
+
+def _eighth(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (TARGET, TARGET))
+    return np.asarray(image.convert("RGB"))
+
+
+def _is_y_first_ac(header: bytes) -> bool:
+    return header[0] == 1 and header[1] == 1 and header[-3] == 1 and header[-1] >> 4 == 0
+
+
+def test_a_subset_that_would_not_be_exact_falls_back_to_the_whole_file():
+    """Y without its first AC scan (Ss = 1, Ah = 0): the whole file still knows Y's AC coefficients 6..63 (and
+    1..5 from their refinements), so libjpeg-turbo smooths only AC; a subset would hold Y's DC alone, and
+    libjpeg-turbo then smooths the DC too (its DC-only preview): other pixels. The subset is not used."""
+    data = _without_scans(_progressive(DEV_JPEGS[0]), _is_y_first_ac)
+    # What the previous rule kept (DC scans, the chroma scans, first AC scans): decodes, to other pixels.
+    naive = _without_scans(data, lambda h: h[-3] != 0 and h[1] == 1 and not (h[-3] == 1 and h[-1] >> 4 == 0))
+    assert (_eighth(naive) != _eighth(data)).sum() > 1000
+    assert dc_scale_subset(data) is None
+    prepared = open_image(data, MAX_PIXELS, target=TARGET, gap=1)
+    assert prepared.whole is None
+    np.testing.assert_array_equal(np.asarray(prepared.decode()), _pixels(data, False))
+
+
+def test_the_first_ac_scan_must_come_before_the_last_scan():
+    """When Y's first AC scan is the file's last scan, a last scan whose data ends early would make libjpeg
+    smooth the rows after it from the state before it (no AC yet): the whole file decodes instead."""
+    whole = _progressive(DEV_JPEGS[0])
+    from tests.decode_bombs import _segments
+
+    segments = _segments(whole)
+    first_ac = next(i for i, (_, _, h) in enumerate(segments) if h is not None and _is_y_first_ac(h))
+    moved = segments[first_ac - 1:first_ac + 1]  # its Huffman table and the scan
+    rest = [s for i, s in enumerate(segments) if i not in (first_ac - 1, first_ac)]
+    data = whole[:2] + b"".join(whole[a:e] for a, e, _ in rest + moved) + b"\xff\xd9"
+    assert dc_scale_subset(whole) is not None and dc_scale_subset(data) is None
+
+
+@pytest.mark.parametrize("breakage", ["band", "table"])
+def test_a_dropped_scan_libjpeg_refuses_makes_the_whole_file_decide(breakage):
+    """A scan header libjpeg refuses (a spectral band past 63, an AC table never defined) in a scan the subset
+    would drop: the whole file is undecodable, so the subset must not turn it into a picture."""
+    data = bytearray(_progressive(DEV_JPEGS[1]))
+    from tests.decode_bombs import _segments
+
+    last = [s for s in _segments(bytes(data)) if s[2] is not None][-1]  # Y's last refinement: dropped by the subset
+    header_at = last[0] + 4
+    if breakage == "band":
+        data[header_at + 4] = 64  # Se
+    else:
+        data[header_at + 2] = (data[header_at + 2] & 0xF0) | 3  # AC table 3: never defined
+    data = bytes(data)
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(data)).load()  # libjpeg refuses the whole file
+    assert dc_scale_subset(data) is None
+    with pytest.raises(InputError) as e:
+        decode_image(data, MAX_PIXELS, target=TARGET, gap=1)
+    assert e.value.kind.value == "image_undecodable"

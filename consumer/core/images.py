@@ -5,6 +5,10 @@ Every step happens before the pixels are decoded, on the header only:
 - **Formats**: only the allow-listed Pillow plugins are tried (`MEMEGUARD_IMAGE_FORMATS`; JPEG (and MPO, a
   multi-picture JPEG), PNG (and APNG), WebP, GIF), by content, never by file extension. Anything else (BMP,
   TIFF, ICO, PSD, ...) is `image_undecodable` without its parser ever running.
+- **Scan cap** (JPEG): a progressive JPEG's scans each walk every block of the frame, however few bytes they
+  hold, so decode work grows with scans x pixels, not with file size (`consumer/core/jpeg_scans.py`). A JPEG
+  with more than `max_scans` scans (`MEMEGUARD_JPEG_MAX_SCANS`, default 100; a normal file has 1 to about 10) is
+  `image_undecodable`, counted on its markers before anything is decoded.
 - **Pixel cap**: width × height of what will be decoded against `max_pixels` (`pixel_bomb`). Animated GIF,
   APNG and WebP: only the first frame is decoded, into one canvas of the checked size; later frames are never
   read, so a frame count does not multiply memory. Pillow's own guard (`Image.MAX_IMAGE_PIXELS`) is left at
@@ -25,6 +29,17 @@ Every step happens before the pixels are decoded, on the header only:
   many source pixels are in flight (`batch_pixel_budget`): a batch over it decodes in waves, nothing is
   dropped for it, and an image alone over the budget decodes alone.
 
+Decoding itself is bounded in time: **a deadline per image** (`MEMEGUARD_DECODE_DEADLINE_MS`,
+`DecodePolicy.deadline_ms`) of CPU time spent by the thread decoding it (`time.thread_time`: a busy machine
+slows a decode down without making it hostile, so wall time would refuse good images under load). Python cannot
+stop a thread inside Pillow's C code, so the decode stops itself: Pillow feeds the decoder its input in blocks
+read from a file object, and that file object checks the deadline before handing out each block; past it the
+read raises and the decode ends as `image_undecodable` ("decode exceeded its deadline"). No thread is left
+running and nothing is abandoned. A JPEG is fed in blocks of `_JPEG_READ_BLOCK` bytes (libjpeg suspends when
+a block is used up), so the work done between two checks is what the scans in one block cost: bounded by the
+scan cap and the pixel cap, and small unless the file is hostile. PNG and GIF are checked per chunk too; their
+decode work, and WebP's (decoded in one call), is linear in the pixel cap, so they need no finer check.
+
 Then the documented conversion to RGB (the property test in tests/test_images_decode.py holds it to an
 independent reference):
 
@@ -41,6 +56,7 @@ import asyncio
 import io
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,7 +65,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from consumer.core.jpeg_scans import dc_scale_subset
+from consumer.core.jpeg_scans import count_scans, dc_scale_subset
 from consumer.core.malloc import trim
 from consumer.core.preprocess import image_to_tensor
 from consumer.errors import InputError
@@ -67,6 +83,11 @@ _ALPHA = {"LA", "La", "PA", "RGBA", "RGBa"}
 _GRAY16 = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _STRIP_PIXELS = 1 << 20
 _TRIM_FROM_PIXELS = 4_000_000
+DEFAULT_MAX_SCANS = 100  # JPEG scans (SOS segments); libjpeg's own progressive script writes 10 (6 for grayscale)
+DEFAULT_DEADLINE_MS = 5000  # CPU ms per decode; a 40 MP PNG or progressive JPEG decodes in ~1 s on one core
+# A JPEG reaches libjpeg in blocks this large, the deadline checked before each (Pillow's default is 64 KiB, which
+# can hold thousands of tiny scans). Measured on the dev memes: no difference in decode time (bench_decode.py).
+_JPEG_READ_BLOCK = 4096
 _ORIENTATION = 0x0112  # EXIF Orientation -> the transposition a viewer applies (as ImageOps.exif_transpose)
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -83,6 +104,8 @@ class DecodePolicy:
     enrichment_side: int = 1024
     reduced: bool = True  # JPEG at the smallest DCT scale >= target (gap 1) instead of >= 2 x target
     scan_subset: bool = True  # a progressive JPEG at 1/8 scale decodes from the scans that scale reads
+    max_scans: int = DEFAULT_MAX_SCANS  # a JPEG with more scans is image_undecodable (module docstring)
+    deadline_ms: int = DEFAULT_DEADLINE_MS  # CPU time one decode may take before it ends as image_undecodable
 
     @property
     def gap(self) -> int:
@@ -92,14 +115,53 @@ class DecodePolicy:
     def from_settings(cls, s) -> "DecodePolicy":
         return cls(formats=tuple(s.image_formats), concurrency=s.decode_concurrency,
                    batch_pixel_budget=s.batch_pixel_budget, reduced=s.reduced_decode,
-                   scan_subset=s.jpeg_scan_subset)
+                   scan_subset=s.jpeg_scan_subset, max_scans=s.jpeg_max_scans, deadline_ms=s.decode_deadline_ms)
+
+    def decode(self, data: bytes, max_pixels: int, target: int | None = None) -> Image.Image:
+        """Bytes -> RGB picture under every bound of this policy (formats, scans, pixels, deadline): the one
+        call for readers outside the worker's batches (the review page, `dataset build`, `calibrate`)."""
+        return open_image(data, max_pixels, formats=self.formats, target=target, gap=REDUCING_GAP,
+                          dc_subset=self.scan_subset, max_scans=self.max_scans,
+                          deadline_ms=self.deadline_ms).decode()
+
+
+class _Deadline:
+    """The CPU time one decode may spend, measured on the thread that runs it (started by
+    `PreparedImage.decode`, so the header checks before it do not count)."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+        self.started: float | None = None
+
+    def start(self) -> None:
+        self.started = time.thread_time()
+
+    def check(self) -> None:
+        if self.started is not None and (time.thread_time() - self.started) * 1000 > self.ms:
+            raise InputError(f"image decode exceeded its deadline of {self.ms} ms of CPU time "
+                             "(MEMEGUARD_DECODE_DEADLINE_MS): a file this costly to decode is refused",
+                             ErrorKind.IMAGE_UNDECODABLE)
+
+
+class _Input(io.BytesIO):
+    """The bytes Pillow decodes from: each read first checks the decode's deadline (module docstring)."""
+
+    def __init__(self, data: bytes, deadline: _Deadline) -> None:
+        super().__init__(data)
+        self.deadline = deadline
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.deadline.check()
+        return super().read(size)
 
 
 class PreparedImage:
     """An image whose header passed every check; `decode()` decodes and converts it (CPU and memory)."""
 
-    def __init__(self, image: Image.Image, target: int | None, whole: Image.Image | None = None) -> None:
+    def __init__(self, image: Image.Image, target: int | None, whole: Image.Image | None = None,
+                 deadline: _Deadline | None = None) -> None:
         self.image = image
+        self.deadline = deadline or _Deadline(DEFAULT_DEADLINE_MS)
         self.target = target
         self.whole = whole  # when `image` is a scan subset of a JPEG (jpeg_scans): the whole file, if it fails
         self.format = image.format
@@ -109,6 +171,7 @@ class PreparedImage:
 
     def decode(self) -> Image.Image:
         try:
+            self.deadline.start()
             image, self.image = self.image, None  # the source goes as soon as the picture is converted
             image = _load(image, self.whole)
             self.whole = None
@@ -135,8 +198,10 @@ class PreparedImage:
 
 
 def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED_FORMATS,
-               target: int | None = None, gap: int = REDUCING_GAP, dc_subset: bool = True) -> PreparedImage:
-    """Identify, check the format and the pixel cap, and prepare a downscaled decode; decodes nothing.
+               target: int | None = None, gap: int = REDUCING_GAP, dc_subset: bool = True,
+               max_scans: int = DEFAULT_MAX_SCANS, deadline_ms: int = DEFAULT_DEADLINE_MS) -> PreparedImage:
+    """Identify, check the format, the scan cap (JPEG) and the pixel cap, and prepare a downscaled decode that
+    ends at `deadline_ms` of CPU time; decodes nothing.
 
     With `target`, a JPEG's DCT scale keeps both sides >= `gap` x `target` (module docstring); at 1/8 scale a
     progressive JPEG decodes from its DC-scale scans only (`dc_subset`, same pixels)."""
@@ -151,8 +216,9 @@ def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED
         if size[0] * size[1] > max_pixels:
             raise InputError(f"image is {size[0]}x{size[1]} = {size[0] * size[1]} pixels, over the cap of "
                              f"{max_pixels}", ErrorKind.PIXEL_BOMB)
+    deadline = _Deadline(deadline_ms)
     try:
-        image = Image.open(io.BytesIO(data), formats=plugins)
+        image = Image.open(_Input(data, deadline), formats=plugins)
     except Image.DecompressionBombError as e:
         raise InputError(f"image is a decompression bomb ({e})", ErrorKind.PIXEL_BOMB) from e
     except MemoryError:
@@ -168,6 +234,9 @@ def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED
     if width < 1 or height < 1:
         image.close()
         raise InputError(f"image is {width}x{height}: no pixels", ErrorKind.IMAGE_UNDECODABLE)
+    if image.format in ("JPEG", "MPO"):
+        _check_scans(data, max_scans, image)
+        image.decodermaxblock = _JPEG_READ_BLOCK
     if target and image.format in ("JPEG", "MPO"):
         try:
             side = target * gap
@@ -176,18 +245,34 @@ def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED
             image.close()
             raise InputError(f"JPEG header is not decodable ({type(e).__name__}: {e})",
                              ErrorKind.IMAGE_UNDECODABLE) from e
-        subset = _dc_scale_subset(image, data, side) if dc_subset else None
+        subset = _dc_scale_subset(image, data, side, deadline) if dc_subset else None
         if subset is not None:
-            return PreparedImage(subset, target, whole=image)
-    return PreparedImage(image, target)
+            return PreparedImage(subset, target, whole=image, deadline=deadline)
+    return PreparedImage(image, target, deadline=deadline)
+
+
+def _check_scans(data: bytes, max_scans: int, image: Image.Image) -> None:
+    """A JPEG over the scan cap is refused before it is decoded. `bytes.count` of the SOS marker is an upper
+    bound of the scans libjpeg reads (every one is such a byte pair) that costs microseconds; only a file over
+    the cap by that count is walked marker by marker (`count_scans`), so bytes inside metadata segments or
+    after the end of the image do not count."""
+    if data.count(b"\xff\xda") <= max_scans:
+        return
+    scans = count_scans(data, stop_after=max_scans)
+    if scans > max_scans:
+        image.close()
+        raise InputError(f"JPEG has more than {max_scans} scans (SOS segments; a normal file has at most about "
+                         "10): its decode work would grow with every scan (MEMEGUARD_JPEG_MAX_SCANS)",
+                         ErrorKind.IMAGE_UNDECODABLE)
 
 
 def _load(image: Image.Image, whole: Image.Image | None) -> Image.Image:
-    """`image` decoded; a scan subset that fails to decode is not the input's fault: the whole file decides."""
+    """`image` decoded; a scan subset that fails to decode is not the input's fault: the whole file decides
+    (but a decode past its deadline is over: the whole file would only spend more)."""
     try:
         image.load()
         return image
-    except MemoryError:
+    except (MemoryError, InputError):
         raise
     except Exception:
         if whole is None:
@@ -196,7 +281,7 @@ def _load(image: Image.Image, whole: Image.Image | None) -> Image.Image:
         return whole
 
 
-def _dc_scale_subset(image: Image.Image, data: bytes, side: int) -> Image.Image | None:
+def _dc_scale_subset(image: Image.Image, data: bytes, side: int, deadline: _Deadline) -> Image.Image | None:
     """At 1/8 scale, a progressive JPEG opened from only the scans that scale reads (same pixels, about half
     the decode time: consumer/core/jpeg_scans.py), or None to decode the whole file."""
     if image.format != "JPEG" or image.decoderconfig[:1] != (8,) or not image.info.get("progressive"):
@@ -205,8 +290,9 @@ def _dc_scale_subset(image: Image.Image, data: bytes, side: int) -> Image.Image 
     if subset is None:
         return None
     try:
-        small = Image.open(io.BytesIO(subset), formats=["JPEG"])
+        small = Image.open(_Input(subset, deadline), formats=["JPEG"])
         small.draft("RGB", (side, side))
+        small.decodermaxblock = _JPEG_READ_BLOCK
     except Exception:  # noqa: BLE001 (as above)
         return None
     return small if (small.size, small.mode) == (image.size, image.mode) else None
@@ -226,9 +312,11 @@ def _webp_canvas(data: bytes) -> tuple[int, int] | None:
 
 
 def decode_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED_FORMATS,
-                 target: int | None = None, gap: int = REDUCING_GAP) -> Image.Image:
+                 target: int | None = None, gap: int = REDUCING_GAP, max_scans: int = DEFAULT_MAX_SCANS,
+                 deadline_ms: int = DEFAULT_DEADLINE_MS) -> Image.Image:
     """Bytes -> RGB picture (module docstring), or InputError (image_undecodable / pixel_bomb)."""
-    return open_image(data, max_pixels, formats=formats, target=target, gap=gap).decode()
+    return open_image(data, max_pixels, formats=formats, target=target, gap=gap, max_scans=max_scans,
+                      deadline_ms=deadline_ms).decode()
 
 
 def to_rgb(image: Image.Image, reduce: int = 1) -> Image.Image:
@@ -373,7 +461,8 @@ class ImageDecoder:
         # (target >= enrichment_side) keeps their documented >= 2 x enrichment_side.
         gap = self.policy.gap if target is None or target < self.policy.enrichment_side else REDUCING_GAP
         prepared = open_image(data, max_pixels, formats=self.policy.formats, target=target, gap=gap,
-                              dc_subset=self.policy.scan_subset)
+                              dc_subset=self.policy.scan_subset, max_scans=self.policy.max_scans,
+                              deadline_ms=self.policy.deadline_ms)
         with self.budget.reserve(prepared.cost):
             return run(prepared)
 

@@ -3,7 +3,9 @@
 OUT/dataset.json   SemEval records (`id`, `text`, `image`, `labels`) plus what the review knew: `decision`
                    (block | allow), `content_hash`, `model_version`, `model_decision`, `scores`, `moderators`.
 OUT/images/        one image per content hash, fetched through the worker's ImageFetcher (same SSRF and size
-                   rules) and kept only when its bytes + text still hash to the reviewed content hash.
+                   rules) and kept only when its bytes + text still hash to the reviewed content hash and it
+                   decodes under the worker's bounds (formats, JPEG scan cap, pixel cap, decode deadline:
+                   `DecodePolicy`), so `calibrate` and training never read a file the worker would refuse.
 OUT/manifest.json  counts per label and decision, review time range, model versions, disagreements, skips,
                    and the review records that were not used (`review_records` counts per outcome,
                    `rejected_reviews` lists them by partition and offset, with the reason).
@@ -18,7 +20,6 @@ nothing in the output depends on when the command ran, so re-running over the sa
 """
 
 import asyncio
-import io
 import json
 import logging
 import os
@@ -29,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from consumer.core.fetch import FetchPolicy, ImageFetcher
 from consumer.core.hashing import content_hash
+from consumer.core.images import DecodePolicy, open_image
 from consumer.errors import InputError
 from consumer.kafka.topic_reader import read_topic
 from consumer.learning.compare import parse_verdict
@@ -145,12 +146,12 @@ def _labels_allowed(review: ReviewMessage, verdicts: dict[str, list[Verdict]]) -
     return any(named <= {t.technique for t in v.flagged} for v in pool)
 
 
-def _image_name(data: bytes, h: str) -> str:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            ext = _EXT.get(im.format or "", "img")
-    except (UnidentifiedImageError, OSError):
-        ext = "img"
+def _image_name(data: bytes, h: str, policy: DecodePolicy, max_pixels: int) -> str:
+    """The image's file name, once it decoded (in full) under the worker's bounds; InputError otherwise."""
+    prepared = open_image(data, max_pixels, formats=policy.formats, max_scans=policy.max_scans,
+                          deadline_ms=policy.deadline_ms)
+    ext = _EXT.get(prepared.format or "", "img")
+    prepared.decode()
     return f"{h[:32]}.{ext}"
 
 
@@ -214,9 +215,12 @@ async def _fetch_all(fetcher: ImageFetcher, jobs: list[tuple[Resolved, MemeEvent
 
 
 def build_dataset(bootstrap: str, sources: Sources, out_dir: Path, fetch_policy: FetchPolicy,
-                  progress: bool = True, review_key: Key = FROM_SETTINGS) -> dict[str, Any]:
+                  progress: bool = True, review_key: Key = FROM_SETTINGS,
+                  max_image_pixels: int | None = None) -> dict[str, Any]:
     """Read the three topics, verify the reviews, resolve decisions, fetch images, write OUT; returns the
-    manifest. `review_key`: the review page's signing key (default MEMEGUARD_REVIEW_SIGNING_KEY)."""
+    manifest. `review_key`: the review page's signing key (default MEMEGUARD_REVIEW_SIGNING_KEY);
+    `max_image_pixels`: the pixel cap images are decoded under (default MEMEGUARD_MAX_IMAGE_PIXELS)."""
+    max_pixels = max_image_pixels or WorkerSettings().max_image_pixels
     auth = ReviewAuth.of(bootstrap, review_key)
     if auth.key is None:
         log.warning("MEMEGUARD_REVIEW_SIGNING_KEY is not set: %s", "unsigned reviews are used (loopback development "
@@ -254,7 +258,11 @@ def build_dataset(bootstrap: str, sources: Sources, out_dir: Path, fetch_policy:
             skipped.append({"content_hash": res.content_hash,
                             "reason": "the image no longer hashes to the reviewed content (changed at its URL)"})
             continue
-        name = _image_name(data, res.content_hash)
+        try:
+            name = _image_name(data, res.content_hash, fetch_policy.decode, max_pixels)
+        except InputError as e:
+            skipped.append({"content_hash": res.content_hash, "reason": f"image refused ({e.kind.value}): {e}"})
+            continue
         write_atomic(out_dir / IMAGES_DIR / name, data)
         records.append(_record(res, verdict, event, name))
     records.sort(key=lambda r: r["content_hash"])

@@ -38,7 +38,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from consumer.core.fetch import FetchPolicy, ImageFetcher
 from consumer.core.hashing import content_hash
-from consumer.core.images import decode_image
+from consumer.core.images import DecodePolicy
 from consumer.errors import InputError
 from consumer.kafka.config import client_config
 from consumer.review.auth import (
@@ -422,8 +422,11 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
             raise HTTPException(404, f"the image cannot be loaded: {e}") from e
         if content_hash(data, item.ref.get("text")) != item.verdict.content_hash:
             raise HTTPException(404, "the image no longer matches the content that was moderated")
-        return Response(await asyncio.to_thread(to_png, data, settings.max_image_pixels, settings.image_formats),
-                        media_type="image/png",
+        try:
+            png = await asyncio.to_thread(to_png, data, settings.max_image_pixels, fetcher.policy.decode)
+        except InputError as e:  # the worker's bounds: formats, scans, pixels, decode deadline
+            raise HTTPException(404, f"the image cannot be shown: {e}") from e
+        return Response(png, media_type="image/png",
                         headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/static/{name}")
@@ -477,10 +480,11 @@ def safe_next(url: str) -> str:
     return url if url.startswith("/") and not url.startswith("//") and "\\" not in url and url.isprintable() else "/"
 
 
-def to_png(data: bytes, max_pixels: int, formats: list[str]) -> bytes:
-    """Re-encoded, so whatever else the original bytes carried never reaches the browser. Decoded with the
-    worker's format allow-list, downscaled on decode (both sides stay >= 2 x 450 px before the thumbnail)."""
-    image: Image.Image = decode_image(data, max_pixels, formats=formats, target=450)
+def to_png(data: bytes, max_pixels: int, policy: DecodePolicy) -> bytes:
+    """Re-encoded, so whatever else the original bytes carried never reaches the browser. Decoded under the
+    worker's bounds (format allow-list, JPEG scan cap, pixel cap, decode deadline: `DecodePolicy.decode`),
+    downscaled on decode (both sides stay >= 2 x 450 px before the thumbnail)."""
+    image: Image.Image = policy.decode(data, max_pixels, target=450)
     image.thumbnail((900, 900))
     buf = io.BytesIO()
     image.save(buf, format="PNG")
