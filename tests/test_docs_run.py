@@ -317,6 +317,14 @@ def check_block(body: list[str], env_names: set[str] | None = None) -> Checked:
                 ns = None
             if ns is not None and getattr(ns, "command", None) == "schemas":
                 outputs.add(ns.dir)
+            if ns is not None and getattr(ns, "command", None) == "alert" and ns.rules and (REPO / ns.rules).is_file():
+                from consumer.alert.rules import AlertConfig
+                from consumer.errors import MemeguardError
+
+                try:  # the rules file a doc hands to the alerter validates as the alerter validates it
+                    AlertConfig.from_file(REPO / ns.rules)
+                except (MemeguardError, ValueError) as e:
+                    say(f"{cmd.text}: {ns.rules} is not a valid rules file: {e}")
         elif prog in ("python", "python3") or prog.endswith("/python"):
             if args[:1] == ["-m"] and len(args) > 1:
                 module = args[1]
@@ -416,6 +424,14 @@ def env_names() -> set[str]:
 def test_the_checker_finds_what_a_reader_would_trip_over(line: str, problem: str, env_names: set[str]):
     problems = check_block([line], env_names).problems
     assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_the_checker_validates_the_alert_rules_file_a_doc_names(tmp_path: Path, env_names: set[str]):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - name: x\n    when: {no_such_condition: 1}\n")
+    problems = check_block([f"memeguard alert --rules {bad}"], env_names).problems
+    assert len(problems) == 1 and "is not a valid rules file" in problems[0], problems
+    assert check_block(["memeguard alert --rules ops/alert-rules.example.yaml"], env_names).problems == []
 
 
 def test_the_checker_accepts_paths_written_earlier_in_the_block_and_the_default_bundle(env_names: set[str]):
