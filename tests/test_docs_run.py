@@ -10,9 +10,10 @@ The convention (for every doc writer):
 Every command of a runnable block is *checked* without running (cheap): a `memeguard …` line parses against the
 real argparse parser (the serving CLI's, `memeguard evaluate`'s, and the training commands' in models/ and
 exporters/), a `make T` names a Makefile target, a `python -m M` / `python F.py` / `bash F.sh` names a module or
-file of the repo, a `MEMEGUARD_*` variable is one the code reads, and every relative path a command reads exists
-(in the repo, in ../shared, as a documented built artefact such as the default bundle, or as the output of an
-earlier command of the same block). Unknown programs fail: add them to EXTERNAL, or mark the block skipped.
+file of the repo, a `MEMEGUARD_*` variable is one the code reads, an alert rules file validates, and every relative
+path a command reads exists: tracked in git (what a fresh clone has, not what lies in this checkout), in
+../shared, a documented built artefact (ARTEFACTS: the default bundle, the default run), or written by an earlier
+command of the same block. Unknown programs fail: add them to EXTERNAL, or mark the block skipped.
 
 Commands in RUN_FOR_REAL are also *run*, in-process through `consumer.cli.main`, against the session's `stack`
 (broker + redis) with the tiny test bundle in place of `.cache/bundles/default` (the default bundle is not built
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import io
 import json
@@ -254,18 +256,23 @@ def known_env_names() -> set[str]:
     from tests.test_readme_settings import settings_names
 
     names = {f"MEMEGUARD_{n}" for n in settings_names()}
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
+    for f in tracked_paths():
         if f.endswith((".py", ".sh", ".yaml", ".yml", ".tpl", "Dockerfile", "Makefile")) and f != THIS:
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 names |= set(re.findall(r"MEMEGUARD_[A-Z0-9_]+", (REPO / f).read_text(encoding="utf-8")))
     return names
 
 
+@functools.cache
+def tracked_paths() -> frozenset[str]:
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    return frozenset(files) | {str(Path(f).parents[i]) for f in files for i in range(len(Path(f).parents) - 1)}
+
+
 def _module_file(module: str) -> Path | None:
     base = REPO.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__main__.py"):
-        if candidate.is_file():
+        if str(candidate.relative_to(REPO)) in tracked_paths():
             return candidate
     return None
 
@@ -291,8 +298,12 @@ def check_block(body: list[str], env_names: set[str] | None = None) -> Checked:
     targets = makefile_targets()
 
     def exists(path: str) -> bool:
+        """In a fresh clone (tracked files and their folders, not what happens to lie in this checkout), in
+        ../shared, a documented artefact, or written above."""
         p = path.rstrip("/")
-        return ((REPO / p).exists() or p in ARTEFACTS or any(p == q or p.startswith(q + "/") for q in produced))
+        if p.startswith("../"):
+            return (REPO / p).exists()
+        return p in tracked_paths() or p in ARTEFACTS or any(p == q or p.startswith(q + "/") for q in produced)
 
     for cmd in split_commands(body):
         out.commands.append(cmd)
@@ -333,7 +344,7 @@ def check_block(body: list[str], env_names: set[str] | None = None) -> Checked:
                     k = args[args.index("-k") + 1] if "-k" in args[:-1] else None
                     for t in tests:
                         f = REPO / t.split("::")[0]
-                        if not f.is_file():
+                        if str(f.relative_to(REPO)) not in tracked_paths():
                             say(f"{cmd.text}: no test file {t}")
                         elif k and not all(w in f.read_text() for w in re.findall(r"\w+", k) if w not in ("and",
                                                                                                         "or", "not")):
@@ -347,7 +358,7 @@ def check_block(body: list[str], env_names: set[str] | None = None) -> Checked:
                         say(f"{cmd.text}: does not parse: {e}")
                 reads = [a for a in reads[2:]]
             elif args:
-                if not (REPO / args[0]).is_file():
+                if args[0] not in tracked_paths():
                     say(f"{cmd.text}: no script {args[0]}")
                 reads = reads[1:]
         elif prog == "make":
@@ -356,7 +367,7 @@ def check_block(body: list[str], env_names: set[str] | None = None) -> Checked:
                     say(f"{cmd.text}: the Makefile has no target {t!r} (targets: {', '.join(sorted(targets))})")
             reads = []
         elif prog == "bash" or prog == "sh":
-            if args and not (REPO / args[0]).is_file():
+            if args and args[0] not in tracked_paths():
                 say(f"{cmd.text}: no script {args[0]}")
         elif prog.startswith("$") and prog.strip("${}") in variables:
             pass
