@@ -82,6 +82,18 @@ def test_a_decode_past_its_deadline_stops_itself_as_undecodable(kept_by_subset, 
     assert 0.2 <= cpu < 3.0
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_png_and_gif_decodes_are_checked_against_the_deadline_per_input_chunk(fmt):
+    """Their work is linear in the pixel cap, but the same input checks the deadline: a 1 ms deadline stops a
+    noisy 2000 x 2000 picture (about 100 ms to decode) within a chunk or two."""
+    noise = np.random.default_rng(0).integers(0, 256, (2000, 2000), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise, "L").save(buf, fmt)
+    decode_image(buf.getvalue(), MAX_PIXELS)
+    with pytest.raises(InputError, match="exceeded its deadline of 1 ms"):
+        decode_image(buf.getvalue(), MAX_PIXELS, deadline_ms=1)
+
+
 def test_the_deadline_is_per_image_in_a_batch_and_a_setting():
     """One runaway image in a batch of the worker's decoder: it alone is image_undecodable, the others decode,
     and the lanes are free afterwards (no thread is left decoding it)."""

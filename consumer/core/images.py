@@ -35,10 +35,12 @@ slows a decode down without making it hostile, so wall time would refuse good im
 stop a thread inside Pillow's C code, so the decode stops itself: Pillow feeds the decoder its input in blocks
 read from a file object, and that file object checks the deadline before handing out each block; past it the
 read raises and the decode ends as `image_undecodable` ("decode exceeded its deadline"). No thread is left
-running and nothing is abandoned. A JPEG is fed in blocks of `_JPEG_READ_BLOCK` bytes (libjpeg suspends when
-a block is used up), so the work done between two checks is what the scans in one block cost: bounded by the
-scan cap and the pixel cap, and small unless the file is hostile. PNG and GIF are checked per chunk too; their
-decode work, and WebP's (decoded in one call), is linear in the pixel cap, so they need no finer check.
+running and nothing is abandoned. libjpeg suspends when a block is used up, so the work done between two checks
+is what the scans in one block cost: never more than the scan cap's worth, each bounded by the pixel cap. A JPEG
+with more than `_FEW_SCANS` scans is fed in blocks of `_JPEG_READ_BLOCK` bytes instead of Pillow's 64 KiB, so
+with the cap raised a block of tiny scans still holds only dozens of them; a normal file is fed as before, and
+pays nothing for it. PNG and GIF are checked per chunk too; their decode work, and WebP's (decoded in one call),
+is linear in the pixel cap, so they need no finer check.
 
 Then the documented conversion to RGB (the property test in tests/test_images_decode.py holds it to an
 independent reference):
@@ -85,8 +87,10 @@ _STRIP_PIXELS = 1 << 20
 _TRIM_FROM_PIXELS = 4_000_000
 DEFAULT_MAX_SCANS = 100  # JPEG scans (SOS segments); libjpeg's own progressive script writes 10 (6 for grayscale)
 DEFAULT_DEADLINE_MS = 5000  # CPU ms per decode; a 40 MP PNG or progressive JPEG decodes in ~1 s on one core
-# A JPEG reaches libjpeg in blocks this large, the deadline checked before each (Pillow's default is 64 KiB, which
-# can hold thousands of tiny scans). Measured on the dev memes: no difference in decode time (bench_decode.py).
+# A JPEG with more scans than a normal file (libjpeg's script: 10) reaches libjpeg in blocks this large, the
+# deadline checked before each (Pillow's 64 KiB can hold a thousand tiny scans). Normal files keep Pillow's blocks:
+# on the dev memes 4 KiB blocks cost up to ~0.5 ms more per 1/8-scale decode (of ~3.5 ms).
+_FEW_SCANS = 16
 _JPEG_READ_BLOCK = 4096
 _ORIENTATION = 0x0112  # EXIF Orientation -> the transposition a viewer applies (as ImageOps.exif_transpose)
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -131,28 +135,33 @@ class _Deadline:
 
     def __init__(self, ms: int) -> None:
         self.ms = ms
-        self.started: float | None = None
+        self.started = 0.0
+        self.inputs: list[_Input] = []
 
     def start(self) -> None:
         self.started = time.thread_time()
+        for source in self.inputs:
+            source.read = source.checked_read  # type: ignore[method-assign]
 
     def check(self) -> None:
-        if self.started is not None and (time.thread_time() - self.started) * 1000 > self.ms:
+        if (time.thread_time() - self.started) * 1000 > self.ms:
             raise InputError(f"image decode exceeded its deadline of {self.ms} ms of CPU time "
                              "(MEMEGUARD_DECODE_DEADLINE_MS): a file this costly to decode is refused",
                              ErrorKind.IMAGE_UNDECODABLE)
 
 
 class _Input(io.BytesIO):
-    """The bytes Pillow decodes from: each read first checks the decode's deadline (module docstring)."""
+    """The bytes Pillow decodes from: once the decode starts, each read first checks its deadline (module
+    docstring). Until then (the header reads: dozens of small ones) `read` is BytesIO's own, at C speed."""
 
     def __init__(self, data: bytes, deadline: _Deadline) -> None:
         super().__init__(data)
         self.deadline = deadline
+        deadline.inputs.append(self)
 
-    def read(self, size: int | None = -1, /) -> bytes:
+    def checked_read(self, size: int | None = -1, /) -> bytes:
         self.deadline.check()
-        return super().read(size)
+        return io.BytesIO.read(self, size)
 
 
 class PreparedImage:
@@ -235,8 +244,8 @@ def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED
         image.close()
         raise InputError(f"image is {width}x{height}: no pixels", ErrorKind.IMAGE_UNDECODABLE)
     if image.format in ("JPEG", "MPO"):
-        _check_scans(data, max_scans, image)
-        image.decodermaxblock = _JPEG_READ_BLOCK
+        if _check_scans(data, max_scans, image) > _FEW_SCANS:
+            image.decodermaxblock = _JPEG_READ_BLOCK
     if target and image.format in ("JPEG", "MPO"):
         try:
             side = target * gap
@@ -251,19 +260,21 @@ def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED
     return PreparedImage(image, target, deadline=deadline)
 
 
-def _check_scans(data: bytes, max_scans: int, image: Image.Image) -> None:
+def _check_scans(data: bytes, max_scans: int, image: Image.Image) -> int:
     """A JPEG over the scan cap is refused before it is decoded. `bytes.count` of the SOS marker is an upper
-    bound of the scans libjpeg reads (every one is such a byte pair) that costs microseconds; only a file over
+    bound of the scans libjpeg reads (every one is such a byte pair; ~75 us for a 65 KB meme); only a file over
     the cap by that count is walked marker by marker (`count_scans`), so bytes inside metadata segments or
     after the end of the image do not count."""
-    if data.count(b"\xff\xda") <= max_scans:
-        return
+    bound = data.count(b"\xff\xda")
+    if bound <= max_scans:
+        return bound
     scans = count_scans(data, stop_after=max_scans)
     if scans > max_scans:
         image.close()
         raise InputError(f"JPEG has more than {max_scans} scans (SOS segments; a normal file has at most about "
                          "10): its decode work would grow with every scan (MEMEGUARD_JPEG_MAX_SCANS)",
                          ErrorKind.IMAGE_UNDECODABLE)
+    return bound
 
 
 def _load(image: Image.Image, whole: Image.Image | None) -> Image.Image:
@@ -292,7 +303,7 @@ def _dc_scale_subset(image: Image.Image, data: bytes, side: int, deadline: _Dead
     try:
         small = Image.open(_Input(subset, deadline), formats=["JPEG"])
         small.draft("RGB", (side, side))
-        small.decodermaxblock = _JPEG_READ_BLOCK
+        small.decodermaxblock = image.decodermaxblock
     except Exception:  # noqa: BLE001 (as above)
         return None
     return small if (small.size, small.mode) == (image.size, image.mode) else None

@@ -40,6 +40,7 @@ Anything this parser does not recognise returns None and the caller decodes the 
 """
 
 import re
+from functools import lru_cache
 
 _SOF2 = 0xC2  # progressive, Huffman: the only frame type the subset handles
 _OTHER_SOF = {0xC0, 0xC1, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -75,7 +76,7 @@ def dc_scale_subset(data: bytes) -> bytes | None:
         return None
     kept, pos, n = [b"\xff\xd8"], 2, len(data)
     frame: dict[int, bool] | None = None  # component id -> subsampled, once the SOF2 segment is read
-    tables: dict[int, bool] = {}  # AC Huffman table id -> well-formed, as DHT segments define them
+    tables: dict[int, bytes] = {}  # AC Huffman table id -> its 16 code-length counts, as DHT segments define them
     scans: list[tuple[frozenset[int], int, int, bool]] = []  # (components, Ss, Ah, kept) in file order
     while True:
         if pos + 2 > n or data[pos] != 0xFF:
@@ -135,9 +136,9 @@ def _components(sof: bytes) -> dict[int, bool] | None:
     return {c: f >> 4 < h_max or f & 0x0F < v_max for c, f in factors.items()}
 
 
-def _read_ac_tables(body: bytes, tables: dict[int, bool]) -> bool:
-    """Record the AC tables a DHT segment defines (id -> whether libjpeg would build it: jdhuff.c's
-    jpeg_make_d_derived_tbl checks); False when the segment itself does not parse (libjpeg refuses it)."""
+def _read_ac_tables(body: bytes, tables: dict[int, bytes]) -> bool:
+    """Record the AC tables a DHT segment defines (id -> code-length counts); False when the segment itself
+    does not parse (libjpeg refuses it)."""
     pos = 0
     while pos < len(body):
         if pos + 17 > len(body):
@@ -147,13 +148,15 @@ def _read_ac_tables(body: bytes, tables: dict[int, bool]) -> bool:
         if total > 256 or pos + 17 + total > len(body) or tc_th & 0x0F > 3 or tc_th >> 4 > 1:
             return False
         if tc_th >> 4 == 1:
-            tables[tc_th & 0x0F] = _prefix_code_fits(counts)
+            tables[tc_th & 0x0F] = counts
         pos += 17 + total
     return True
 
 
+@lru_cache(maxsize=1024)
 def _prefix_code_fits(counts: bytes) -> bool:
-    """The canonical Huffman code of these code-length counts has no code of all one bits (jdhuff.c)."""
+    """Whether libjpeg builds a table of these code-length counts (jdhuff.c jpeg_make_d_derived_tbl: the
+    canonical Huffman code has no code of all one bits)."""
     code = 0
     for length, count in enumerate(counts, start=1):
         code += count
@@ -164,11 +167,12 @@ def _prefix_code_fits(counts: bytes) -> bool:
 
 
 def _accepted_ac_scan(ids: bytes, header: bytes, ss: int, se: int, ah: int, al: int, frame: dict[int, bool],
-                      tables: dict[int, bool]) -> bool:
+                      tables: dict[int, bytes]) -> bool:
     """Whether libjpeg accepts this AC scan header (jdmarker.c get_sos, jdphuff.c start_pass_phuff_decoder)."""
     if len(ids) != 1 or ids[0] not in frame or not 1 <= ss <= se <= 63 or al > 13 or (ah and al != ah - 1):
         return False
-    return tables.get(header[2] & 0x0F, False)  # its AC table: defined before the scan, and well-formed
+    counts = tables.get(header[2] & 0x0F)  # its AC table: defined before the scan, and well-formed
+    return counts is not None and _prefix_code_fits(counts)
 
 
 def _dc_never_smoothed(frame: dict[int, bool], scans: list[tuple[frozenset[int], int, int, bool]]) -> bool:
