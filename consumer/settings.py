@@ -69,6 +69,10 @@ class WorkerSettings(KafkaSettings):
                                 "(and the next one is taken while one is in inference): it only adds latency.")
     producer_linger_ms: float = Field(
         5.0, ge=0, description="librdkafka linger for verdicts and dead letters: a batch's outputs share requests.")
+    delivery_timeout_s: float = Field(
+        15.0, ge=1, le=300, description="How long the broker may take to acknowledge an output (librdkafka "
+                                        "message.timeout.ms). Past it the batch stays uncommitted and the worker "
+                                        "exits 75: an outage is never blamed on a record.")
     pipeline_depth: int = Field(
         2, ge=1, le=8, description="Batches in flight at once: the next is fetched, looked up and decoded while "
                                    "one is in inference (1 = one batch at a time). Outputs and commits stay in order.")

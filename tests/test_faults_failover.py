@@ -6,7 +6,9 @@
 2. SIGSTOP the broker that leads every partition *and* coordinates the worker's group for longer than the
    session timeouts (4 s broker, 6 s consumer), then SIGCONT it;
 3. a rolling restart of the three brokers (controlled shutdown, start), one at a time, each waiting until
-   every partition's ISR is back to 3 before the next.
+   every partition's ISR is back to 3 before the next;
+4. output writes refused (NOT_ENOUGH_REPLICAS) for longer than the producer's delivery timeout, over
+   several worker starts, then two of the three brokers down, then back: an outage, never a record's fault.
 
 Each audit (tests/faults/audit.py): every event exactly one verdict or dead letter after de-duplication by
 event id, no output for an id never sent, the worker recovers by itself or after one clean exit (code 75,
@@ -51,7 +53,7 @@ def under_replicated(cluster: KafkaCluster) -> list[str]:
     """Partitions (all topics, internal ones included) without a leader or with fewer than 3 in-sync replicas."""
     meta = admin(cluster).list_topics(timeout=10)
     return [f"{t}/{p}" for t, tm in meta.topics.items() for p, pm in tm.partitions.items()
-            if pm.leader < 0 or len(pm.isrs) < len(cluster.nodes)]
+            if pm.leader < 0 or len(pm.isrs) < len(pm.replicas)]
 
 
 def wait_healthy(cluster: KafkaCluster, timeout_s: float = 60.0) -> float:
@@ -125,12 +127,14 @@ class Scenario:
     """A worker on the cluster, its outputs read back, and a supervisor that restarts it once if it exits 75."""
 
     def __init__(self, cluster: KafkaCluster, worker_factory, topics, tmp_path: Path, run: str, seed: int,
-                 leader: int, waves: int = 1) -> None:
-        self.cluster, self.topics = cluster, topics
-        create_led_by(cluster, [topics.input, topics.output, topics.dlq], leader)
-        self.records = mixed(N_EVENTS, run, seed=seed)
+                 leader: int, waves: int = 1, restarts: int = 1, n_events: int = N_EVENTS,
+                 create_topics: bool = True, **env: str) -> None:
+        self.cluster, self.topics, self.restarts = cluster, topics, restarts
+        if create_topics:
+            create_led_by(cluster, [topics.input, topics.output, topics.dlq], leader)
+        self.records = mixed(n_events, run, seed=seed)
         env = {"MEMEGUARD_KAFKA_BOOTSTRAP": cluster.bootstrap, "MEMEGUARD_TOPIC_REPLICATION_FACTOR": "3",
-               "MEMEGUARD_RESTART_BACKOFF_S": "1"}
+               "MEMEGUARD_RESTART_BACKOFF_S": "1", **env}
         self.worker = fault_worker(worker_factory, tmp_path, **env).start()
         self.reader = FailoverReader(cluster.bootstrap, topics.output, topics.dlq)
         self.closed = False
@@ -145,15 +149,17 @@ class Scenario:
             produce_raw(self.cluster.bootstrap, self.topics.input, self._waves.pop(0))
 
     def supervise(self, seconds: float) -> None:
-        """Read outputs for `seconds`, restarting the worker once after a clean exit (75, EX_TEMPFAIL)."""
+        """Read outputs for `seconds`, restarting the worker after a clean exit (75, EX_TEMPFAIL), at most
+        `restarts` times."""
         end = time.monotonic() + seconds
         while True:
             self.reader.poll(min(0.5, max(0.0, end - time.monotonic())))
             if (code := self.worker.proc.poll()) is not None:
                 self.exit_codes.append(code)
-                assert code == 75 and self.worker.starts == 1, \
+                assert code == 75 and self.worker.starts <= self.restarts, \
                     f"worker exited with {code} after {self.worker.starts} start(s):\n{self.worker.log()}"
-                self.worker.start()
+                # Not waiting until it is ready: during an outage the group cannot form until the brokers are back.
+                self.worker.start(wait_ready=False)
             if time.monotonic() >= end:
                 return
 
@@ -194,8 +200,8 @@ def scenario(healthy, worker_factory, topics, tmp_path: Path):
     otherwise keep reconnecting to the cluster after the module tears it down)."""
     made: list[Scenario] = []
 
-    def make(run: str, seed: int, leader: int, waves: int = 1) -> Scenario:
-        made.append(Scenario(healthy, worker_factory, topics, tmp_path, run, seed, leader, waves))
+    def make(run: str, seed: int, leader: int, waves: int = 1, **options) -> Scenario:
+        made.append(Scenario(healthy, worker_factory, topics, tmp_path, run, seed, leader, waves, **options))
         return made[-1]
 
     yield make
@@ -260,4 +266,43 @@ def test_failover_rolling_restart_of_all_brokers(healthy, scenario):
     ids_left_after_roll = len(s.records.ids - s.reader.seen())
     s.finish("failover_rolling_restart", steps=steps, outputs_during_roll=outputs_during_roll,
              ids_left_after_roll=ids_left_after_roll)
+    wait_healthy(cluster)
+
+
+def test_writes_refused_past_the_delivery_timeout_blame_no_record(healthy, scenario, topics):
+    """Issue 27, item 2: an outage is never a record's fault.
+
+    The output and dead-letter topics live on brokers 1 and 2 with min.insync.replicas=2; the input topic
+    and the group's offsets on all three. Broker 2 goes down: every output write is refused
+    (NOT_ENOUGH_REPLICAS) until librdkafka's message timeout (2 s here) fails it, while the group stays up,
+    so the worker takes the same batch again, start after start. Then broker 3 goes down too (two of three
+    down: the group cannot form either), and both come back.
+
+    Before the fix an attempt dead-lettered a valid meme as `publish_failed` whenever the dead-letter topic
+    took writes, and the third attempt on a batch made its first record a `poison_record`. Now every attempt
+    exits 75 uncommitted with its crash-loop attempt taken back, and once the brokers are back every record
+    ends as its expected output (audit)."""
+    cluster = healthy
+    client = admin(cluster)
+    create_led_by(cluster, [topics.input], leader=1)
+    futures = client.create_topics([NewTopic(t, PARTITIONS, replica_assignment=[[1, 2]] * PARTITIONS,
+                                             config={"min.insync.replicas": "2"}) for t in (topics.output, topics.dlq)])
+    for f in futures.values():
+        f.result(30)
+    s = scenario("outage", seed=24, leader=1, restarts=20, n_events=200, create_topics=False,
+                 MEMEGUARD_DELIVERY_TIMEOUT_S="2", MEMEGUARD_RESTART_BACKOFF_S="0.5")
+    s.until_outputs(20)
+    cluster.kill(2)
+    try:
+        deadline = time.monotonic() + 90
+        while len(s.exit_codes) < 3:  # the third attempt on a batch is the one the old breaker called poison
+            assert time.monotonic() < deadline, f"exits so far {s.exit_codes}:\n{s.worker.log()}"
+            s.supervise(0.5)
+        cluster.kill(3)
+        s.supervise(4.0)
+    finally:
+        cluster.start(2)
+        cluster.start(3)
+    s.finish("outage_writes_refused", delivery_timeout_s=2, brokers_down="2, then 2 and 3")
+    assert "not acknowledged" in s.worker.log_path.read_text()
     wait_healthy(cluster)

@@ -38,25 +38,68 @@ AUTHORIZATION_ERROR_CODES = frozenset({29, 30, 31, 53})
 # The protocol's names for them, the same whichever client library reported the error.
 AUTHORIZATION_ERROR_NAMES = {29: "TopicAuthorizationFailed", 30: "GroupAuthorizationFailed",
                              31: "ClusterAuthorizationFailed", 53: "TransactionalIdAuthorizationFailed"}
+# The only refusals that belong to the record itself, so the only ones that may dead-letter it
+# (`publish_failed`): it is too large, or the broker finds it invalid. Anything else (a message timeout,
+# NOT_ENOUGH_REPLICAS, no leader, a lost connection, a full local queue) says nothing about the record: the
+# batch stays uncommitted and is consumed again once the broker takes writes.
+RECORD_ERROR_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
+                                KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG, KafkaError.INVALID_TIMESTAMP})
 
 
-class PublishRefused(Exception):
-    """The broker refuses this worker's writes: the batch stays uncommitted and the worker exits."""
+class OutputsNotAcknowledged(Exception):
+    """An infrastructure failure: the broker did not take this batch's outputs. The batch stays uncommitted,
+    the worker exits (code 75) and its batch is consumed again; no record is blamed (no dead letter, no
+    crash-loop attempt)."""
+
+
+class PublishRefused(OutputsNotAcknowledged):
+    """The broker refuses this worker's writes (its ACLs)."""
+
+
+def _error_codes(error: BaseException | None):
+    """The Kafka error codes along `error`'s cause chain. aiokafka's errors carry `errno`, confluent-kafka's a
+    KafkaError; Faust wraps the first in ProducerSendError (`raise ... from exc`). An OSError's errno is no
+    Kafka code."""
+    while error is not None:
+        code = None if isinstance(error, OSError) else getattr(error, "errno", None)
+        if code is None and error.args and hasattr(error.args[0], "code"):
+            code = error.args[0].code()
+        if code is not None:
+            yield code
+        error = error.__cause__
 
 
 def authorization_error_code(error: BaseException | None) -> int | None:
-    """The Kafka authorization error code behind `error`, if it is one. aiokafka's errors carry `errno`,
-    confluent-kafka's a KafkaError; Faust wraps the first in ProducerSendError (`raise ... from exc`), so the
-    cause is looked at too."""
-    while error is not None:
-        code = getattr(error, "errno", None)
-        if code is None and error.args and hasattr(error.args[0], "code"):
-            code = error.args[0].code()
-        if code in AUTHORIZATION_ERROR_CODES:
-            return code
-        error = error.__cause__
-    return None
+    """The Kafka authorization error code behind `error`, if it is one."""
+    return next((c for c in _error_codes(error) if c in AUTHORIZATION_ERROR_CODES), None)
 
+
+def is_record_error(error: BaseException) -> bool:
+    """True when the failure is the record's own, so it may be dead-lettered: the broker or the client finds it
+    too large or invalid, or it does not serialise. Any other Kafka client error, a full local queue, a lost
+    connection or a timeout is the infrastructure's."""
+    if isinstance(error, RecordTooLarge):
+        return True
+    if codes := list(_error_codes(error)):
+        return any(c in RECORD_ERROR_CODES for c in codes)
+    return not isinstance(error, (KafkaException, BufferError, OutputsNotAcknowledged, OSError, TimeoutError))
+
+
+def is_infrastructure_failure(error: BaseException | None) -> bool:
+    """True when `error` (or what caused it) is the broker not taking outputs, or any Kafka client error: never
+    something about a record (a record's own refusal is dead-lettered inside OutcomePublisher.publish)."""
+    while error is not None:
+        if isinstance(error, (OutputsNotAcknowledged, KafkaException)):
+            return True
+        error = error.__cause__
+    return False
+
+
+def not_acknowledged(error: BaseException, where: str) -> OutputsNotAcknowledged:
+    if (code := authorization_error_code(error)) is not None:
+        return PublishRefused(f"the broker refuses this worker's writes ({AUTHORIZATION_ERROR_NAMES[code]}: "
+                              f"{error}); check the ACLs of the output and dead-letter topics")
+    return OutputsNotAcknowledged(f"{where} not acknowledged ({error}); the batch stays uncommitted")
 
 
 CALL_TIMEOUT_S = 20.0
@@ -146,8 +189,9 @@ class ProducerTopic:
 class OutcomePublisher:
     """Verdicts keyed by post id to the output topic; dead letters keyed by the original key to the DLQ.
 
-    A verdict the broker refuses (e.g. larger than the topic allows) becomes a dead letter. If even the
-    dead letter cannot be written the error propagates: the batch's offsets must not be committed.
+    A verdict refused for itself (larger than the topic allows, invalid: `is_record_error`) becomes a
+    `publish_failed` dead letter. Any other failure, or a dead letter that cannot be written, raises
+    OutputsNotAcknowledged: the batch's offsets must not be committed, and no record is to blame.
     """
 
     def __init__(self, verdict_topic: Any, dlq_topic: Any) -> None:
@@ -173,11 +217,14 @@ class OutcomePublisher:
         try:
             await (await self._send(self.dlq_topic, record.key, value))
         except Exception as e:
-            if dl.original_truncated:
-                raise
+            if dl.original_truncated or not is_record_error(e):
+                raise not_acknowledged(e, f"dead letter for {dl.origin}") from e
             log.warning("dead letter for %s refused (%s); publishing it with the original truncated",
                         dl.origin, e)
-            await (await self._send(self.dlq_topic, record.key, truncated(dl).model_dump_json().encode()))
+            try:
+                await (await self._send(self.dlq_topic, record.key, truncated(dl).model_dump_json().encode()))
+            except Exception as again:
+                raise not_acknowledged(again, f"truncated dead letter for {dl.origin}") from again
 
     async def publish(self, outcomes: list[Outcome]) -> None:
         """Send everything, then await every acknowledgement; failures are rerouted, never dropped."""
@@ -202,9 +249,9 @@ class OutcomePublisher:
             if error is None:
                 self.counts["verdicts" if outcome.verdict is not None else "dead_letters"] += 1
                 continue
-            if (code := authorization_error_code(error)) is not None:
-                raise PublishRefused(f"the broker refuses this worker's writes ({AUTHORIZATION_ERROR_NAMES[code]}: "
-                                     f"{error}); check the ACLs of the output and dead-letter topics") from error
+            if not is_record_error(error):
+                raise not_acknowledged(error, f"output for {outcome.record.topic}/{outcome.record.partition}"
+                                              f"@{outcome.record.offset}") from error
             if outcome.verdict is not None:
                 log.warning("publishing verdict %s failed: %s; dead-lettering it", outcome.verdict.event_id, error)
                 dl = dead_letter(outcome.record, ErrorKind.PUBLISH_FAILED,

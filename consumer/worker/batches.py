@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord, dead_letter, peek_event_id
+from consumer.core.publish import is_infrastructure_failure
 from consumer.ops.metrics import PipelineMetrics
 from consumer.worker.crash_guard import CrashLoopBreaker
 from consumer.worker.explanations import ExplanationPublisher
@@ -97,6 +98,21 @@ def after_publish(outcomes: list[Outcome], pipeline: ModerationPipeline, explana
     except Exception:
         counts["post_publish_errors"] += 1
         log.exception("bookkeeping after publishing a batch failed; the batch stands")
+
+
+async def give_up(breaker: CrashLoopBreaker | None, records: list[RawRecord], error: BaseException, reason: str,
+                  backoff_s: float) -> None:
+    """Exit uncommitted on `error`; the batch is consumed again after the restart. An infrastructure failure
+    (the broker did not take the outputs) blames no record: its attempt is taken back from the crash-loop
+    breaker. Any other error is kept for the `poison_record` dead letter of a record that fails again."""
+    infrastructure = is_infrastructure_failure(error)
+    log.error("%s: %s", reason, error, exc_info=not infrastructure)
+    if breaker is not None:
+        if infrastructure:
+            await breaker.take_back(records)
+        else:
+            await breaker.record_error(records, error)
+    abandon(f"{reason}; exiting so the batch is consumed again", backoff_s)
 
 
 def abandon(reason: str, backoff_s: float) -> None:

@@ -35,6 +35,14 @@ for i = 2, #ARGV do counts[i - 1] = redis.call('HINCRBY', KEYS[1], ARGV[i], 1) e
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return counts
 """
+# Takes back one attempt of each field (KEYS[1] the partition's hash, ARGV the fields), never below zero.
+_TAKE_BACK_FIELDS = """
+for i = 1, #ARGV do
+  local n = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if n > 1 then redis.call('HINCRBY', KEYS[1], ARGV[i], -1) elseif n == 1 then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 0
+"""
 
 
 class CrashLoopBreaker:
@@ -45,6 +53,7 @@ class CrashLoopBreaker:
         self._breakers = outage_breaker(retry_after_s)
         # a redis+cluster:// URL gives a cluster client (consumer/core/redis_client.py)
         self._client = async_client(url, timeout_s, retry_on_timeout=False) if url else None
+        self._alone: RawRecord | None = None  # the record begin_alone() counted and finish() has not cleared
 
     def _key(self, r: RawRecord) -> str:
         # The {…} hash tag keeps a partition's state in one Redis Cluster slot.
@@ -98,6 +107,7 @@ class CrashLoopBreaker:
 
     async def begin_alone(self, record: RawRecord) -> str | None:
         """The poison message when this record already killed the process while in flight alone."""
+        self._alone = record
         attempts = await self._incr([record], "i")
         if not attempts or attempts[0] < 2:
             return None
@@ -119,9 +129,23 @@ class CrashLoopBreaker:
 
     async def finish(self, records: list[RawRecord]) -> None:
         """The records' outputs are acknowledged: forget their attempts."""
+        if self._alone is not None and self._alone in records:
+            self._alone = None
         fields = self._fields_by_key(records, "bie")
         if fields:
             await self._pipeline(lambda pipe: [pipe.hdel(key, *names) for key, names in fields.items()])
+
+    async def take_back(self, records: list[RawRecord]) -> None:
+        """The attempt on `records` ends on an infrastructure failure (the broker did not take the outputs):
+        it says nothing about the records, so it does not count toward `poison_record`. Their batch attempt,
+        and the attempt alone of the record in flight alone, are taken back."""
+        fields = self._fields_by_key(records, "b")
+        if self._alone is not None and self._alone in records:
+            fields.setdefault(self._key(self._alone), []).append(f"i{self._alone.offset}")
+            self._alone = None
+        if fields:
+            await self._pipeline(lambda pipe: [pipe.eval(_TAKE_BACK_FIELDS, 1, key, *names)
+                                               for key, names in fields.items()])
 
     async def close(self) -> None:
         if self._client is not None:

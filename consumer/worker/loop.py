@@ -52,7 +52,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord
-from consumer.core.publish import CALL_TIMEOUT_S, Deadline, ProducerTopic
+from consumer.core.publish import CALL_TIMEOUT_S, Deadline, OutputsNotAcknowledged, ProducerTopic
 from consumer.kafka.config import client_config
 from consumer.ops.metrics import PipelineMetrics
 from consumer.ops.server import Health
@@ -60,6 +60,7 @@ from consumer.settings import WorkerSettings
 from consumer.worker.batches import (
     abandon,
     after_publish,
+    give_up,
     one_by_one,
     pipelined_outcomes,
     process_isolating_failures,
@@ -68,7 +69,7 @@ from consumer.worker.crash_guard import CrashLoopBreaker
 from consumer.worker.explanations import ExplanationPublisher
 from consumer.worker.hot_reload import BundleWatcher
 from consumer.worker.producer_config import (
-    TRANSACTION_TIMEOUT_MS,
+    delivery_deadline_s,
     max_message_bytes,
     output_producer,
     output_publisher,
@@ -78,18 +79,17 @@ from consumer.worker.serving_model import swap_model_if_ready
 
 log = logging.getLogger(__name__)
 
-DELIVERY_TIMEOUT_S = TRANSACTION_TIMEOUT_MS / 1000 + 5
 WATCHDOG_MARGIN_S = 5.0  # a transactional call still blocked this long after its own timeout is wedged
 MAX_ABORTS_IN_A_ROW = 5
 # 0.4 s after the first abort, doubled per abort in a row, plus jitter (replicas aborting together retry apart), capped.
 ABORT_BACKOFF = wait_exponential_jitter(multiplier=0.4, max=5.0, jitter=0.2)
 
 
-class Rewound(Exception):
+class Rewound(OutputsNotAcknowledged):
     """The batch's transaction was aborted and the consumer rewound: its records will be consumed again."""
 
 
-class ProducerWedged(Exception):
+class ProducerWedged(OutputsNotAcknowledged):
     """A transactional call did not return although its timeout has passed. librdkafka's
     send_offsets_to_transaction() ignores its timeout when the group coordinator dies (confluentinc/librdkafka
     #5456, #5511): the producer cannot go on, the process exits (code 75) and its restart takes over."""
@@ -326,10 +326,7 @@ class ConsumeLoop:
             await self._give_up(records, e, "batch could not be committed")
 
     async def _give_up(self, records: list[RawRecord], error: BaseException, reason: str) -> None:
-        log.error("%s: %s", reason, error, exc_info=not isinstance(error, Rewound))
-        if self.breaker is not None:
-            await self.breaker.record_error(records, error)
-        abandon(f"{reason}; exiting so the batch is consumed again", self.settings.restart_backoff_s)
+        await give_up(self.breaker, records, error, reason, self.settings.restart_backoff_s)
 
     async def _handle(self, records: list[RawRecord]) -> None:
         """One batch at a time (exactly-once: a transaction per published unit; at-least-once with pipeline_depth 1)."""
@@ -362,7 +359,7 @@ class ConsumeLoop:
             offsets[(r.topic, r.partition)] = max(offsets.get((r.topic, r.partition), 0), r.offset + 1)
         started = time.perf_counter()
         if not self.transactions:
-            self.deadline.start(DELIVERY_TIMEOUT_S)
+            self.deadline.start(delivery_deadline_s(self.settings))
             await self.publisher.publish(outcomes)  # raises when an output is not acknowledged: nothing commits
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                                  asynchronous=True)
@@ -391,7 +388,7 @@ class ConsumeLoop:
         try:
             self.producer.begin_transaction()
             self._in_transaction = True
-            self.deadline.start(DELIVERY_TIMEOUT_S)
+            self.deadline.start(delivery_deadline_s(self.settings))
             await self.publisher.publish(outcomes)
             positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
             await self._call(self.producer.send_offsets_to_transaction, positions, group_metadata, CALL_TIMEOUT_S)

@@ -2,10 +2,10 @@
 librdkafka (consumer/core/publish.py) whether the confluent-kafka loop (worker/loop.py) or the Faust agent
 (worker/service.py) consumes; idempotent (retries neither duplicate nor reorder a partition's outputs), acks=all.
 
-One delivery timeout for both: `message.timeout.ms` = 15 s. It must not exceed `transaction.timeout.ms` under
-exactly-once (librdkafka refuses the configuration otherwise), it is what the default loop's fault suites run
-with, and a delivery that cannot complete fails the batch (the worker exits uncommitted and its batch is
-consumed again) after 15 s instead of librdkafka's default 5 minutes. The Faust agent used 30 s before.
+One delivery timeout for both: `message.timeout.ms` = MEMEGUARD_DELIVERY_TIMEOUT_S (15 s; the transaction
+timeout follows it when longer, as librdkafka requires). A delivery that cannot complete fails the batch (the
+worker exits 75 uncommitted and its batch is consumed again, no record blamed) after 15 s instead of
+librdkafka's default 5 minutes. The Faust agent used 30 s before.
 
 One record limit rule for both: the smaller of the topic's `max.message.bytes` (read from the broker; Kafka's
 default when it cannot be read) and the producer's own. A record over it goes down the publisher's fallbacks
@@ -25,7 +25,6 @@ from consumer.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-MESSAGE_TIMEOUT_MS = 15_000
 TRANSACTION_TIMEOUT_MS = 15_000  # a transaction spans only produce + commit (processing happens before it)
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 
@@ -41,16 +40,27 @@ def output_record_limit(settings: WorkerSettings) -> int:
     return 2 * settings.max_event_bytes + RECORD_OVERHEAD_BYTES
 
 
+def transaction_timeout_ms(settings: WorkerSettings) -> int:
+    """librdkafka refuses a message timeout longer than the transaction timeout."""
+    return max(TRANSACTION_TIMEOUT_MS, round(settings.delivery_timeout_s * 1000))
+
+
+def delivery_deadline_s(settings: WorkerSettings) -> float:
+    """How long a batch's acknowledgements may take in all: the message timeout, and a margin for librdkafka's
+    own timeout not firing while a partition leader moves (publish.Deadline)."""
+    return settings.delivery_timeout_s + 5.0
+
+
 def output_producer(settings: WorkerSettings, transactional_id: str | None = None) -> Producer:
     """The producer of verdicts and dead letters; transactional when given a `transactional_id`."""
     return Producer(client_config(settings.kafka_bootstrap, {
-        **({"transactional.id": transactional_id, "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS}
-           if transactional_id is not None else {}),
+        **({"transactional.id": transactional_id,
+            "transaction.timeout.ms": transaction_timeout_ms(settings)} if transactional_id is not None else {}),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": settings.producer_linger_ms,
         "message.max.bytes": producer_limit(settings),
-        "message.timeout.ms": MESSAGE_TIMEOUT_MS,
+        "message.timeout.ms": round(settings.delivery_timeout_s * 1000),
         "logger": log,
     }))
 

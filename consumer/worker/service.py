@@ -29,7 +29,7 @@ from consumer.ops.logs import configure_logging, logging_config
 from consumer.ops.metrics import PipelineMetrics
 from consumer.ops.server import Health, OpsServer, broker_probe, redis_probe
 from consumer.settings import WorkerSettings
-from consumer.worker.batches import abandon, after_publish, one_by_one, pipelined_outcomes
+from consumer.worker.batches import abandon, after_publish, give_up, one_by_one, pipelined_outcomes
 from consumer.worker.control import FleetMember, status_topic_of
 from consumer.worker.crash_guard import CrashLoopBreaker
 from consumer.worker.explanations import ExplanationPublisher
@@ -102,10 +102,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            log.exception("batch could not be published")
-            if breaker is not None:
-                await breaker.record_error(records, e)
-            abandon("batch could not be published; exiting so it is re-delivered", settings.restart_backoff_s)
+            await give_up(breaker, records, e, "batch could not be published", settings.restart_backoff_s)
         for event in events:  # in order, after the outputs are acknowledged: only now may the offsets commit
             await stream.ack(event)
 
