@@ -94,6 +94,16 @@ def test_png_and_gif_decodes_are_checked_against_the_deadline_per_input_chunk(fm
         decode_image(buf.getvalue(), MAX_PIXELS, deadline_ms=1)
 
 
+def test_the_deadline_covers_header_parsing_too():
+    """Pillow parses a JPEG's markers in a Python loop: 1 MB of empty APP1 segments (no pixels, no scans) cost
+    about a second to open, 10 MB (the default size cap) ten. The deadline bounds that as well."""
+    meme = DEV_JPEGS[0]
+    padded = meme[:2] + b"\xff\xe1\x00\x02" * 250_000 + meme[2:]
+    error, cpu = _cpu(lambda: open_image(padded, MAX_PIXELS, deadline_ms=50))
+    assert isinstance(error, InputError) and error.kind == ErrorKind.IMAGE_UNDECODABLE, error
+    assert "exceeded its deadline of 50 ms" in str(error) and cpu < 0.5
+
+
 def test_the_deadline_is_per_image_in_a_batch_and_a_setting():
     """One runaway image in a batch of the worker's decoder: it alone is image_undecodable, the others decode,
     and the lanes are free afterwards (no thread is left decoding it)."""

@@ -30,13 +30,15 @@ Every step happens before the pixels are decoded, on the header only:
   dropped for it, and an image alone over the budget decodes alone.
 
 Decoding itself is bounded in time: **a deadline per image** (`MEMEGUARD_DECODE_DEADLINE_MS`,
-`DecodePolicy.deadline_ms`) of CPU time spent by the thread decoding it (`time.thread_time`: a busy machine
-slows a decode down without making it hostile, so wall time would refuse good images under load). Python cannot
-stop a thread inside Pillow's C code, so the decode stops itself: Pillow feeds the decoder its input in blocks
-read from a file object, and that file object checks the deadline before handing out each block; past it the
-read raises and the decode ends as `image_undecodable` ("decode exceeded its deadline"). No thread is left
-running and nothing is abandoned. libjpeg suspends when a block is used up, so the work done between two checks
-is what the scans in one block cost: never more than the scan cap's worth, each bounded by the pixel cap. A JPEG
+`DecodePolicy.deadline_ms`) of CPU time spent by the thread that opens and decodes it (`time.thread_time`: a
+busy machine slows a decode down without making it hostile, so wall time would refuse good images under load;
+Pillow's header parsing counts too, a Python loop over a file's markers or chunks). Python cannot stop a thread
+inside Pillow's C code, so the decode stops itself: Pillow reads the header, and feeds the decoder its input in
+blocks, from a file object that checks the deadline before each read; past it the read raises and the decode
+ends as `image_undecodable` ("decode exceeded its deadline"). No thread is left running, nothing is abandoned,
+and the worker needs no exit for it: the lane that decoded it goes on to the next image. libjpeg suspends when
+a block is used up, so the work done between two checks is what the scans in one block cost: never more than the
+scan cap's worth, each bounded by the pixel cap. A JPEG
 with more than `_FEW_SCANS` scans is fed in blocks of `_JPEG_READ_BLOCK` bytes instead of Pillow's 64 KiB, so
 with the cap raised a block of tiny scans still holds only dozens of them; a normal file is fed as before, and
 pays nothing for it. PNG and GIF are checked per chunk too; their decode work, and WebP's (decoded in one call),
@@ -91,6 +93,7 @@ DEFAULT_DEADLINE_MS = 5000  # CPU ms per decode; a 40 MP PNG or progressive JPEG
 # deadline checked before each (Pillow's 64 KiB can hold a thousand tiny scans). Normal files keep Pillow's blocks:
 # on the dev memes 4 KiB blocks cost up to ~0.5 ms more per 1/8-scale decode (of ~3.5 ms).
 _FEW_SCANS = 16
+_CHECKED_READ = 1024  # reads this large (decoder blocks, chunk bodies) always check the deadline
 _JPEG_READ_BLOCK = 4096
 _ORIENTATION = 0x0112  # EXIF Orientation -> the transposition a viewer applies (as ImageOps.exif_transpose)
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -130,18 +133,19 @@ class DecodePolicy:
 
 
 class _Deadline:
-    """The CPU time one decode may spend, measured on the thread that runs it (started by
-    `PreparedImage.decode`, so the header checks before it do not count)."""
+    """The CPU time one image may spend, from `open_image` (Pillow's header parsing, a Python loop over the
+    file's markers or chunks, counts too) to the end of its decode, measured on the thread that runs them.
+    A decode on another thread than its header checks starts the clock again there (`time.thread_time` is
+    per thread)."""
 
     def __init__(self, ms: int) -> None:
         self.ms = ms
-        self.started = 0.0
-        self.inputs: list[_Input] = []
-
-    def start(self) -> None:
+        self.thread = threading.get_ident()
         self.started = time.thread_time()
-        for source in self.inputs:
-            source.read = source.checked_read  # type: ignore[method-assign]
+
+    def on_this_thread(self) -> None:
+        if threading.get_ident() != self.thread:
+            self.thread, self.started = threading.get_ident(), time.thread_time()
 
     def check(self) -> None:
         if (time.thread_time() - self.started) * 1000 > self.ms:
@@ -151,17 +155,20 @@ class _Deadline:
 
 
 class _Input(io.BytesIO):
-    """The bytes Pillow decodes from: once the decode starts, each read first checks its deadline (module
-    docstring). Until then (the header reads: dozens of small ones) `read` is BytesIO's own, at C speed."""
+    """The bytes Pillow reads an image from, checking the image's deadline (module docstring) before each read
+    of a decoder's block and before every 64th small read (header parsing reads a JPEG a marker, even a byte,
+    at a time: reading the CPU clock on each doubled the time to open a meme)."""
 
     def __init__(self, data: bytes, deadline: _Deadline) -> None:
         super().__init__(data)
         self.deadline = deadline
-        deadline.inputs.append(self)
+        self.reads = 0
 
-    def checked_read(self, size: int | None = -1, /) -> bytes:
-        self.deadline.check()
-        return io.BytesIO.read(self, size)
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.reads += 1
+        if size is None or size < 0 or size >= _CHECKED_READ or not self.reads & 63:
+            self.deadline.check()
+        return super().read(size)
 
 
 class PreparedImage:
@@ -180,7 +187,7 @@ class PreparedImage:
 
     def decode(self) -> Image.Image:
         try:
-            self.deadline.start()
+            self.deadline.on_this_thread()
             image, self.image = self.image, None  # the source goes as soon as the picture is converted
             image = _load(image, self.whole)
             self.whole = None
@@ -231,6 +238,8 @@ def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED
     except Image.DecompressionBombError as e:
         raise InputError(f"image is a decompression bomb ({e})", ErrorKind.PIXEL_BOMB) from e
     except MemoryError:
+        raise
+    except InputError:  # the deadline, while Pillow parsed the header
         raise
     except Exception as e:  # UnidentifiedImageError, or a header the plugin chokes on
         raise InputError(f"image bytes are not an image in an allowed format ({', '.join(formats)}): "
