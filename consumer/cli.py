@@ -64,7 +64,8 @@ def _positive(kind: type) -> "Callable[[str], float]":
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from consumer.settings import WorkerSettings
-    from consumer.worker.service import run_worker, run_worker_processes
+    from consumer.worker.service import run_worker
+    from consumer.worker.supervisor import run_worker_processes
 
     if args.processes > 1:
         return run_worker_processes(args.processes, args.cuda_devices.split(",") if args.cuda_devices else None)

@@ -21,7 +21,7 @@ from consumer.core.cache import VerdictCache
 from consumer.devinfra.stack import free_port, port_open, redis_binary
 from consumer.kafka.config import KafkaSecurity, client_config
 from consumer.settings import WorkerSettings
-from consumer.worker.service import create_app
+from consumer.worker.faust_agent import create_app
 from schemas import TECHNIQUES, Decision, ModelInfo, TechniqueScore, Verdict
 
 CONSUMER = Path(__file__).resolve().parents[1] / "consumer"

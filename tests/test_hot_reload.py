@@ -145,7 +145,7 @@ def test_start_up_and_hot_reload_build_the_same_runtime(tiny_bundle: Path, secon
     """One factory (RuntimeOptions.of(settings)): the start-up runtime used to take the manifest's batch (64)
     and a reloaded one MEMEGUARD_MAX_BATCH, so TensorRT profiles and call sizes changed at the first reload."""
     from consumer.settings import WorkerSettings
-    from consumer.worker.service import build_pipeline, bundle_watcher
+    from consumer.worker.assemble import build_pipeline, bundle_watcher
 
     link = tmp_path / "current"
     link.symlink_to(tiny_bundle)

@@ -1,7 +1,7 @@
 """`memeguard shadow`: a candidate bundle on a deterministic sample of live traffic, with no effect on decisions.
 
 It is a separate consumer of the input topic with its own group (the production worker's offsets and
-assignments are untouched), runs the worker's own pipeline (`consumer.worker.service.build_pipeline`: same fetcher,
+assignments are untouched), runs the worker's own pipeline (`consumer.worker.assemble.build_pipeline`: same fetcher,
 cache, policy and enrichment) with the bundle swapped for the candidate, and publishes its verdicts to a shadow
 topic that nothing enforces. Dead letters are counted, never published: the production worker owns the DLQ.
 
@@ -77,7 +77,7 @@ class ShadowOptions:
 
 
 def build_shadow_pipeline(settings: WorkerSettings, bundle: Path) -> ModerationPipeline:
-    from consumer.worker.service import build_pipeline  # imports Faust: only when a shadow really runs
+    from consumer.worker.assemble import build_pipeline  # loads the bundle: only when a shadow really runs
 
     # The cache key includes the model version, so sharing the production Redis mixes no verdicts.
     return build_pipeline(settings.model_copy(update={"bundle_path": Path(bundle)}))

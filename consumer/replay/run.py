@@ -1,6 +1,6 @@
 """`memeguard replay`: a labelled topic through the worker's own pipeline, into verdicts and a report.
 
-The pipeline is built by `consumer.worker.service.build_pipeline` (same fetcher, cache, policy, enrichment and
+The pipeline is built by `consumer.worker.assemble.build_pipeline` (same fetcher, cache, policy, enrichment and
 runtime as production), with the bundle swapped when `--bundle` is given. With `--compare-bundle` every
 batch goes through both pipelines, so the two reports see exactly the same events.
 """
@@ -84,7 +84,7 @@ def event_info(record: RawRecord, joined: dict[str, list[str]]) -> EventInfo | N
 
 
 def _pipelines(settings: WorkerSettings, opts: ReplayOptions) -> list[ModerationPipeline]:
-    from consumer.worker.service import build_pipeline  # imports Faust: only when a replay really runs
+    from consumer.worker.assemble import build_pipeline  # loads the bundle: only when a replay really runs
 
     bundles = [opts.bundle or settings.bundle_path] + ([opts.compare_bundle] if opts.compare_bundle else [])
     for b in bundles:

@@ -1,7 +1,7 @@
 """One batch through the core, the same for both engines (the confluent-kafka loop, worker/loop.py, and the
-Faust agent, worker/service.py): prepare while the previous batch is in inference, bisect a batch that fails
-down to the record that fails, replay a suspect batch one record at a time, the bookkeeping after a batch is
-out, and the exit that leaves a batch uncommitted."""
+Faust agent, worker/faust_agent.py): prepare while the previous batch is in inference, bisect a batch that
+fails down to the record that fails, replay a suspect batch one record at a time, the bookkeeping after a
+batch is out, and the exit that leaves a batch uncommitted. How a batch is committed is the engine's (`commit`)."""
 
 import asyncio
 import logging
@@ -20,6 +20,21 @@ from schemas import ErrorKind
 log = logging.getLogger(__name__)
 
 EXIT_ABANDONED = 75  # EX_TEMPFAIL: a supervisor should restart the worker
+
+# Publishes `outcomes` and commits the input offsets after `records`, or raises: the engine's half of a batch.
+Commit = Callable[[list[Outcome], list[RawRecord]], Awaitable[None]]
+
+
+async def run_batch(pipeline: ModerationPipeline, breaker: CrashLoopBreaker | None, records: list[RawRecord],
+                    previous: asyncio.Future | None, suspect: bool, commit: Commit) -> None:
+    """One batch from its records to its committed outputs; raises when it cannot be committed. `suspect`
+    (the crash-loop breaker found a record of it in flight when a worker died): one record at a time."""
+    if suspect:
+        await one_by_one(pipeline, breaker, records, commit)
+        return
+    await commit(await pipelined_outcomes(pipeline, records, previous), records)
+    if breaker is not None:
+        await breaker.finish(records)
 
 
 async def pipelined_outcomes(pipeline: ModerationPipeline, records: list[RawRecord],
@@ -62,16 +77,16 @@ async def process_isolating_failures(pipeline: ModerationPipeline, records: list
 
 
 async def one_by_one(pipeline: ModerationPipeline, breaker: CrashLoopBreaker, records: list[RawRecord],
-                     publish: Callable[[list[Outcome], list[RawRecord]], Awaitable[None]]) -> None:
+                     commit: Commit) -> None:
     """A worker died with one of these in flight: find which, one record at a time (each published, and
-    committed, on its own by `publish(outcomes, [record])`); a record it died on twice is dead-lettered."""
+    committed, on its own by `commit(outcomes, [record])`); a record it died on twice is dead-lettered."""
     for record in records:
         if (poison := await breaker.begin_alone(record)) is not None:
             outcomes = [Outcome(record, dead_letter=dead_letter(record, ErrorKind.POISON_RECORD, poison,
                                                                 peek_event_id(record)))]
         else:
             outcomes = await process_isolating_failures(pipeline, [record])
-        await publish(outcomes, [record])
+        await commit(outcomes, [record])
         await breaker.finish([record])
 
 

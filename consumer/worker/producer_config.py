@@ -1,6 +1,6 @@
 """The output producer and its record limits, one for both engines: verdicts and dead letters go out through
 librdkafka (consumer/core/publish.py) whether the confluent-kafka loop (worker/loop.py) or the Faust agent
-(worker/service.py) consumes; idempotent (retries neither duplicate nor reorder a partition's outputs), acks=all.
+(worker/faust_agent.py) consumes; idempotent (retries neither duplicate nor reorder a partition's outputs), acks=all.
 
 One delivery timeout for both: `message.timeout.ms` = MEMEGUARD_DELIVERY_TIMEOUT_S (15 s; the transaction
 timeout follows it when longer, as librdkafka requires). A delivery that cannot complete fails the batch (the
