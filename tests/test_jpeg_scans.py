@@ -174,3 +174,35 @@ def test_a_dropped_scan_libjpeg_refuses_makes_the_whole_file_decide(breakage):
     with pytest.raises(InputError) as e:
         decode_image(data, MAX_PIXELS, target=TARGET, gap=1)
     assert e.value.kind.value == "image_undecodable"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(which=st.integers(0, 9), drop=st.sets(st.integers(0, 9), max_size=5), gray=st.booleans(),
+       subsampling=st.sampled_from([0, 1, 2]))
+def test_scans_dropped_from_a_progressive_file_never_make_the_subset_differ_from_the_whole_file(
+        which, drop, gray, subsampling):
+    """Any selection of libjpeg's progressive scans (4:4:4, 4:2:2, 4:2:0 or grey; a missing DC, first AC or
+    refinement scan): where the subset is used, it decodes to the whole file's pixels at 1/8 scale, and a whole
+    file libjpeg refuses is refused from its subset too."""
+    from tests.decode_bombs import _segments
+
+    picture = Image.open(io.BytesIO(DEV_JPEGS[which])).convert("L" if gray else "RGB")
+    buf = io.BytesIO()
+    picture.save(buf, "JPEG", progressive=True, quality=90, subsampling=subsampling)
+    scans = [i for i, s in enumerate(_segments(buf.getvalue())) if s[2] is not None]
+    dropped = {scans[i % len(scans)] for i in drop}
+    data = buf.getvalue()
+    data = data[:2] + b"".join(data[a:e] for i, (a, e, _) in enumerate(_segments(data)) if i not in dropped) \
+        + b"\xff\xd9"
+    try:
+        whole = _pixels(data, False)
+    except InputError:
+        whole = None
+    prepared = open_image(data, MAX_PIXELS, target=TARGET, gap=1)
+    if prepared.whole is None:
+        return
+    if whole is None:
+        with pytest.raises(InputError):
+            prepared.decode()
+        return
+    np.testing.assert_array_equal(np.asarray(prepared.decode()), whole)
