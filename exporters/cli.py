@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from consumer.errors import MemeguardError
-from exporters.default import build_default
-from exporters.memes import DEFAULT_DATA
-from exporters.run import DEFAULT_LOADER, export_run
+
+# exporters.run and exporters.default import torch (seconds): only once a command runs, so --help is instant.
+from exporters.memes import DEFAULT_DATA, DEFAULT_LOADER
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,12 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "export":
+            from exporters.run import export_run
+
             export_run(
                 args.run_dir, args.out, args.precision, args.loader,
                 None if args.no_parity else args.parity_data, args.parity_images, args.parity_limit,
                 args.version, not args.no_progress,
             )
         else:
+            from exporters.default import build_default
+
             build_default(args.out, args.config, args.runs, args.force, args.precision)
     except MemeguardError as e:  # models.errors.ModelsError is one too
         print(f"error: {e}", file=sys.stderr)

@@ -8,6 +8,10 @@ from PIL import Image
 
 from exporters.errors import ExportError
 
+# The model loader `memeguard export` uses unless told otherwise (here, not in exporters/run.py, which imports
+# torch: the CLI reads it for its --help).
+DEFAULT_LOADER = "models.inference:load_for_export"
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "semeval2021_task6"
 
 

@@ -6,9 +6,8 @@ from pathlib import Path
 from exporters.bundle_writer import export_bundle
 from exporters.contract import Loader
 from exporters.errors import ExportError
-from exporters.memes import DEFAULT_DATA, load_memes
+from exporters.memes import DEFAULT_DATA, DEFAULT_LOADER, load_memes
 
-DEFAULT_LOADER = "models.inference:load_for_export"
 GOLDEN_COUNT = 8
 
 

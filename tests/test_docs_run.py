@@ -25,14 +25,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib.util
 import io
 import json
 import re
 import shlex
 import subprocess
 import sys
-import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,28 +178,10 @@ def _memeguard_parser() -> argparse.ArgumentParser:
 
 
 def _exporters_parser() -> argparse.ArgumentParser:
-    """exporters/cli.py's parser without importing torch: its module is loaded under another name with the three
-    training modules it imports replaced by stand-ins, which leave sys.modules again afterwards."""
-    stubs = {"exporters.default": {"build_default": None}, "exporters.memes": {"DEFAULT_DATA": Path("data")},
-             "exporters.run": {"DEFAULT_LOADER": "x:y", "export_run": None}}
-    saved = {name: sys.modules.get(name) for name in [*stubs, "exporters"]}
-    try:
-        if "exporters" not in sys.modules:  # the package without running its __init__'s imports
-            sys.modules["exporters"] = types.ModuleType("exporters")
-        for name, attrs in stubs.items():
-            module = types.ModuleType(name)
-            module.__dict__.update(attrs)
-            sys.modules[name] = module
-        spec = importlib.util.spec_from_file_location("_docs_exporters_cli", REPO / "exporters" / "cli.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.build_parser()
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = old
+    """exporters/cli.py imports its torch-heavy modules only when a command runs: its parser is cheap."""
+    from exporters.cli import build_parser
+
+    return build_parser()
 
 
 def _models_parser() -> argparse.ArgumentParser:
