@@ -42,6 +42,9 @@ class ReviewSettings(WorkerSettings):
     review_login_window_s: int = Field(900, ge=1, description="The window those failures are counted over.")
     review_password_checks: int = Field(
         2, ge=1, le=64, description="scrypt checks running at once; up to 4x as many wait, more get 503.")
+    review_memory_budget_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024, description="Bytes of Redis the review store may fill (references, "
+        "waiting verdicts, cards); over it the ingest pauses, uncommitted, until TTLs free space.")
 
     @field_validator("review_trusted_header", "review_users_file", mode="before")
     @classmethod
