@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.devinfra.stack import KafkaCluster
+from consumer.kafka.topics import ensure_topics
 from tests.faults.audit import OutputReader, audit, report
 from tests.faults.records import mixed
 from tests.faults.workers import fault_worker
@@ -43,6 +44,7 @@ def cluster(stack, tmp_path_factory: pytest.TempPathFactory):
     c.up()
     yield c
     c.down()
+    assert not any(n.running() for n in c.nodes)
 
 
 def admin(cluster: KafkaCluster) -> AdminClient:
@@ -209,6 +211,46 @@ def scenario(healthy, worker_factory, topics, tmp_path: Path):
         s.close()
 
 
+def test_three_node_kafka_cluster_survives_a_killed_leader_and_a_frozen_broker(healthy, topics):
+    """The test cluster itself (consumer/devinfra/stack.py KafkaCluster), before any worker runs on it."""
+    cluster, topic = healthy, f"ha-{topics.group}"
+    ensure_topics(cluster.bootstrap, [topic], 1)  # replication factor: the cluster's default, 3
+    deadline = time.monotonic() + 30
+    while cluster.leader(topic) == -1:  # metadata of a new topic reaches every broker a moment later
+        assert time.monotonic() < deadline, "no leader for the new topic"
+        time.sleep(0.2)
+    meta = admin(cluster).list_topics(topic, timeout=10).topics[topic]
+    assert sorted(meta.partitions[0].replicas) == [1, 2, 3]
+    # A request that lands on the frozen broker waits request.timeout.ms for it (30 s by default), which
+    # says nothing about the cluster: 10 s here.
+    producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True,
+                         "request.timeout.ms": 10000, "socket.timeout.ms": 10000, "log_level": 2})
+
+    def produce_one(value: bytes) -> None:
+        errors = []
+        producer.produce(topic, value, on_delivery=lambda err, _msg: errors.append(err))
+        assert producer.flush(60) == 0 and errors == [None], errors
+
+    produce_one(b"before")
+    leader = cluster.leader(topic)
+    cluster.kill(leader)
+    cluster.wait_brokers({1, 2, 3} - {leader}, 30)
+    deadline = time.monotonic() + 30
+    while cluster.leader(topic) in (leader, -1):
+        assert time.monotonic() < deadline, "no new leader"
+        time.sleep(0.2)
+    produce_one(b"after the kill")  # two in-sync replicas left: min.insync.replicas=2 holds
+    cluster.start(leader)
+    cluster.wait_brokers({1, 2, 3})
+    frozen = next(n for n in (1, 2, 3) if n != cluster.leader(topic))
+    cluster.pause(frozen)
+    try:
+        assert cluster.node(frozen).paused() and cluster.node(frozen).bootstrap not in cluster.live_bootstrap()
+        produce_one(b"while a follower is frozen")  # once it leaves the ISR (replica.lag.time.max.ms, 5 s)
+    finally:
+        cluster.resume(frozen)
+
+
 def test_failover_partition_leader_sigkilled_mid_stream(healthy, scenario, topics):
     cluster, victim = healthy, 1
     s = scenario("failover-kill", seed=21, leader=victim)
@@ -289,7 +331,7 @@ def test_writes_refused_past_the_delivery_timeout_blame_no_record(healthy, scena
                                              config={"min.insync.replicas": "2"}) for t in (topics.output, topics.dlq)])
     for f in futures.values():
         f.result(30)
-    s = scenario("outage", seed=24, leader=1, restarts=20, n_events=200, create_topics=False,
+    s = scenario("outage", seed=24, leader=1, restarts=20, n_events=120, create_topics=False,
                  MEMEGUARD_DELIVERY_TIMEOUT_S="2", MEMEGUARD_RESTART_BACKOFF_S="0.5")
     s.until_outputs(20)
     cluster.kill(2)

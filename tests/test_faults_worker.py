@@ -156,7 +156,7 @@ def test_broker_unreachable_at_start_waits_with_backoff_then_serves(stack, worke
         # 0.25 s doubling, plus up to 0.25 s of jitter (so restarted fleets do not knock in step)
         assert len(delays) >= 3 and delays[0] <= 0.5 and delays[2] > delays[0] + 0.4, (delays, log)
         assert f"broker {bootstrap} reachable after" in log, log
-        records = mixed(1000, "late-broker", seed=4)
+        records = mixed(300, "late-broker", seed=4)
         reader = OutputReader(bootstrap, topics.output, topics.dlq)
         produce_raw(bootstrap, topics.input, records.records)
         reader.wait_for(records.ids, timeout_s=180, log=worker.log)

@@ -179,7 +179,7 @@ def test_international_host_is_resolved_by_its_idna_name(tmp_path, twin_servers)
     assert ha.hosts[-1] == f"xn--bcher-kva.test:{port}"
 
 
-@settings(max_examples=int(os.environ.get("MEMEGUARD_URL_EXAMPLES", "300")), derandomize=True, deadline=None,
+@settings(max_examples=int(os.environ.get("MEMEGUARD_URL_EXAMPLES", "100")), derandomize=True, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(
     st.text(max_size=80),
