@@ -121,6 +121,9 @@ def worker_factory(stack: DevStack, tiny_bundle: Path, tmp_path: Path, topics: T
             "MEMEGUARD_REDIS_RETRY_AFTER_S": "0.5",
             "MEMEGUARD_READY_FILE": str(tmp_path / f"worker{n}.ready"),
             "MEMEGUARD_LOG_FORMAT": "json",
+            # Faust keeps per-app state in `{app id}-data` under the working directory (the repository): here
+            # in the test's own folder instead.
+            "F_DATADIR": str(tmp_path / f"faust-data{n}"),
             **overrides,
         }
         w = WorkerProcess(env=env, log_path=tmp_path / f"worker{n}.log", ready_file=tmp_path / f"worker{n}.ready")
