@@ -20,10 +20,10 @@ from consumer.worker.control import (
     REFUSED,
     ControlAuth,
     ControlCommand,
-    ControlListener,
     canonical,
     signature_of,
 )
+from consumer.worker.control_listener import ControlListener
 from tests.generative import WRONG_TYPES, headers, hostile_text, json_docs, keys
 
 KEY = b"generative-control-key-0123456789"
@@ -230,7 +230,7 @@ def test_generated_commands_never_stop_a_workers_bundle_watcher(stack, tiny_bund
     reloads afterwards."""
     from consumer.core.runtime import BundleRuntime
     from consumer.ops.metrics import PipelineMetrics
-    from consumer.worker.control import FleetMember
+    from consumer.worker.fleet import FleetMember
     from consumer.worker.hot_reload import BundleWatcher
     from exporters.testing import write_tiny_bundle
     from tests.test_hot_reload import _point, _wait_ready

@@ -13,7 +13,8 @@ from consumer.core.bundle import ModelBundle
 from consumer.errors import ConfigError
 from consumer.kafka.topic_reader import read_topic
 from consumer.settings import KafkaSettings
-from consumer.worker.control import ControlCommand, WorkerStatus, default_worker_id
+from consumer.worker.control import ControlCommand, WorkerStatus
+from consumer.worker.fleet import default_worker_id
 from consumer.worker.rollout import alive, model_version_of, rollback_target, wait_for_fleet
 from tests.test_rollout import _verdict_versions, bundle_b  # noqa: F401 (a fixture)
 

@@ -16,7 +16,8 @@ from consumer.errors import ConfigError
 from consumer.kafka.topics import admin, ensure_topics
 from consumer.ops.metrics import PipelineMetrics
 from consumer.settings import KafkaSettings
-from consumer.worker.control import ControlCommand, FleetMember, bundle_path_of
+from consumer.worker.control import ControlCommand, bundle_path_of
+from consumer.worker.fleet import FleetMember
 from consumer.worker.rollout import model_version_of, rollback_target, wait_for_fleet
 from exporters.testing import write_tiny_bundle
 from schemas import Verdict

@@ -1,4 +1,7 @@
-"""The control channel: commands every worker must see, broadcast over a topic, and the fleet's status topic.
+"""The control channel's records: the commands every worker must see, broadcast over a topic, and the fleet's
+status reports; how a command is signed (`send_command`) and verified (`ControlAuth`). The worker's side lives
+beside it: the thread that reads the topic (worker/control_listener.py) and the fleet member that applies
+rollouts and reports on the status topic (worker/fleet.py).
 
 Two actions. `reload` (a bundle path) is the original one-shot hot reload: only commands published while the
 worker runs are applied. `rollout` carries a fleet `revision` that only ever grows (`memeguard rollout` and
@@ -26,22 +29,16 @@ a worker without a key acts on no command. Whatever does not verify or does not 
 (`memeguard_control_commands{result}`) and logged, never acted on, and never stops the listener.
 """
 
-import atexit
 import json
 import logging
-import os
-import socket
-import threading
 import uuid
-from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 
 from consumer.errors import ConfigError
@@ -126,17 +123,17 @@ def status_topic_of(control_topic: str, status_topic: str | None = None) -> str:
     return status_topic or f"{control_topic}.status"
 
 
-class _FromSettings:
+class FromSettings:
     """The default key: MEMEGUARD_CONTROL_KEY, read where it is needed (publishers such as `memeguard promote`
     and the worker's FleetMember are handed a bootstrap and a topic, not the settings object)."""
 
 
-FROM_SETTINGS: Any = _FromSettings()
+FROM_SETTINGS: Any = FromSettings()
 Key = SecretStr | str | bytes | None
 
 
-def _key_bytes(key: Key | _FromSettings) -> bytes | None:
-    if isinstance(key, _FromSettings):
+def _key_bytes(key: Key | FromSettings) -> bytes | None:
+    if isinstance(key, FromSettings):
         from consumer.settings import KafkaSettings
 
         key = KafkaSettings().control_key
@@ -152,7 +149,7 @@ def signature_of(key: bytes, topic: str, doc: dict) -> str:
     return sign(key, _SIGNATURE_CONTEXT, topic, doc)
 
 
-def encode_command(topic: str, command: ControlCommand, key: Key | _FromSettings = FROM_SETTINGS) -> bytes:
+def encode_command(topic: str, command: ControlCommand, key: Key | FromSettings = FROM_SETTINGS) -> bytes:
     """The record value of `command` on `topic`, signed when there is a key; a command_id is added if missing."""
     command = command.model_copy(update={"command_id": command.command_id or uuid.uuid4().hex,
                                          "issued_at": command.issued_at or datetime.now(UTC)})
@@ -163,7 +160,7 @@ def encode_command(topic: str, command: ControlCommand, key: Key | _FromSettings
 
 
 def send_command(bootstrap: str, topic: str, command: ControlCommand,
-                 key: Key | _FromSettings = FROM_SETTINGS) -> None:
+                 key: Key | FromSettings = FROM_SETTINGS) -> None:
     """Publish `command`, signed with `key` (default MEMEGUARD_CONTROL_KEY). Without a key only a loopback
     (development) broker takes it: workers elsewhere would refuse an unsigned command."""
     secret = _key_bytes(key)
@@ -189,7 +186,7 @@ class ControlAuth:
     allow_unsigned: bool
 
     @classmethod
-    def of(cls, bootstrap: str, key: Key | _FromSettings = FROM_SETTINGS) -> "ControlAuth":
+    def of(cls, bootstrap: str, key: Key | FromSettings = FROM_SETTINGS) -> "ControlAuth":
         secret = _key_bytes(key)
         return cls(secret, secret is None and is_loopback(bootstrap))
 
@@ -224,280 +221,3 @@ def parse_command(value: bytes | None, offset: int, topic: str = "", auth: Contr
     if command is None:
         log.warning("ignoring control record at offset %d: %s", offset, result)
     return command
-
-
-class ControlListener:
-    """Reads the control topic from its beginning (no group: every worker sees every command).
-
-    The records already there when it starts are history: handed to `on_history` at once (the fleet
-    member takes its latest rollout from them; old `reload`s are not replayed), then each new command to
-    `on_command`. `caught_up` is set once the history is through. Only commands `auth` accepts are handed
-    on, each command_id once; `counts` has every record's outcome (ACCEPTED or REFUSED), and no record,
-    whatever its bytes, and no failing callback stops the listener."""
-
-    def __init__(self, bootstrap: str, topic: str, on_command: Callable[[ControlCommand], None],
-                 on_history: Callable[[list[ControlCommand]], None] | None = None,
-                 auth: ControlAuth | None = None) -> None:
-        self.bootstrap, self.topic, self.on_command, self.on_history = bootstrap, topic, on_command, on_history
-        self.auth = auth if auth is not None else ControlAuth.of(bootstrap)
-        self.counts: Counter[str] = Counter()
-        self.caught_up = threading.Event()
-        self._seen: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="control-listener", daemon=True)
-
-    def start(self) -> "ControlListener":
-        if self.auth.key is None:
-            if self.auth.allow_unsigned:
-                log.warning("MEMEGUARD_CONTROL_KEY is not set: unsigned control commands are accepted (loopback "
-                            "development broker only)")
-            else:
-                log.error("MEMEGUARD_CONTROL_KEY is not set: every control command on %s is refused (rollouts "
-                          "and reloads need the fleet's key); the watched bundle path still reloads", self.topic)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def accept(self, value: bytes | None, partition: int, offset: int) -> ControlCommand | None:
-        """The command to act on in one record, or None; counted and, when refused, logged."""
-        command, result = self.auth.read(self.topic, value)
-        if command is not None and command.command_id is not None:
-            if command.command_id in self._seen:
-                command, result = None, "replayed"
-            else:
-                self._seen.add(command.command_id)
-        self.counts[result] += 1
-        if command is None:
-            log.warning("control record refused, not acted on", extra={
-                "result": result, "topic": self.topic, "partition": partition, "offset": offset})
-        return command
-
-    def _run(self) -> None:
-        consumer = Consumer(client_config(self.bootstrap, {"group.id": "memeguard-control",
-                                                              "enable.auto.commit": False}))
-        try:
-            parts = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
-            marks = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10) for p in parts}
-            ends = {p: high for p, (_low, high) in marks.items()}
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
-            history: list[ControlCommand] = []
-            behind = {p for p, (low, high) in marks.items() if high > low}
-            while not self._stop.is_set():
-                if not behind and not self.caught_up.is_set():
-                    if self.on_history is not None:
-                        self._call(self.on_history, history)
-                    self.caught_up.set()
-                msg = consumer.poll(0.5)
-                if msg is None or msg.error():
-                    continue
-                try:
-                    command = self.accept(msg.value(), msg.partition(), msg.offset())
-                except Exception:  # never expected (accept() takes any bytes), never fatal
-                    log.exception("control record at offset %d not read", msg.offset())
-                    self.counts["failed"] += 1
-                    command = None
-                if msg.partition() in behind:
-                    if msg.offset() >= ends[msg.partition()] - 1:
-                        behind.discard(msg.partition())
-                    if command is not None:
-                        history.append(command)
-                    continue
-                if command is not None:
-                    log.info("control command: %s", command.model_dump(exclude_none=True))
-                    self._call(self.on_command, command)
-        except Exception:
-            log.exception("control listener stopped; bundle reloads still follow the watched path")
-        finally:
-            self.caught_up.set()  # nobody waits on a listener that died
-            consumer.close()
-
-    def _call(self, callback: Callable[[Any], None], what: Any) -> None:
-        """A command that fails to apply is logged and counted; the next one is still read."""
-        try:
-            callback(what)
-        except Exception:
-            log.exception("control command not applied")
-            self.counts["failed"] += 1
-
-
-def _pin(command: ControlCommand) -> dict[str, str]:
-    """The watcher's sha256 pin, when the command announces one (`memeguard rollout` always does)."""
-    return {"expect_sha256": command.bundle_sha256} if command.bundle_sha256 else {}
-
-
-def default_worker_id() -> str:
-    """A worker's name on the status topic when MEMEGUARD_WORKER_ID is unset: its stable identity,
-    MEMEGUARD_INSTANCE_ID (a pod name, `--processes` members get `-<i>`), else the host name. Stable across
-    restarts, so a restarted worker replaces its own status instead of adding one more (a pid would)."""
-    return os.environ.get("MEMEGUARD_INSTANCE_ID", "").strip() or socket.gethostname()
-
-
-def _root_of(runtime: Any) -> str | None:
-    try:
-        return str(Path(runtime.bundle.root).resolve())
-    except (AttributeError, OSError, TypeError, ValueError):
-        return None
-
-
-class FleetMember:
-    """A worker's side of fleet rollouts: applies the highest revision through the bundle watcher (load,
-    golden set, swap between batches) and reports each step on the status topic and in the metrics."""
-
-    def __init__(self, bootstrap: str, control_topic: str, status_topic: str, watcher: Any, current: Any,
-                 metrics: Any = None, worker_id: str | None = None, heartbeat_s: float = 15.0,
-                 key: Key | _FromSettings = FROM_SETTINGS) -> None:
-        self.bootstrap, self.control_topic, self.status_topic = bootstrap, control_topic, status_topic
-        self.watcher, self.metrics, self.heartbeat_s = watcher, metrics, heartbeat_s
-        self.worker_id = worker_id or default_worker_id()
-        self._lock = threading.Lock()
-        self.revision = 0  # serving (or validated, swapped in at the next batch)
-        self.target: int | None = None  # highest revision asked for
-        self.model_version: str = current.version
-        self.bundle_uri: str | None = _root_of(current)
-        self.state: str = "serving"
-        self.error: str | None = None
-        self.refused: list[int] = []
-        self._swapped_revision = 0
-        self._producer = Producer(client_config(bootstrap, {"linger.ms": 0}))
-        self._stop = threading.Event()
-        watcher.on_ready, watcher.on_rejected, watcher.on_swapped = self._ready, self._rejected, self._swapped
-        self.listener = ControlListener(bootstrap, control_topic, self.on_command, self.on_history,
-                                        ControlAuth.of(bootstrap, key))
-        if metrics is not None:
-            metrics.fleet_revision.set(0)
-            metrics.watch_counts("memeguard_control_commands",
-                                 "Control-topic records by outcome: verified or unchecked (acted on), invalid, "
-                                 "unsigned, bad_signature, replayed, failed (refused, never acted on).",
-                                 "result", lambda: dict(self.listener.counts))
-
-    def start(self, catch_up_timeout_s: float = 30.0) -> "FleetMember":
-        """Start listening; returns once the history is read and its latest rollout loaded (or refused)."""
-        self.listener.start()
-        if not self.listener.caught_up.wait(catch_up_timeout_s):
-            log.warning("control topic %s not read within %.0fs; serving the configured bundle meanwhile",
-                        self.control_topic, catch_up_timeout_s)
-        elif self.target is not None:
-            self.watcher.wait_idle(catch_up_timeout_s)
-        self.publish()
-        threading.Thread(target=self._heartbeat, name="fleet-heartbeat", daemon=True).start()
-        # A clean exit (SIGTERM, SIGINT, a return from the worker loop) says so at once: `rollout` stops waiting
-        # for this worker instead of counting it live for three heartbeats. A crash or a kill -9 does not; its
-        # status expires after three heartbeats, and a restart under the same id replaces it.
-        atexit.register(self.stop)
-        return self
-
-    def stop(self) -> None:
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        atexit.unregister(self.stop)
-        self.listener.stop()
-        with self._lock:
-            self.state = "stopped"
-        self.publish()
-
-    # --- commands ---------------------------------------------------------------------------------
-    def on_history(self, history: list[ControlCommand]) -> None:
-        rollouts = [c for c in history if c.action == "rollout"]
-        if rollouts:
-            self.apply(max(rollouts, key=lambda c: c.revision or 0))
-
-    def on_command(self, command: ControlCommand) -> None:
-        """A verified command (ControlListener). A `reload` re-points the watched path only once its bundle
-        passed its checks (BundleWatcher.request_reload); a refused one leaves the real path watched."""
-        if command.action == "reload":
-            self.watcher.request_reload(command.bundle_path, **_pin(command))
-        else:
-            self.apply(command)
-
-    def apply(self, command: ControlCommand) -> bool:
-        """Ask the watcher for the command's bundle unless its revision is not newer than the last one asked
-        for. False when ignored."""
-        revision = command.revision or 0
-        with self._lock:
-            if revision <= max(self.target or 0, self.revision):
-                log.info("fleet revision %d ignored: revision %d already applied", revision,
-                         max(self.target or 0, self.revision))
-                return False
-            self.target = revision
-        log.info("fleet rollout", extra={"revision": revision, "bundle": command.bundle_uri,
-                                         "model": command.model_version})
-        try:
-            path = bundle_path_of(command.bundle_uri or "")
-        except ConfigError as e:
-            self._rejected(str(e), command)
-            return True
-        if command.model_version is not None and command.model_version == self.model_version:
-            self._ready_version(command)  # the very model already serves: nothing to load
-            return True
-        with self._lock:
-            self.state = "loading"
-        self.publish()
-        self.watcher.request_reload(path, tag=command, expect_version=command.model_version, **_pin(command))
-        return True
-
-    # --- watcher callbacks ------------------------------------------------------------------------
-    def _ready_version(self, command: ControlCommand) -> None:
-        with self._lock:
-            self.revision = self._swapped_revision = command.revision or 0
-            self.state, self.error = "serving", None
-        if self.metrics is not None:
-            self.metrics.fleet_revision.set(self.revision)
-        self.publish()
-
-    def _ready(self, runtime: Any, tag: Any) -> None:
-        if not isinstance(tag, ControlCommand):
-            return  # a plain reload (watched path, `reload` command): no fleet revision
-        with self._lock:
-            if (tag.revision or 0) < (self.target or 0):
-                return  # superseded while loading; the newer one reports
-            self.revision, self.model_version, self.state, self.error = tag.revision or 0, runtime.version, "ready", None
-            self.bundle_uri = _root_of(runtime)
-        self.publish()
-
-    def _rejected(self, error: str, tag: Any) -> None:
-        if not isinstance(tag, ControlCommand):
-            return
-        with self._lock:
-            if (tag.revision or 0) < (self.target or 0):
-                return
-            self.state, self.error = "rejected", error
-            self.refused = [*self.refused, tag.revision or 0][-20:]
-        self.publish()
-
-    def _swapped(self, runtime: Any, tag: Any) -> None:
-        with self._lock:
-            self.model_version = runtime.version
-            self.bundle_uri = _root_of(runtime)
-            if isinstance(tag, ControlCommand):
-                self._swapped_revision = tag.revision or 0
-            elif tag is None:  # a plain reload replaced the rolled-out bundle: no revision serves any more
-                self._swapped_revision = self.revision = 0
-            if self.state != "loading":
-                self.state = "serving"
-        if self.metrics is not None:
-            self.metrics.fleet_revision.set(self._swapped_revision)
-        self.publish(wait=False)  # on the worker's event loop: the heartbeat thread's flush sends it
-
-    # --- status -----------------------------------------------------------------------------------
-    def status(self) -> WorkerStatus:
-        with self._lock:
-            return WorkerStatus(worker_id=self.worker_id, state=self.state, revision=self.revision,  # type: ignore[arg-type]
-                                model_version=self.model_version, target_revision=self.target, error=self.error,
-                                refused=self.refused, bundle_uri=self.bundle_uri,
-                                heartbeat_s=self.heartbeat_s, updated_at=datetime.now(UTC))
-
-    def publish(self, wait: bool = True) -> None:
-        try:
-            self._producer.produce(self.status_topic, key=self.worker_id.encode(),
-                                   value=self.status().model_dump_json().encode())
-            self._producer.flush(5) if wait else self._producer.poll(0)
-        except Exception:  # a status that cannot go out must not disturb serving
-            log.exception("fleet status not published")
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            self.publish()  # also flushes a status produced without waiting

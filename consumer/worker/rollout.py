@@ -1,5 +1,5 @@
 """`memeguard rollout BUNDLE_URI` and `memeguard rollback`: a versioned command on the control topic, then
-the workers' answers from the status topic (consumer/worker/control.py has the worker side).
+the workers' answers from the status topic (consumer/worker/fleet.py has the worker side).
 
 The revision is the highest one on the control topic plus one; the command names the model version and
 fingerprint read from the bundle's manifest here, so a worker refuses any other bundle found at that path.

@@ -1,4 +1,4 @@
-"""The worker program: assembles the pipeline (worker/assemble.py), joins the fleet (worker/control.py), then
+"""The worker program: assembles the pipeline (worker/assemble.py), joins the fleet (worker/fleet.py), then
 runs the engine: the confluent-kafka loop (worker/loop.py, the default; at-least-once or exactly-once) or the
 Faust agent (worker/faust_agent.py, MEMEGUARD_WORKER_ENGINE=faust, at-least-once). `--processes N` is
 worker/supervisor.py."""
@@ -12,9 +12,10 @@ from consumer.kafka.topics import prepare_topics, wait_for_broker
 from consumer.ops.logs import configure_logging, logging_config
 from consumer.settings import WorkerSettings
 from consumer.worker.assemble import build_pipeline, bundle_watcher, start_ops_server, watch_pipeline
-from consumer.worker.control import FleetMember, status_topic_of
+from consumer.worker.control import status_topic_of
 from consumer.worker.crash_guard import CrashLoopBreaker
 from consumer.worker.faust_agent import create_app
+from consumer.worker.fleet import FleetMember
 from consumer.worker.loop import run_loop
 from consumer.worker.producer_config import output_producer, output_publisher
 from consumer.worker.serving_model import set_model_metrics
