@@ -1,4 +1,4 @@
-"""`python -m exporters.cli export RUN_DIR --out BUNDLE` and `build-default --out bundles/default`.
+"""`python -m exporters.cli export RUN_DIR --out BUNDLE` and `build-default` (into `.cache/bundles/default` unless `--out`).
 
 Both run in the training environment (torch); `memeguard export` / `memeguard bundle` forward here.
 """
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from consumer.errors import MemeguardError
+from consumer.paths import default_bundle_dir
 
 # exporters.run and exporters.default import torch (seconds): only once a command runs, so --help is instant.
 from exporters.memes import DEFAULT_DATA, DEFAULT_LOADER
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--loader", default=DEFAULT_LOADER, help="module:function returning the model")
     e.add_argument("--no-progress", action="store_true")
     d = sub.add_parser("build-default", help="train the offline default model if needed, export it (fp32)")
-    d.add_argument("--out", type=Path, default=Path("bundles/default"))
+    d.add_argument("--out", type=Path, default=default_bundle_dir(),
+                   help="bundle folder (default: the one the worker serves, .cache/bundles/default)")
     d.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     d.add_argument("--runs", type=Path, default=REPO / "runs", help="runs folder (default: <repo>/runs)")
     d.add_argument("--force", action="store_true", help="rebuild the bundle even if it exists")

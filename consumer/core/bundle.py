@@ -63,7 +63,7 @@ class ModelBundle:
         if not manifest_path.is_file():
             raise BundleError(
                 f"No model bundle at {path}: {MANIFEST} is missing. Build one with "
-                "`memeguard bundle --out bundles/default` (or `memeguard export RUN_DIR --out DIR`) "
+                "`memeguard bundle` (it writes .cache/bundles/default) or `memeguard export RUN_DIR --out DIR`, "
                 "or point MEMEGUARD_BUNDLE_PATH at an exported bundle."
             )
         try:
