@@ -67,6 +67,8 @@ MAX_FORM_BYTES = 16 * 1024
 REALM = 'Basic realm="memeguard review", charset="UTF-8"'
 IMAGE_READ_TIMEOUT_S = 10.0  # reading an inline image's input record back from the broker
 DEGRADED = "degraded: Redis is unreachable, decisions are paused"  # every page while the store cannot be reached
+# On the queue and card pages while an ingest replica is paused for the store's memory budget (decisions still work)
+OVER_BUDGET = "degraded: review store over its memory budget, new memes wait in Kafka until space frees"
 
 
 class NotAuthenticated(Exception):
@@ -286,6 +288,7 @@ def create_app(settings: ReviewSettings, store: ReviewStore, producer: Producer 
         recent = [i for i in (store.get(e) for e in store.recent()) if i is not None]
         return templates.TemplateResponse(request, "review.html", {
             "item": item, "pending_count": store.pending_count(), "pending": pending[:20],
+            "degraded": OVER_BUDGET if store.over_budget() else None,
             "next_id": following, "recent": recent, "moderator": who, "dev_no_auth": auth.dev_no_auth,
             "session": request.cookies.get(SESSION_COOKIE) is not None and who.auth == "password",
             "undo": store.last_decision(who.name), "csrf_token": auth.csrf_token(request.state.csrf_seed or "", who.name)})

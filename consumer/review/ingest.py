@@ -14,6 +14,15 @@ anything but Redis, is skipped: counted in `counts` and `memeguard_review_ingest
 logged by position only (never its content), and committed past. Only a Redis error rewinds, so no record
 can make the ingest read the same batch forever, crash it or stop it.
 
+Memory budget (consumer/review/store.py, "Memory budget"). Before the store writes a reference or a waiting verdict
+it checks that the write fits the budget (MEMEGUARD_REVIEW_MEMORY_BUDGET_BYTES). When it does not, the ingest
+applies backpressure: the batch is cut at that record, the records before it are committed, the rest rewound, and
+every partition this replica holds is paused (the consumer still polls, so it keeps its place in the group); the
+store's `over_budget` mark makes every page replica say so. Nothing is skipped: once the keys' TTLs have freed space
+(the store's count at or under RESUME_AT of the budget) the partitions resume from the first record not stored.
+A single reference or verdict larger than the store's MAX_ENTRY_BYTES is the record's fault: skipped and counted
+(`oversize`), like an invalid record. Pauses are counted in `memeguard_review_ingest_pauses_total`.
+
 Rebuild. Redis holds the queue, but the topics hold everything it is made of: `rebuild` reads the reviews topic
 (the decisions that stand: reviews not retracted, verified as `dataset build` verifies them, schemas/review.py),
 restores those decisions, then reads the verdicts topic and the input topic from the beginning through the same
@@ -39,7 +48,7 @@ from consumer.core.redis_client import REDIS_ERRORS
 from consumer.kafka.config import client_config
 from consumer.kafka.topic_reader import read_topic
 from consumer.kafka.topics import is_loopback
-from consumer.review.store import ReviewStore
+from consumer.review.store import DEFAULT_BUDGET_BYTES, STORE_BUDGET, EntryTooLarge, OverBudget, ReviewStore
 from schemas import Decision, MemeEvent, Verdict
 from schemas.review import MAX_REVIEW_BYTES, REVIEW_CONTEXT, REVIEW_RECORD, RetractionMessage
 from schemas.signing import signature_refusal
@@ -48,16 +57,25 @@ log = logging.getLogger(__name__)
 
 INGEST_RECORDS = PromCounter("memeguard_review_ingest_records", "Records the review ingest read, by outcome: "
                              "queued (a reference or a review verdict stored), ignored (valid, nothing to "
-                             "queue), invalid (does not fit the schema), failed (a non-Redis error).", ["result"])
+                             "queue), invalid (does not fit the schema), oversize (one entry larger than the "
+                             "store takes), failed (a non-Redis error).", ["result"])
+INGEST_PAUSES = PromCounter("memeguard_review_ingest_pauses", "Times the review ingest paused its partitions "
+                            "because the review store reached its memory budget (nothing skipped).")
 MAX_ID_CHARS = 200  # the input event's bound on event ids; a verdict naming a longer one judged no event
-RESULTS = ("queued", "ignored", "invalid", "failed")
+RESULTS = ("queued", "ignored", "invalid", "oversize", "failed")
+RESUME_AT = 0.9  # paused at the budget, resumed at this share of it: no pause and resume for every key that expires
 
 RETRY_AFTER_S = 1.0  # pause after a failed batch (Redis down) before it is read again
 
 
 class ReviewIngest:
-    def __init__(self, bootstrap: str, group_id: str, input_topic: str, verdict_topic: str, store: ReviewStore) -> None:
+    def __init__(self, bootstrap: str, group_id: str, input_topic: str, verdict_topic: str, store: ReviewStore,
+                 budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
         self.store = store
+        self.budget_bytes = budget_bytes
+        STORE_BUDGET.set(budget_bytes)
+        self.over_budget = False  # paused until the store's count is back under RESUME_AT of the budget
+        self.pauses = 0
         self.input_topic, self.verdict_topic = input_topic, verdict_topic
         self.consumer = Consumer(client_config(bootstrap, {
             "group.id": group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
@@ -95,7 +113,7 @@ class ReviewIngest:
         (`memeguard review --rebuild`)."""
         key = settings.review_signing_key.get_secret_value().encode() if settings.review_signing_key else None
         ingest = cls(settings.kafka_bootstrap, settings.review_group_id, settings.input_topic, settings.output_topic,
-                     store)
+                     store, settings.review_memory_budget_bytes)
         ingest.rebuild = functools.partial(rebuild, store, settings.kafka_bootstrap, settings.input_topic,
                                            settings.output_topic, settings.reviews_topic, key)
         if rebuild_now:
@@ -104,13 +122,24 @@ class ReviewIngest:
 
     def _take(self, topic: str, value: bytes | None, partition: int = -1, offset: int = -1) -> str:
         """Store what one record holds; its outcome (RESULTS). Raises only what the store raises."""
-        return take_record(self.store, self.input_topic, topic, value, partition, offset)
+        return take_record(self.store, self.input_topic, topic, value, partition, offset, budget=self.budget_bytes)
 
     def poll_once(self, timeout_s: float = 0.5, max_records: int = 200) -> int:
+        """Read and store one batch; the number of records taken (0 while paused for the budget)."""
+        if self.over_budget and not self._resume():
+            # Paused partitions give nothing; one assigned meanwhile (a rebalance) is paused here too.
+            self._hold([m for m in self.consumer.consume(max_records, timeout_s) if m.error() is None])
+            return 0
         messages = [m for m in self.consumer.consume(max_records, timeout_s) if m.error() is None]
-        for m in messages:
+        done = []
+        for i, m in enumerate(messages):
             try:
                 result = self._take(m.topic(), m.value(), m.partition(), m.offset())
+            except OverBudget as e:
+                if not self.over_budget:
+                    log.warning("review store over its memory budget (%s): review ingest paused, nothing skipped", e)
+                self._hold(messages[i:])
+                break
             except REDIS_ERRORS as e:
                 if isinstance(e, DataError):  # a value redis-py refuses to send: the record's, not Redis's
                     result = "failed"
@@ -119,14 +148,44 @@ class ReviewIngest:
                     raise
             except Exception:  # noqa: BLE001 (anything else belongs to this record: skip it, never retry it)
                 result = "failed"
+            done.append(m)
             self.counts[result] += 1
             INGEST_RECORDS.labels(result).inc()
-            if result in ("invalid", "failed"):
+            if result in ("invalid", "oversize", "failed"):
                 log.warning("review ingest skipped a record", extra={  # where, never the record's content
                     "result": result, "topic": m.topic(), "partition": m.partition(), "offset": m.offset()})
-        if messages:
-            self.consumer.commit(asynchronous=False)
-        return len(messages)
+        if done:  # exactly what Redis holds: a batch cut by the budget commits its first part only
+            after: dict[tuple[str, int], int] = {}
+            for m in done:
+                after[(m.topic(), m.partition())] = max(after.get((m.topic(), m.partition()), 0), m.offset() + 1)
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in after.items()], asynchronous=False)
+        return len(done)
+
+    def _hold(self, messages: list) -> None:
+        """Backpressure: rewind `messages` (not stored) and pause every partition this replica holds."""
+        self._rewind(messages)
+        held = self.consumer.assignment()
+        if held:
+            self.consumer.pause(held)
+        if not self.over_budget:
+            self.over_budget = True
+            self.pauses += 1
+            INGEST_PAUSES.inc()
+        self.store.mark_over_budget()  # every page replica says so; refreshed while paused, expires if we die
+
+    def _resume(self) -> bool:
+        """Resume the paused partitions once the store's count is back under RESUME_AT of the budget."""
+        held = self.store.usage()
+        if held > RESUME_AT * self.budget_bytes:
+            return False
+        assigned = self.consumer.assignment()
+        if assigned:
+            self.consumer.resume(assigned)
+        self.over_budget = False
+        self.store.clear_over_budget()
+        log.info("review store back under its memory budget (%d of %d bytes): review ingest resumed", held,
+                 self.budget_bytes)
+        return True
 
     def _rewind(self, messages: list) -> None:
         first: dict[tuple[str, int], int] = {}
@@ -191,9 +250,10 @@ class ReviewIngest:
 
 
 def take_record(store: ReviewStore, input_topic: str, topic: str, value: bytes | None, partition: int = -1,
-                offset: int = -1, only: set[str] | None = None) -> str:
+                offset: int = -1, only: set[str] | None = None, budget: int | None = None) -> str:
     """Store what one record holds; its outcome (RESULTS). Raises only what the store raises. `only`: store input
-    events of these event ids only (a rebuild needs the references of the review verdicts, not every event's)."""
+    events of these event ids only (a rebuild needs the references of the review verdicts, not every event's).
+    `budget`: the store's memory budget (OverBudget when the record does not fit; None: never refused)."""
     if value is None:  # a tombstone
         return "invalid"
     if topic == input_topic:
@@ -210,14 +270,20 @@ def take_record(store: ReviewStore, input_topic: str, topic: str, value: bytes |
             # Where the bytes are, not the bytes (up to the worker's event cap each): the page reads the record
             # back for the image, so the Redis the verdict cache and the breaker share never holds them.
             ref["record"] = [topic, partition, offset]
-        store.put_ref(event.event_id, ref)
+        try:
+            store.put_ref(event.event_id, ref, budget)
+        except EntryTooLarge:
+            return "oversize"
         return "queued"
     v = review_verdict(value)
     if v is None:
         return "invalid"
     if v.decision != Decision.REVIEW:
         return "ignored"
-    store.put_verdict(v)
+    try:
+        store.put_verdict(v, budget)
+    except EntryTooLarge:
+        return "oversize"
     return "queued"
 
 
@@ -302,7 +368,10 @@ def rebuild(store: ReviewStore, bootstrap: str, input_topic: str, verdict_topic:
     def verdict(record: Any) -> bool:  # stored while reading; nothing kept in memory
         v = review_verdict(record.value)
         if v is not None and v.decision == Decision.REVIEW:
-            store.put_verdict(v)
+            try:  # charged, never refused: a rebuild restores what the ingest had already stored
+                store.put_verdict(v)
+            except EntryTooLarge:
+                return False
             needed.add(v.event_id)
             counts["verdicts"] += 1
         return False

@@ -28,6 +28,24 @@ Keys (all under `review:`; `{…}` is a Redis Cluster hash tag, the part that pi
   `session:SID` (the session TTL): the moderator of a live sign-in; logout deletes it, so a copied session
   cookie dies with it on every replica (the cookie's signature alone cannot be taken back).
 
+Memory budget (issue 27, item 7; docs/operations.md, "Review store memory"). Whoever can write the input topic
+decides how many references there are, and the store may share its Redis with the verdict cache and the crash-loop
+breaker. So the store counts the bytes it writes, and refuses a write that would take it past a budget:
+- `{review}:bytes:B`: the bytes of references and waiting verdicts written in time bucket B (BUCKET_S wide),
+  expiring when the last key written in it has expired (end of B + the keys' TTL): the sum of the live buckets
+  is what those keys can still hold, never less (a key overwritten or deleted early stays counted until its
+  bucket expires: the count errs high, never low).
+- `{review}:bytes:cards`: the bytes of cards (`item:`), repost aliases and duplicate entries, which have no TTL:
+  charged once, when created (inside ADD_SCRIPT and `_attach`), never refunded, since they are never deleted.
+The size charged for a key is its name, its value and KEY_OVERHEAD (what Redis spends per string key with a TTL;
+tests/test_review_budget.py checks the count against `MEMORY USAGE`). Why a counter, not Redis's own figures:
+`INFO memory` is the whole Redis (with a shared Redis the verdict cache's growth would stop the review ingest,
+and the review store's would not be told apart), and `MEMORY USAGE` over SCAN walks every key of the cache too.
+RESERVE_SCRIPT checks and charges in one step, so replicas sharing the store cannot overshoot together. A write
+that would pass the budget raises OverBudget before anything is written (the ingest pauses, consumer/review/
+ingest.py); one entry larger than MAX_ENTRY_BYTES raises EntryTooLarge (the ingest skips and counts it). Gauges:
+`memeguard_review_store_bytes` (as last read) and `memeguard_review_store_budget_bytes`.
+
 Every Redis failure is counted in `memeguard_review_store_errors_total{op}` and raised to the caller (the
 page answers 503 "degraded: Redis is unreachable, decisions are paused", the ingest logs it and reads the
 records again): nothing is dropped silently.
@@ -35,11 +53,12 @@ records again): nothing is dropped silently.
 
 import functools
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from consumer.core.redis_client import REDIS_ERRORS, hash_tag, sync_client
 from schemas import Verdict
@@ -49,9 +68,63 @@ MAX_DUPLICATES = 1000  # reposts listed per card (and per review message); `dupc
 UNDO_DEPTH = 20  # decisions per moderator that `undo` can walk back, newest first
 
 STORE_ERRORS = Counter("memeguard_review_store_errors", "Review store operations that failed on Redis.", ["op"])
+STORE_BYTES = Gauge("memeguard_review_store_bytes", "Bytes the review store counts as held in Redis (last read).")
+STORE_BUDGET = Gauge("memeguard_review_store_budget_bytes", "The review store's memory budget in bytes.")
+
+DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024  # MEMEGUARD_REVIEW_MEMORY_BUDGET_BYTES
+BUCKET_S = 3600  # width of a byte-count bucket; space frees at most this long after its keys expired
+# Redis's own cost of one string key with a TTL beyond its name and value as allocated (dict entry, object,
+# the expires entry): Redis 7.0's `MEMORY USAGE` puts it at 56-72 bytes for the keys stored here.
+KEY_OVERHEAD = 80
+# Largest single entry (a reference or a waiting verdict): a text of MAX_TEXT_CHARS written as JSON escapes
+# (\uXXXX, 12 bytes for a character outside the BMP) is 120 KB; a longer image URL or verdict is refused.
+MAX_ENTRY_BYTES = 256 * 1024
+
+
+class OverBudget(Exception):
+    """The write would take the store past its memory budget; nothing was written."""
+
+    def __init__(self, held: int, budget: int) -> None:
+        super().__init__(f"the review store holds {held} bytes of its {budget}-byte budget")
+        self.held, self.budget = held, budget
+
+
+class EntryTooLarge(ValueError):
+    """One reference or verdict larger than MAX_ENTRY_BYTES: the record's, refused for good."""
+
+
+# KEYS: the live byte buckets, newest first, then the cards' counter (one slot). ARGV: bytes to charge, budget
+# (-1: none), the newest bucket's expiry (unix seconds). Returns {1, held after} or {0, held now}.
+RESERVE_SCRIPT = """
+local held = 0
+for i = 1, #KEYS do held = held + tonumber(redis.call('GET', KEYS[i]) or '0') end
+local n = tonumber(ARGV[1])
+local budget = tonumber(ARGV[2])
+if budget >= 0 and held + n > budget then return {0, held} end
+redis.call('INCRBY', KEYS[1], n)
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+return {1, held + n}
+"""
+
+
+def allocated(n: int) -> int:
+    """What jemalloc (Redis's allocator) gives for n bytes: its size classes are 4 per power of two, so a large
+    value costs up to 25% more than its length (a 120,226-byte string takes 131,072)."""
+    if n <= 16:
+        return 16
+    step = max(16, 1 << ((n - 1).bit_length() - 3))
+    return -(-n // step) * step
+
+
+def charge(key: str, value: str | bytes) -> int:
+    """The bytes a string key with a TTL costs Redis: its name and value as allocated (with their string headers),
+    and KEY_OVERHEAD. Never less than `MEMORY USAGE` reports for it (tests/test_review_budget.py)."""
+    data = value.encode() if isinstance(value, str) else value
+    return allocated(len(key.encode()) + 16) + allocated(len(data) + 16) + KEY_OVERHEAD
 
 # Queue a card unless its content already has one or it was decided. KEYS: card:HASH, item:ID, queue,
-# decision:ID (one slot); ARGV: event id, item JSON, score. Returns the content's card (the event id itself
+# decision:ID, bytes:cards (one slot); ARGV: event id, item JSON, score, the item's size (charged once, when the
+# item is created). Returns the content's card (the event id itself
 # when it is the card): one script, so two ingest replicas cannot both create a card for one content, and a
 # decision taken meanwhile is not undone by a re-delivered verdict. A decided card whose item is missing (a
 # decision restored from the reviews topic before its verdict was read again) gets its item, not a queue place.
@@ -62,6 +135,7 @@ if not card then
   card = ARGV[1]
 end
 if card ~= ARGV[1] then return card end
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('INCRBY', KEYS[5], ARGV[4]) end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('SET', KEYS[2], ARGV[2], 'NX')
   return card
@@ -97,21 +171,53 @@ class Item:
 
 
 class ReviewStore:
-    def __init__(self, url: str, prefix: str = "review:") -> None:
+    def __init__(self, url: str, prefix: str = "review:", ref_ttl_s: int = REF_TTL_S, bucket_s: int = BUCKET_S
+                 ) -> None:
         self.r = sync_client(url, timeout_s=5)
         self.p = prefix
         self.q = f"{prefix}{hash_tag(prefix.strip(':') or 'review')}:"  # the queue's keys: one slot
+        self.ref_ttl_s, self.bucket_s = ref_ttl_s, bucket_s
         self._add = self.r.register_script(ADD_SCRIPT)
+        self._reserve_script = self.r.register_script(RESERVE_SCRIPT)
+
+    def _budget_keys(self) -> tuple[list[str], int]:
+        """The byte buckets that can still be live, newest first, with the cards' counter; the newest's expiry."""
+        now = int(time.time()) // self.bucket_s
+        live = -(-self.ref_ttl_s // self.bucket_s) + 1  # every bucket whose keys may not all have expired yet
+        keys = [f"{self.q}bytes:{b}" for b in range(now, now - live, -1)] + [f"{self.q}bytes:cards"]
+        return keys, (now + 1) * self.bucket_s + self.ref_ttl_s
+
+    @counted("usage")
+    def usage(self) -> int:
+        """Bytes the store counts as held (see "Memory budget" in the module docstring)."""
+        keys, _ = self._budget_keys()
+        held = sum(int(v) for v in self.r.mget(keys) if v is not None)
+        STORE_BYTES.set(held)
+        return held
+
+    def _reserve(self, key: str, value: str, budget: int | None) -> None:
+        """Charge one TTL'd key before writing it: EntryTooLarge, or OverBudget when it would not fit."""
+        n = charge(key, value)
+        if n > MAX_ENTRY_BYTES:
+            raise EntryTooLarge(f"{n} bytes, more than the review store's {MAX_ENTRY_BYTES} for one entry")
+        keys, expires = self._budget_keys()
+        ok, held = self._reserve_script(keys=keys, args=[n, -1 if budget is None else budget, expires])
+        STORE_BYTES.set(int(held))
+        if not ok:
+            raise OverBudget(int(held), budget or 0)
 
     def _event_keys(self, event_id: str) -> tuple[str, str]:
         tag = hash_tag(event_id)
         return f"{self.p}ref:{tag}", f"{self.p}waiting:{tag}"
 
     @counted("put_ref")
-    def put_ref(self, event_id: str, ref: dict[str, Any]) -> None:
+    def put_ref(self, event_id: str, ref: dict[str, Any], budget: int | None = None) -> None:
+        """`budget`: refuse with OverBudget what would take the store past it (None: charge, never refuse)."""
         ref_key, waiting_key = self._event_keys(event_id)
+        value = json.dumps(ref)
+        self._reserve(ref_key, value, budget)
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.set(ref_key, json.dumps(ref), ex=REF_TTL_S)
+            pipe.set(ref_key, value, ex=self.ref_ttl_s)
             pipe.get(waiting_key)
             _, waiting = pipe.execute()
         if waiting is not None:
@@ -119,10 +225,12 @@ class ReviewStore:
             self.r.delete(waiting_key)
 
     @counted("put_verdict")
-    def put_verdict(self, v: Verdict) -> None:
+    def put_verdict(self, v: Verdict, budget: int | None = None) -> None:
         ref_key, waiting_key = self._event_keys(v.event_id)
+        value = v.model_dump_json()
+        self._reserve(waiting_key, value, budget)
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.set(waiting_key, v.model_dump_json(), ex=REF_TTL_S)
+            pipe.set(waiting_key, value, ex=self.ref_ttl_s)
             pipe.get(ref_key)
             _, raw = pipe.execute()
         if raw is not None:
@@ -134,20 +242,22 @@ class ReviewStore:
         """Idempotent by event id: a re-delivered verdict, or one two replicas both read, queues one card."""
         item = json.dumps({"verdict": v.model_dump(mode="json"), "ref": ref})
         keys = [f"{self.q}card:{v.content_hash}", f"{self.q}item:{v.event_id}", f"{self.q}queue",
-                f"{self.q}decision:{v.event_id}"]
-        card = self._add(keys=keys, args=[v.event_id, item, v.created_at.timestamp()]).decode()
+                f"{self.q}decision:{v.event_id}", f"{self.q}bytes:cards"]
+        card = self._add(keys=keys, args=[v.event_id, item, v.created_at.timestamp(), charge(keys[1], item)]).decode()
         if card != v.event_id:
             self._attach(card, v)
 
     def _attach(self, card: str, v: Verdict) -> None:
         """A repost of a card's content: remembered once per event id (re-deliveries are no-ops)."""
-        if not self.r.set(f"{self.q}alias:{v.event_id}", card, nx=True):
+        alias = f"{self.q}alias:{v.event_id}"
+        if not self.r.set(alias, card, nx=True):
             return
-        entry = {"event_id": v.event_id, "post_id": v.post_id, "author_id": v.author_id,
-                 "created_at": v.created_at.isoformat()}
+        entry = json.dumps({"event_id": v.event_id, "post_id": v.post_id, "author_id": v.author_id,
+                            "created_at": v.created_at.isoformat()})
         with self.r.pipeline(transaction=True) as pipe:
+            pipe.incrby(f"{self.q}bytes:cards", charge(alias, card) + len(entry))  # the list's entry, even if trimmed
             pipe.incr(f"{self.q}dupcount:{card}")
-            pipe.rpush(f"{self.q}dups:{card}", json.dumps(entry))
+            pipe.rpush(f"{self.q}dups:{card}", entry)
             pipe.ltrim(f"{self.q}dups:{card}", 0, MAX_DUPLICATES - 1)
             pipe.execute()
 
@@ -244,6 +354,20 @@ class ReviewStore:
             pipe.ltrim(f"{self.q}recent", 0, 49)
             pipe.execute()
         return card
+
+    @counted("mark_over_budget")
+    def mark_over_budget(self, ttl_s: int = 30) -> None:
+        """Set by a paused ingest and refreshed while it stays paused (gone within `ttl_s` if it dies)."""
+        self.r.set(f"{self.q}over_budget", "1", ex=ttl_s)
+
+    @counted("clear_over_budget")
+    def clear_over_budget(self) -> None:
+        self.r.delete(f"{self.q}over_budget")
+
+    @counted("over_budget")
+    def over_budget(self) -> bool:
+        """Whether an ingest replica is paused because the store reached its memory budget."""
+        return bool(self.r.exists(f"{self.q}over_budget"))
 
     @counted("built")
     def built(self) -> bool:
