@@ -1,4 +1,9 @@
-"""Settings of the worker process: one frozen object, resolved once at start-up from MEMEGUARD_* variables."""
+"""Settings of memeguard's processes: one frozen object per process, resolved once at start-up from MEMEGUARD_*
+variables. Grouped by concern: the broker (KafkaSettings), image fetching (FetchSettings), decoding
+(DecodeSettings), the verdict cache (CacheSettings) and the model runtime (RuntimeSettings); a program's settings
+compose the groups it needs (WorkerSettings all of them, the review page's consumer/review/settings.py four), and
+code that needs one group is typed by it (in core/, which imports no settings, by its Protocol:
+core/settings_groups.py). The variable names are the field names: grouping changes none."""
 
 import json
 from pathlib import Path
@@ -23,10 +28,14 @@ def _env_list(value: object) -> object:
 # NoDecode: pydantic-settings would otherwise insist on JSON for list fields before any validator runs.
 EnvList = Annotated[list[str], NoDecode, BeforeValidator(_env_list)]
 
+# Every settings class, and each group a program composes, reads MEMEGUARD_<FIELD> and is frozen.
+SETTINGS_CONFIG = SettingsConfigDict(env_prefix="MEMEGUARD_", frozen=True, extra="ignore")
+
+
 class KafkaSettings(BaseSettings):
     """Shared by every process that talks to the broker."""
 
-    model_config = SettingsConfigDict(env_prefix="MEMEGUARD_", frozen=True, extra="ignore")
+    model_config = SETTINGS_CONFIG
 
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="host:port[,host:port] of the Kafka brokers.")
     input_topic: str = "memes.raw"
@@ -60,31 +69,12 @@ class KafkaSettings(BaseSettings):
         return value
 
 
-class WorkerSettings(KafkaSettings):
-    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Verdict cache; empty string disables it.")
-    group_id: str = Field("memeguard-worker", description="Consumer group (and Faust app id).")
-    max_batch: int = Field(32, ge=1, le=1024)
-    max_wait_s: float = Field(
-        0.05, gt=0, description="Longest wait to fill a batch before running it. Under load batches fill before it "
-                                "(and the next one is taken while one is in inference): it only adds latency.")
-    producer_linger_ms: float = Field(
-        5.0, ge=0, description="librdkafka linger for verdicts and dead letters: a batch's outputs share requests.")
-    delivery_timeout_s: float = Field(
-        15.0, ge=1, le=300, description="How long the broker may take to acknowledge an output (librdkafka "
-                                        "message.timeout.ms). Past it the batch stays uncommitted and the worker "
-                                        "exits 75: an outage is never blamed on a record.")
-    pipeline_depth: int = Field(
-        2, ge=1, le=8, description="Batches in flight at once: the next is fetched, looked up and decoded while "
-                                   "one is in inference (1 = one batch at a time). Outputs and commits stay in order.")
-    bundle_path: Path = Field(default_factory=paths.default_bundle_dir)
-    providers: str = Field("auto", description="auto | tensorrt | cuda | cpu")
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core.")
-    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
-    redis_timeout_s: float = Field(0.25, gt=0, description="Per Redis call; slower counts as an outage.")
-    redis_retry_after_s: float = Field(2.0, ge=0, description="After an outage, skip Redis this long.")
-    max_event_bytes: int = Field(15 * 1024 * 1024, ge=1024)
+class FetchSettings(BaseSettings):
+    """Where an image may be fetched from and how much of it (consumer/core/fetch.py: FetchPolicy)."""
+
+    model_config = SETTINGS_CONFIG
+
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(40_000_000, ge=1)
     fetch_timeout_s: float = Field(3.0, gt=0)
     fetch_max_redirects: int = Field(3, ge=0)
     fetch_allowed_schemes: EnvList = Field(default_factory=lambda: ["base64", "file", "http", "https"])
@@ -92,6 +82,19 @@ class WorkerSettings(KafkaSettings):
         default_factory=list, description="CIDRs exempt from private-address blocking, e.g. 127.0.0.1/32."
     )
     fetch_concurrency: int = Field(16, ge=1, description="file:// and http(s) image fetches at once.")
+    file_root: Path = Field(default_factory=paths.data_dir, description="file:// references must lie under it.")
+
+
+class DecodeSettings(BaseSettings):
+    """Which images are decoded and the bounds in size, time and memory of a decode (consumer/core/images.py:
+    DecodePolicy)."""
+
+    model_config = SETTINGS_CONFIG
+
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    image_formats: Annotated[list[Literal["JPEG", "PNG", "WEBP", "GIF"]], NoDecode, BeforeValidator(_env_list)] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"],
+        description="Image formats decoded (by content); anything else is image_undecodable.")
     decode_concurrency: int = Field(4, ge=1, description="Image decodes running at once (threads).")
     batch_pixel_budget: int = Field(
         64_000_000, ge=1, description="Decoded pixels in flight at once; a batch over it decodes in waves.")
@@ -106,17 +109,54 @@ class WorkerSettings(KafkaSettings):
     decode_deadline_ms: int = Field(
         5000, ge=1, description="CPU time one image decode may take; past it the decode stops and the record is "
                                 "image_undecodable (worker, review page, dataset build).")
+
+
+class CacheSettings(BaseSettings):
+    """The Redis the worker caches verdicts in (the review page keeps its queue there)."""
+
+    model_config = SETTINGS_CONFIG
+
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Verdict cache; empty string disables it.")
+    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    redis_timeout_s: float = Field(0.25, gt=0, description="Per Redis call; slower counts as an outage.")
+    redis_retry_after_s: float = Field(2.0, ge=0, description="After an outage, skip Redis this long.")
+
+
+class RuntimeSettings(BaseSettings):
+    """The model bundle and how it runs: ONNX Runtime's providers and threads, the process's heap."""
+
+    model_config = SETTINGS_CONFIG
+
+    bundle_path: Path = Field(default_factory=paths.default_bundle_dir)
+    providers: str = Field("auto", description="auto | tensorrt | cuda | cpu")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core.")
+    trt_engine_cache_dir: Path | None = Field(
+        None, description="Writable directory for TensorRT engines (a volume in containers); default: next to "
+                          "the bundle when writable, else ~/.cache/memeguard/trt.")
     malloc_mmap_threshold_bytes: int = Field(
         1024 * 1024, ge=0, description="glibc: blocks this large are mmapped and unmapped on free (0: glibc's "
                                        "dynamic threshold); see consumer/core/malloc.py.")
     malloc_arena_max: int = Field(2, ge=0, description="glibc: malloc arenas at most (0: glibc's 8 per core).")
-    trt_engine_cache_dir: Path | None = Field(
-        None, description="Writable directory for TensorRT engines (a volume in containers); default: next to "
-                          "the bundle when writable, else ~/.cache/memeguard/trt.")
-    image_formats: Annotated[list[Literal["JPEG", "PNG", "WEBP", "GIF"]], NoDecode, BeforeValidator(_env_list)] = Field(
-        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"],
-        description="Image formats decoded (by content); anything else is image_undecodable.")
-    file_root: Path = Field(default_factory=paths.data_dir, description="file:// references must lie under it.")
+
+
+class WorkerSettings(KafkaSettings, FetchSettings, DecodeSettings, CacheSettings, RuntimeSettings):
+    """`memeguard worker`: the groups above, and the engine's and the loop's own settings."""
+
+    group_id: str = Field("memeguard-worker", description="Consumer group (and Faust app id).")
+    max_batch: int = Field(32, ge=1, le=1024)
+    max_wait_s: float = Field(
+        0.05, gt=0, description="Longest wait to fill a batch before running it. Under load batches fill before it "
+                                "(and the next one is taken while one is in inference): it only adds latency.")
+    producer_linger_ms: float = Field(
+        5.0, ge=0, description="librdkafka linger for verdicts and dead letters: a batch's outputs share requests.")
+    delivery_timeout_s: float = Field(
+        15.0, ge=1, le=300, description="How long the broker may take to acknowledge an output (librdkafka "
+                                        "message.timeout.ms). Past it the batch stays uncommitted and the worker "
+                                        "exits 75: an outage is never blamed on a record.")
+    pipeline_depth: int = Field(
+        2, ge=1, le=8, description="Batches in flight at once: the next is fetched, looked up and decoded while "
+                                   "one is in inference (1 = one batch at a time). Outputs and commits stay in order.")
+    max_event_bytes: int = Field(15 * 1024 * 1024, ge=1024)
     enrich_stages: EnvList = Field(
         default_factory=list, description='Optional stages, e.g. ocr,faces,objects,attributes,explainer (or JSON).'
     )
@@ -147,7 +187,6 @@ class WorkerSettings(KafkaSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "info"
     metrics_port: int = Field(0, ge=0, le=65535, description="/metrics, /healthz, /readyz port; 0 = off.")
-
 
     @model_validator(mode="before")
     @classmethod

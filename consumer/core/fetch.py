@@ -38,6 +38,7 @@ import httpcore
 import httpx
 
 from consumer.core.images import DecodePolicy, ImageDecoder
+from consumer.core.settings_groups import FetchSettingsGroup
 from consumer.errors import InputError
 from schemas import ErrorKind, MemeEvent
 
@@ -64,7 +65,7 @@ class FetchPolicy:
     decode: DecodePolicy = field(default_factory=DecodePolicy)  # used by the pipeline's decode stage
 
     @classmethod
-    def from_settings(cls, s) -> "FetchPolicy":
+    def from_settings(cls, s: FetchSettingsGroup) -> "FetchPolicy":
         return cls(
             allowed_schemes=frozenset(s.fetch_allowed_schemes),
             file_root=Path(s.file_root).resolve(),

@@ -72,6 +72,7 @@ from PIL import Image
 from consumer.core.jpeg_scans import count_scans, dc_scale_subset
 from consumer.core.malloc import trim
 from consumer.core.preprocess import image_to_tensor
+from consumer.core.settings_groups import DecodeSettingsGroup
 from consumer.errors import InputError
 from schemas import ErrorKind, ImagePreprocessing
 
@@ -119,7 +120,7 @@ class DecodePolicy:
         return REDUCED_GAP if self.reduced else REDUCING_GAP
 
     @classmethod
-    def from_settings(cls, s) -> "DecodePolicy":
+    def from_settings(cls, s: DecodeSettingsGroup) -> "DecodePolicy":
         return cls(formats=tuple(s.image_formats), concurrency=s.decode_concurrency,
                    batch_pixel_budget=s.batch_pixel_budget, reduced=s.reduced_decode,
                    scan_subset=s.jpeg_scan_subset, max_scans=s.jpeg_max_scans, deadline_ms=s.decode_deadline_ms)

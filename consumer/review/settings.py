@@ -1,18 +1,21 @@
-"""Settings of `memeguard review`: the worker's settings (its fetch policy: file root, allowed networks, apply to
-the page's images too) and the page's own. Here rather than in consumer/settings.py because checking them needs
-the page's user list rules (consumer/review/auth.py): consumer/settings.py imports no program of consumer/."""
+"""Settings of `memeguard review`: the groups of consumer/settings.py it needs (the broker, Redis, and the
+worker's fetch and decode policies, which apply to the page's images too) and the page's own. Here rather than
+in consumer/settings.py because checking them needs the page's user list rules (consumer/review/auth.py):
+consumer/settings.py imports no program of consumer/."""
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from consumer.review.auth import TRUSTED_HEADER_WITH_PASSWORDS, load_users
-from consumer.settings import EnvList, WorkerSettings
+from consumer.settings import CacheSettings, DecodeSettings, EnvList, FetchSettings, KafkaSettings
 
 
-class ReviewSettings(WorkerSettings):
-    """`memeguard review`: the worker's fetch policy (file root, allowed networks) applies to images too."""
+class ReviewSettings(KafkaSettings, CacheSettings, FetchSettings, DecodeSettings):
+    """`memeguard review`: the worker's fetch and decode policies (file root, allowed networks, image bounds)
+    apply to the page's images too; redis_url is where the page keeps its queue."""
 
     reviews_topic: str = Field("memes.reviews", description="Moderator decisions (labelled data).")
     review_group_id: str = Field("memeguard-review", description="Group whose committed offsets the page keeps.")
@@ -45,6 +48,9 @@ class ReviewSettings(WorkerSettings):
     review_memory_budget_bytes: int = Field(
         256 * 1024 * 1024, ge=1024 * 1024, description="Bytes of Redis the review store may fill (references, "
         "waiting verdicts, cards); over it the ingest pauses, uncommitted, until TTLs free space.")
+    startup_timeout_s: float = Field(120.0, gt=0, description="How long to wait for the broker at start.")
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "info"
 
     @field_validator("review_trusted_header", "review_users_file", mode="before")
     @classmethod
