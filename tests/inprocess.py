@@ -15,14 +15,11 @@ from tests.generative import tiny_png
 
 
 class MemoryTopic:
-    """Stands in for a Faust topic in-process: send() returns an already-acknowledged future."""
+    """An OutputTopic (consumer/core/seams.py) in memory: send() returns an already-acknowledged future."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.messages: list[tuple[bytes | None, bytes]] = []
-
-    def get_topic_name(self) -> str:
-        return self.name
 
     async def send(self, key: bytes | None, value: bytes) -> asyncio.Future:
         self.messages.append((key, value))

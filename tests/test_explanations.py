@@ -6,7 +6,12 @@ import asyncio
 from PIL import Image
 
 from consumer.core.pipeline import Outcome, RawRecord
+from consumer.core.publish import ProducerTopic
+from consumer.kafka.topic_reader import read_topic
+from consumer.kafka.topics import ensure_topics
+from consumer.settings import WorkerSettings
 from consumer.worker.explanations import ExplanationPublisher
+from consumer.worker.producer_config import explanations_topic
 from schemas import Decision, ModelInfo, TechniqueScore, Verdict, VerdictExplanation
 from schemas.enrichment import Explanation
 from tests.inprocess import MemoryTopic
@@ -56,3 +61,25 @@ def test_a_failing_explainer_is_counted_not_raised() -> None:
         return publisher
 
     assert asyncio.run(scenario()).counts == {"failed": 1}
+
+
+def test_both_engines_send_explanations_through_one_librdkafka_topic(stack, topics) -> None:
+    """worker/producer_config.explanations_topic is what the confluent loop and the Faust agent both hand the
+    publisher (the agent used a Faust topic before): an explanation sent through it is on the broker."""
+    name = f"explanations-{topics.group}"
+    ensure_topics(stack.bootstrap, [name], 1)
+    topic = explanations_topic(WorkerSettings(kafka_bootstrap=stack.bootstrap, explanations_topic=name))
+    assert isinstance(topic, ProducerTopic) and topic.name == name
+
+    async def explain(image, text, summary):
+        return Explanation(verdict="harmful", explanation="because", model="vlm", latency_ms=1.0)
+
+    async def scenario() -> ExplanationPublisher:
+        publisher = ExplanationPublisher(explain, topic)
+        publisher.submit([outcome("a")], "m@1")
+        await publisher.drain(30)
+        return publisher
+
+    assert asyncio.run(scenario()).counts == {"published": 1}
+    [record] = read_topic(stack.bootstrap, name, timeout_s=30)
+    assert record.key == b"p-a" and VerdictExplanation.model_validate_json(record.value).event_id == "a"

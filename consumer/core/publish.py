@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.core.pipeline import Outcome, RawRecord, dead_letter, last_resort_dead_letter
+from consumer.core.seams import OutputTopic
 from schemas import DeadLetter, ErrorKind
 
 TRUNCATED_ORIGINAL_BYTES = 64 * 1024
@@ -168,9 +169,6 @@ class ProducerTopic:
         self.max_record_bytes = max_message_bytes - RECORD_OVERHEAD_BYTES
         self.deadline = deadline or Deadline()
 
-    def get_topic_name(self) -> str:
-        return self.name
-
     async def send(self, key: bytes | None, value: bytes) -> Delivery:
         self.deadline.check()
         size = len(value) + len(key or b"")
@@ -194,12 +192,12 @@ class OutcomePublisher:
     OutputsNotAcknowledged: the batch's offsets must not be committed, and no record is to blame.
     """
 
-    def __init__(self, verdict_topic: Any, dlq_topic: Any) -> None:
+    def __init__(self, verdict_topic: OutputTopic, dlq_topic: OutputTopic) -> None:
         self.verdict_topic = verdict_topic
         self.dlq_topic = dlq_topic
         self.counts: Counter[str] = Counter()
 
-    async def _send(self, topic: Any, key: bytes | None, value: bytes) -> Any:
+    async def _send(self, topic: OutputTopic, key: bytes | None, value: bytes) -> Any:
         return await topic.send(key=key, value=value)
 
     async def _send_dead_letter(self, record: RawRecord, dl: DeadLetter) -> None:
@@ -255,7 +253,7 @@ class OutcomePublisher:
             if outcome.verdict is not None:
                 log.warning("publishing verdict %s failed: %s; dead-lettering it", outcome.verdict.event_id, error)
                 dl = dead_letter(outcome.record, ErrorKind.PUBLISH_FAILED,
-                                 f"verdict could not be published to {self.verdict_topic.get_topic_name()}: "
+                                 f"verdict could not be published to {self.verdict_topic.name}: "
                                  f"{error}", outcome.verdict.event_id)
             else:
                 dl = outcome.dead_letter

@@ -4,8 +4,8 @@ to them. Structural (`typing.Protocol`): the implementations do not inherit from
 - `Fetcher`: image bytes for events (`consumer.core.fetch.ImageFetcher`).
 - `Decoder`: a batch of image bytes to pictures or to the model's input tensors, bounded in memory
   (`consumer.core.images.ImageDecoder`). Injected into the pipeline beside the fetcher, not found on it.
-- `OutputTopic`: a topic a publisher writes to, whichever Kafka client is underneath
-  (`consumer.core.publish.ProducerTopic` on confluent-kafka; a Faust topic).
+- `OutputTopic`: a topic a publisher writes to, whichever Kafka client is underneath (both engines use
+  `consumer.core.publish.ProducerTopic` on librdkafka; tests an in-memory one). A publisher knows only this.
 
 Each failure that belongs to one input is that input's `InputError` in the returned list, in input order;
 anything else raised fails the whole batch.
@@ -49,7 +49,8 @@ class Decoder(Protocol):
 
 
 class OutputTopic(Protocol):
-    def get_topic_name(self) -> str: ...
+    name: str  # the topic's name, for messages about it
+
 
     async def send(self, *, key: bytes | None, value: bytes) -> Awaitable[Any]:
         """Produce one record; awaiting the returned delivery raises if the broker did not take it."""

@@ -14,13 +14,14 @@ from typing import Any
 from PIL import Image
 
 from consumer.core.pipeline import Outcome
+from consumer.core.seams import OutputTopic
 from schemas import Verdict, VerdictExplanation
 
 log = logging.getLogger(__name__)
 
 
 class ExplanationPublisher:
-    def __init__(self, explain: Callable[[Image.Image, str | None, str], Awaitable[Any]], topic: Any,
+    def __init__(self, explain: Callable[[Image.Image, str | None, str], Awaitable[Any]], topic: OutputTopic,
                  max_pending: int = 64) -> None:
         self.explain = explain
         self.topic = topic

@@ -1,7 +1,7 @@
 """The Faust engine (MEMEGUARD_WORKER_ENGINE=faust, at-least-once): a thin adapter that owns only what is
 Faust's, the app, the agent and its batches of events (`take_events`). A batch runs through the same core as
-the default loop (worker/batches.py, worker/in_flight.py) and publishes through the same producer
-(worker/producer_config.py); an event is acked, so its offset may commit, only once its outputs are
+the default loop (worker/batches.py, worker/in_flight.py) and publishes its verdicts, dead letters and
+explanations through the same librdkafka producers (worker/producer_config.py); an event is acked, so its offset may commit, only once its outputs are
 acknowledged. Kept because some of the teams this service is built for run Faust apps."""
 
 import asyncio
@@ -22,6 +22,7 @@ from consumer.worker.crash_guard import CrashLoopBreaker
 from consumer.worker.explanations import ExplanationPublisher
 from consumer.worker.hot_reload import BundleWatcher
 from consumer.worker.in_flight import InFlight
+from consumer.worker.producer_config import explanations_topic
 from consumer.worker.serving_model import swap_model_if_ready
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
     )
     source = raw_topic(app, settings.input_topic)
     app.memeguard_publisher = publisher  # for metrics and tests
-    explanations = (ExplanationPublisher(pipeline.explainer, raw_topic(app, settings.explanations_topic))
+    explanations = (ExplanationPublisher(pipeline.explainer, explanations_topic(settings))
                     if pipeline is not None and pipeline.explainer is not None else None)
 
     async def commit(outcomes: list[Outcome], records: list[RawRecord]) -> None:

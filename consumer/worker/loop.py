@@ -20,11 +20,10 @@ import logging
 import signal
 import time
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord
-from consumer.core.publish import ProducerTopic
 from consumer.kafka.config import client_config
 from consumer.ops.metrics import PipelineMetrics
 from consumer.ops.server import Health
@@ -35,7 +34,7 @@ from consumer.worker.crash_guard import CrashLoopBreaker
 from consumer.worker.explanations import ExplanationPublisher
 from consumer.worker.hot_reload import BundleWatcher
 from consumer.worker.in_flight import InFlight
-from consumer.worker.producer_config import max_message_bytes, producer_limit
+from consumer.worker.producer_config import explanations_topic
 from consumer.worker.serving_model import swap_model_if_ready
 
 log = logging.getLogger(__name__)
@@ -72,11 +71,7 @@ class ConsumeLoop:
         self.counts = self.checkpoint.counts  # + assignments, revocations
         self.explanations = None
         if pipeline.explainer is not None:  # best effort, after the verdict: outside any transaction
-            plain = Producer(client_config(settings.kafka_bootstrap, {"enable.idempotence": True, "acks": "all",
-                                                                      "logger": log}))
-            self.explanations = ExplanationPublisher(pipeline.explainer, ProducerTopic(
-                plain, settings.explanations_topic, max_message_bytes(settings, settings.explanations_topic,
-                                                                      producer_limit(settings))))
+            self.explanations = ExplanationPublisher(pipeline.explainer, explanations_topic(settings))
         self._aborts_in_a_row = 0
         self._closed = False
         self._stop = asyncio.Event()

@@ -80,6 +80,15 @@ def max_message_bytes(settings: WorkerSettings, topic: str, limit: int) -> int:
     return min(topic_limit, limit)
 
 
+def explanations_topic(settings: WorkerSettings) -> ProducerTopic:
+    """The explainer's topic, the same for both engines: best effort, after the verdict and outside any
+    transaction, so on a plain idempotent producer of its own."""
+    plain = Producer(client_config(settings.kafka_bootstrap, {"enable.idempotence": True, "acks": "all",
+                                                              "logger": log}))
+    return ProducerTopic(plain, settings.explanations_topic,
+                         max_message_bytes(settings, settings.explanations_topic, producer_limit(settings)))
+
+
 def output_publisher(settings: WorkerSettings, producer: Producer, deadline: Deadline | None = None,
                      transactions: bool = False) -> OutcomePublisher:
     """Verdicts to the output topic, dead letters to the DLQ, each record within its topic's limit. Without
