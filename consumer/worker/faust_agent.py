@@ -1,8 +1,9 @@
 """The Faust engine (MEMEGUARD_WORKER_ENGINE=faust, at-least-once): a thin adapter that owns only what is
 Faust's, the app, the agent and its batches of events (`take_events`). A batch runs through the same core as
 the default loop (worker/batches.py, worker/in_flight.py) and publishes its verdicts, dead letters and
-explanations through the same librdkafka producers (worker/producer_config.py); an event is acked, so its offset may commit, only once its outputs are
-acknowledged. Kept because some of the teams this service is built for run Faust apps."""
+explanations through the same librdkafka producers (worker/producer_config.py); an event is acked, so its offset
+may commit, only once its outputs are acknowledged. Kept because some of the teams this service is built for run
+Faust apps."""
 
 import asyncio
 import logging
