@@ -8,6 +8,7 @@ from pathlib import Path
 
 from consumer.core.cache import VerdictCache
 from consumer.core.fetch import FetchPolicy, ImageFetcher
+from consumer.core.images import ImageDecoder
 from consumer.core.pipeline import ModerationPipeline
 from consumer.core.policy import DecisionPolicy
 from consumer.core.runtime import BundleRuntime
@@ -48,11 +49,11 @@ def build_pipeline(tiny_bundle: Path, redis_url: str, root: Path, **overrides) -
     policy = FetchPolicy(allowed_schemes=frozenset({"base64", "file", "http", "https"}), file_root=root.resolve(),
                          max_bytes=2_000_000, timeout_s=1.0, max_redirects=2,
                          allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
-    fetcher = ImageFetcher(policy, resolver=fake_resolver)
+    decoder = ImageDecoder(policy.decode)
     return ModerationPipeline(
         runtime=BundleRuntime.load(tiny_bundle, providers="cpu", intra_op_threads=1),
         cache=VerdictCache(redis_url, 7 * 24 * 3600, 1.0, 0.5),
-        fetcher=fetcher,
-        decoder=fetcher.decoder,
+        fetcher=ImageFetcher(policy, resolver=fake_resolver, decoder=decoder),
+        decoder=decoder,
         **{"policy": DecisionPolicy(), "max_event_bytes": 256 * 1024, "max_image_pixels": 4_000_000, **overrides},
     )

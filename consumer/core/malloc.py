@@ -5,7 +5,8 @@ worker's RSS swung between 650 and 950 MiB and its peak kept rising. glibc raise
 large free (up to 32 MiB), so the decode buffers and ONNX Runtime's arena chunks that follow are carved from
 heaps that are never handed back, and every thread that mallocs gets its own 64 MiB arena. A fixed 1 MiB
 threshold (large blocks are mmapped, and unmapped when freed) and two arenas kept it at 566-780 MiB at the
-same throughput (bench/results/soak30k_*.json); over 100,000 events, 553-774 MiB (bench/results/bench_soak.json).
+same throughput (soak30k_*.json); over 100,000 events, 553-774 MiB (bench_soak_session3.json). Those runs were
+superseded and removed from bench/results/: docs/benchmarks.md, History names the commit that has them.
 
 Set with mallopt(3) at start-up, before the worker's threads exist, so that `MEMEGUARD_MALLOC_*` are plain
 settings and no launcher has to export MALLOC_* environment variables. A no-op where the C library is not glibc.

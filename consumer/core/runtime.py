@@ -32,7 +32,8 @@ ProviderSpec = tuple[str, dict[str, Any]]
 # - "ort_default": ONNX Runtime's defaults: 1842 / 1974 MiB.
 MEMORY_MODES = ("bounded", "no_mem_pattern", "no_arena", "ort_default")
 # Those figures are sampled between calls. During a call at batch 64 the worker's RSS was ~1.6 GiB (the
-# worker-level soak, bench/results/bench_soak_before.json): CPU calls are capped at this many memes instead.
+# worker-level soak, bench_soak_before.json: docs/benchmarks.md, History): CPU calls are capped at this many
+# memes instead.
 CPU_CALL_BATCH = 16
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from consumer.core.cache import VerdictCache
 from consumer.core.fetch import FetchPolicy, ImageFetcher
+from consumer.core.images import DecodePolicy, ImageDecoder
 from consumer.core.pipeline import ModerationPipeline
 from consumer.core.policy import load_policy_file
 from consumer.core.runtime import BundleRuntime
@@ -46,13 +47,13 @@ def build_pipeline(settings: WorkerSettings) -> ModerationPipeline:
     runtime = RuntimeOptions.of(settings).load(settings.bundle_path)  # as every hot reload builds it (bundle_watcher)
     runtime.warmup()
     enrichment = build_enrichment(settings)
-    fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
+    decoder = ImageDecoder(DecodePolicy.from_settings(settings))
     return ModerationPipeline(
         runtime=runtime,
         cache=VerdictCache(settings.redis_url, settings.cache_ttl_s, settings.redis_timeout_s,
                            settings.redis_retry_after_s),
-        fetcher=fetcher,
-        decoder=fetcher.decoder,
+        fetcher=ImageFetcher(FetchPolicy.from_settings(settings), decoder=decoder),
+        decoder=decoder,
         policy=load_policy_file(settings.policy_file),
         max_event_bytes=settings.max_event_bytes,
         max_image_pixels=settings.max_image_pixels,
