@@ -10,7 +10,7 @@ batches. A bundle that fails any check is logged and dropped; the old one keeps 
     if (new := watcher.take_ready()) is not None:
         runtime = new  # runtime.version (the de-duplication key's model part) changes with it
 
-Fleet rollouts (consumer/worker/control.py) pass a `tag` to request_reload() and get it back in the on_ready /
+Fleet rollouts (consumer/worker/fleet.py) pass a `tag` to request_reload() and get it back in the on_ready /
 on_rejected / on_swapped callbacks, to report which revision each worker validated, refused or swapped in.
 
 The watched path changes only when a requested bundle passed every check (manifest sha256s, the announced
