@@ -25,6 +25,9 @@ from tests.test_review import HTML, settings_for
 integration = pytest.mark.integration
 
 BUDGET = 512 * 1024
+# The shared Redis's maxmemory, above what it holds before the flood. Redis's own figure grows by more than the
+# store's keys (client buffers, table growth: ~0.4 MB more at the end of this test), hence 3x the budget.
+HEADROOM = 3 * BUDGET
 # What the store may hold past the budget: the card created after a reference was admitted (one entry).
 MARGIN = MAX_ENTRY_BYTES
 
@@ -37,7 +40,7 @@ def held_in_redis(r: redis.Redis, prefix: str) -> int:
 @pytest.fixture
 def shared_redis(stack):
     """The session's redis-server as a shared production Redis: verdict-cache keys in it, and a maxmemory with an
-    LRU policy over keys with a TTL (what a cache is given) just above what it holds now, so a store that outgrew
+    LRU policy over keys with a TTL (what a cache is given) HEADROOM above what it holds now, so a store that outgrew
     its budget would evict cache keys. Restored afterwards."""
     r = redis.Redis.from_url(stack.redis_url)
     before = r.config_get("maxmemory*")
@@ -46,7 +49,7 @@ def shared_redis(stack):
     for k in cache:
         r.expire(k, 3600)
     r.config_set("maxmemory-policy", "volatile-lru")
-    r.config_set("maxmemory", r.info("memory")["used_memory"] + 1024 * 1024)
+    r.config_set("maxmemory", r.info("memory")["used_memory"] + HEADROOM)
     try:
         yield r, cache
     finally:
@@ -62,7 +65,7 @@ def test_a_flood_past_the_budget_pauses_the_ingest_keeps_the_cache_and_loses_not
     # Keys live 1 s, counted in 1 s buckets, so space frees within the test (24 h and 1 h in production).
     store = ReviewStore(stack.redis_url, prefix=prefix, ref_ttl_s=1, bucket_s=1)
     events = [MemeEvent(event_id=f"flood-{i}", post_id=f"p{i}", image_url=f"https://example.org/{i}.png",
-                        text="x" * 10_000) for i in range(150)]  # ~1.5 MB of references: 3x the budget
+                        text="x" * 10_000) for i in range(200)]  # ~2 MB of references: 4x the budget
     ends = produce_events(stack.bootstrap, topics.input, events)
     total = sum(last + 1 for last in ends.values())
     assert total == len(events)

@@ -131,7 +131,7 @@ class ReviewIngest:
             self._hold([m for m in self.consumer.consume(max_records, timeout_s) if m.error() is None])
             return 0
         messages = [m for m in self.consumer.consume(max_records, timeout_s) if m.error() is None]
-        done = []
+        done: list[Any] = []
         for i, m in enumerate(messages):
             try:
                 result = self._take(m.topic(), m.value(), m.partition(), m.offset())
