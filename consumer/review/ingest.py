@@ -21,7 +21,8 @@ every partition this replica holds is paused (the consumer still polls, so it ke
 store's `over_budget` mark makes every page replica say so. Nothing is skipped: once the keys' TTLs have freed space
 (the store's count at or under RESUME_AT of the budget) the partitions resume from the first record not stored.
 A single reference or verdict larger than the store's MAX_ENTRY_BYTES is the record's fault: skipped and counted
-(`oversize`), like an invalid record. Pauses are counted in `memeguard_review_ingest_pauses_total`.
+(`oversize`), like an invalid record. Pauses are counted in `memeguard_review_ingest_pauses_total`. A rebuild
+charges what it writes but is never refused: it restores what the ingest had already admitted.
 
 Rebuild. Redis holds the queue, but the topics hold everything it is made of: `rebuild` reads the reviews topic
 (the decisions that stand: reviews not retracted, verified as `dataset build` verifies them, schemas/review.py),
