@@ -253,7 +253,7 @@ def test_three_node_kafka_cluster_survives_a_killed_leader_and_a_frozen_broker(h
 
 def test_failover_partition_leader_sigkilled_mid_stream(healthy, scenario, topics):
     cluster, victim = healthy, 1
-    s = scenario("failover-kill", seed=21, leader=victim)
+    s = scenario("failover-kill", seed=21, leader=victim, n_events=600)
     s.until_outputs(int(N_EVENTS * 0.25))
     seen_at_kill = len(s.reader.seen())
     cluster.kill(victim)  # not restarted until the stream is done: the worker finishes on the two survivors
@@ -270,7 +270,7 @@ def test_failover_partition_leader_sigkilled_mid_stream(healthy, scenario, topic
 def test_failover_broker_sigstopped_past_session_timeout(healthy, scenario, topics):
     cluster = healthy
     victim = group_coordinator(cluster, topics.group)  # frozen: its partitions *and* the group's coordinator
-    s = scenario("failover-stop", seed=22, leader=victim)
+    s = scenario("failover-stop", seed=22, leader=victim, n_events=600)
     s.until_outputs(int(N_EVENTS * 0.25))
     seen_at_freeze = len(s.reader.seen())
     frozen_s = 12.0  # > broker.session.timeout.ms (4 s: fenced, leaders move) and the worker's 6 s session

@@ -23,7 +23,7 @@ from tests.kafka_helpers import committed_offsets, produce_raw
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-N_EVENTS = 1500  # ~20-40 s of work for the tiny bundle on 2 shared cores; enough for several kills mid-stream
+N_EVENTS = 1000  # ~15-30 s of work for the tiny bundle on 2 shared cores; enough for three kills mid-stream
 # At-least-once runs on the exactly-once worker's loop without transactions (the default) or on the Faust agent.
 ENGINES = pytest.mark.parametrize("engine", ["faust", "confluent"])
 SUFFIX = {"faust": "", "confluent": "_confluent"}  # scenario names in the faults report
