@@ -25,7 +25,7 @@ test: install browser helm  ## the whole test suite (real broker, real redis, re
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
 lint:  ## ruff
-	$(VENV)/bin/ruff check schemas consumer models exporters scoring testkit tests bench
+	$(VENV)/bin/ruff check schemas consumer models exporters scoring testkit tests bench research
 
 bundle: install  ## train the offline default model and export its bundle
 	$(VENV)/bin/memeguard bundle --out .cache/bundles/default

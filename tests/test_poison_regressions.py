@@ -15,8 +15,8 @@ from consumer.errors import ConfigError
 from consumer.kafka.topics import is_loopback, prepare_topics
 from consumer.ops.metrics import PipelineMetrics
 from consumer.settings import KafkaSettings, WorkerSettings
-from consumer.worker.batches import process_isolating_failures
 from consumer.worker.assemble import enrichment_fingerprint
+from consumer.worker.batches import process_isolating_failures
 from schemas import DeadLetter, Decision, ErrorKind, MemeEvent, Origin, Verdict
 from tests.generative import valid_event
 from tests.inprocess import MemoryTopic, build_pipeline, write_image_root
