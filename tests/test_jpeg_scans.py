@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from consumer.core.images import decode_image, open_image
-from consumer.core.jpeg_scans import dc_scale_subset
+from consumer.core.jpeg_scans import count_scans, dc_scale_subset, walk_scans
 from consumer.demo.produce import read_semeval
 from consumer.errors import InputError
 from tests.memes import SEMEVAL
@@ -40,10 +40,23 @@ def test_the_dev_memes_decode_to_the_same_pixels_from_the_subset_at_one_eighth_s
             continue  # a small meme decodes at 1/4: the subset is not used
         subset = dc_scale_subset(data)
         assert subset is not None and len(subset) < 0.7 * len(data)  # it drops most of the file
-        assert open_image(data, MAX_PIXELS, target=TARGET, gap=1).whole is not None  # and decode_image uses it
+        prepared = open_image(data, MAX_PIXELS, target=TARGET, gap=1)
+        assert prepared.whole is not None and prepared.image.fp.getvalue() == subset  # the decode reads the subset
         np.testing.assert_array_equal(_pixels(data, True), np.asarray(whole.decode()))
         used += 1
     assert used >= 0.9 * len(DEV_JPEGS)
+
+
+def test_one_walk_gives_the_scan_count_and_the_subset_and_stops_past_the_cap():
+    for data in DEV_JPEGS:
+        walk = walk_scans(data, stop_after=100)
+        assert walk is not None and (walk.scans, walk.subset) == (count_scans(data), dc_scale_subset(data))
+        over = walk_scans(data, stop_after=walk.scans - 1)
+        assert (over.scans, over.subset) == (walk.scans, None)  # stopped at the scan past the cap
+    calls = []
+    padded = DEV_JPEGS[0][:2] + b"\xff\xe9\x00\x02" * 640 + DEV_JPEGS[0][2:]  # 640 empty APP9 segments
+    assert walk_scans(padded, check=lambda: calls.append(1)).scans == 10
+    assert len(calls) >= 10  # the caller's deadline is checked while walking (every 64 segments)
 
 
 def test_baseline_jpegs_and_other_scales_decode_the_whole_file():

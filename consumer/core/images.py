@@ -64,12 +64,13 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from consumer.core.jpeg_scans import count_scans, dc_scale_subset
+from consumer.core.jpeg_scans import count_scans, walk_scans
 from consumer.core.malloc import trim
 from consumer.core.preprocess import image_to_tensor
 from consumer.core.settings_groups import DecodeSettingsGroup
@@ -162,25 +163,31 @@ class _Input(io.BytesIO):
 
     def __init__(self, data: bytes, deadline: _Deadline) -> None:
         super().__init__(data)
-        self.deadline = deadline
-        self.reads = 0
+        self.check = deadline.check
+        self.small_reads = 0
 
     def read(self, size: int | None = -1, /) -> bytes:
-        self.reads += 1
-        if size is None or size < 0 or size >= _CHECKED_READ or not self.reads & 63:
-            self.deadline.check()
-        return super().read(size)
+        if size is None or size < 0 or size >= _CHECKED_READ:
+            self.check()
+        else:
+            self.small_reads += 1
+            if not self.small_reads & 63:
+                self.check()
+        return _bytes_read(self, size)
+
+
+_bytes_read = io.BytesIO.read  # called directly: a meme's header is ~35 reads, and super() adds up
 
 
 class PreparedImage:
     """An image whose header passed every check; `decode()` decodes and converts it (CPU and memory)."""
 
-    def __init__(self, image: Image.Image, target: int | None, whole: Image.Image | None = None,
+    def __init__(self, image: Image.Image, target: int | None, whole: Callable[[], Image.Image] | None = None,
                  deadline: _Deadline | None = None) -> None:
         self.image = image
         self.deadline = deadline or _Deadline(DEFAULT_DEADLINE_MS)
         self.target = target
-        self.whole = whole  # when `image` is a scan subset of a JPEG (jpeg_scans): the whole file, if it fails
+        self.whole = whole  # when `image` reads a JPEG's scan subset (jpeg_scans): opens the whole file, if it fails
         self.format = image.format
         # Pixels the decode will allocate (after draft). A WebP counts 4 times: libwebp's canvas, the frame
         # bytes Pillow copies out of it and the image itself are alive at once (measured: ~15 bytes a pixel).
@@ -254,40 +261,61 @@ def open_image(data: bytes, max_pixels: int, *, formats: Sequence[str] = ALLOWED
         image.close()
         raise InputError(f"image is {width}x{height}: no pixels", ErrorKind.IMAGE_UNDECODABLE)
     if image.format in ("JPEG", "MPO"):
-        if _check_scans(data, max_scans, image) > _FEW_SCANS:
-            image.decodermaxblock = _JPEG_READ_BLOCK
-    if target and image.format in ("JPEG", "MPO"):
+        return _prepare_jpeg(image, data, target, gap, dc_subset, max_scans, deadline)
+    return PreparedImage(image, target, deadline=deadline)
+
+
+def _prepare_jpeg(image: Image.Image, data: bytes, target: int | None, gap: int, dc_subset: bool, max_scans: int,
+                  deadline: _Deadline) -> PreparedImage:
+    """The DCT scale (`draft`), the scan cap and, at 1/8 scale, the scan subset of an opened JPEG. A
+    progressive JPEG at 1/8 scale has its markers walked once for both the scan count and the subset; the
+    subset is then fed to the same opened image (its headers are the file's own bytes), so nothing is
+    parsed twice."""
+    side = target * gap if target else None
+    if side:
         try:
-            side = target * gap
             image.draft("RGB", (side, side))  # DCT scaling; keeps both sides >= gap x target
         except Exception as e:
             image.close()
             raise InputError(f"JPEG header is not decodable ({type(e).__name__}: {e})",
                              ErrorKind.IMAGE_UNDECODABLE) from e
-        subset = _dc_scale_subset(image, data, side, deadline) if dc_subset else None
-        if subset is not None:
-            return PreparedImage(subset, target, whole=image, deadline=deadline)
-    return PreparedImage(image, target, deadline=deadline)
-
-
-def _check_scans(data: bytes, max_scans: int, image: Image.Image) -> int:
-    """A JPEG over the scan cap is refused before it is decoded. `bytes.count` of the SOS marker is an upper
-    bound of the scans libjpeg reads (every one is such a byte pair; ~75 us for a 65 KB meme); only a file over
-    the cap by that count is walked marker by marker (`count_scans`), so bytes inside metadata segments or
-    after the end of the image do not count."""
-    bound = data.count(b"\xff\xda")
-    if bound <= max_scans:
-        return bound
-    scans = count_scans(data, stop_after=max_scans)
+    walk = None
+    if side and dc_subset and image.format == "JPEG" and image.decoderconfig[:1] == (8,) \
+            and image.info.get("progressive"):
+        walk = walk_scans(data, stop_after=max_scans, check=deadline.check)
+    scans = walk.scans if walk is not None else _scans_bound(data, max_scans)
     if scans > max_scans:
         image.close()
         raise InputError(f"JPEG has more than {max_scans} scans (SOS segments; a normal file has at most about "
                          "10): its decode work would grow with every scan (MEMEGUARD_JPEG_MAX_SCANS)",
                          ErrorKind.IMAGE_UNDECODABLE)
-    return bound
+    if scans > _FEW_SCANS:
+        image.decodermaxblock = _JPEG_READ_BLOCK
+    if walk is None or walk.subset is None:
+        return PreparedImage(image, target, deadline=deadline)
+    image.fp = _Input(walk.subset, deadline)
+    return PreparedImage(image, target, deadline=deadline,
+                         whole=partial(_reopened, data, side, image.decodermaxblock, deadline))
 
 
-def _load(image: Image.Image, whole: Image.Image | None) -> Image.Image:
+def _scans_bound(data: bytes, max_scans: int) -> int:
+    """The scans libjpeg would read, exactly enough to hold them to `max_scans`: `bytes.count` of the SOS
+    marker is an upper bound (every SOS is such a byte pair; ~30 us for a 25 KB meme); only a file over the
+    cap by that count is walked marker by marker (`count_scans`), so bytes inside metadata segments or after
+    the end of the image do not count."""
+    bound = data.count(b"\xff\xda")
+    return bound if bound <= max_scans else count_scans(data, stop_after=max_scans)
+
+
+def _reopened(data: bytes, side: int, block: int, deadline: _Deadline) -> Image.Image:
+    """The whole JPEG file opened again at the same scale, for a scan subset that failed to decode."""
+    image = Image.open(_Input(data, deadline), formats=["JPEG"])
+    image.draft("RGB", (side, side))
+    image.decodermaxblock = block
+    return image
+
+
+def _load(image: Image.Image, whole: Callable[[], Image.Image] | None) -> Image.Image:
     """`image` decoded; a scan subset that fails to decode is not the input's fault: the whole file decides
     (but a decode past its deadline is over: the whole file would only spend more)."""
     try:
@@ -298,25 +326,9 @@ def _load(image: Image.Image, whole: Image.Image | None) -> Image.Image:
     except Exception:
         if whole is None:
             raise
-        whole.load()
-        return whole
-
-
-def _dc_scale_subset(image: Image.Image, data: bytes, side: int, deadline: _Deadline) -> Image.Image | None:
-    """At 1/8 scale, a progressive JPEG opened from only the scans that scale reads (same pixels, about half
-    the decode time: consumer/core/jpeg_scans.py), or None to decode the whole file."""
-    if image.format != "JPEG" or image.decoderconfig[:1] != (8,) or not image.info.get("progressive"):
-        return None
-    subset = dc_scale_subset(data)
-    if subset is None:
-        return None
-    try:
-        small = Image.open(_Input(subset, deadline), formats=["JPEG"])
-        small.draft("RGB", (side, side))
-        small.decodermaxblock = image.decodermaxblock
-    except Exception:  # noqa: BLE001 (as above)
-        return None
-    return small if (small.size, small.mode) == (image.size, image.mode) else None
+        image = whole()
+        image.load()
+        return image
 
 
 def _webp_canvas(data: bytes) -> tuple[int, int] | None:

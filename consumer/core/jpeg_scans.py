@@ -1,5 +1,6 @@
 """Read a JPEG's markers without decoding it: how many scans libjpeg would decode (`count_scans`, for the scan
-limit), and the scans of a progressive JPEG that a 1/8-scale decode never uses (`dc_scale_subset`).
+limit), and the scans of a progressive JPEG that a 1/8-scale decode never uses (`dc_scale_subset`); `walk_scans`
+gives both for a progressive JPEG in one pass.
 
 **Scan count.** Each scan of a progressive JPEG walks every block of the components it covers, however few
 bytes it holds (an end-of-band run of 32767 blocks takes a few bits): a 40 KB file of tiny scans over a large
@@ -40,6 +41,8 @@ Anything this parser does not recognise returns None and the caller decodes the 
 """
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 _SOF2 = 0xC2  # progressive, Huffman: the only frame type the subset handles
@@ -68,17 +71,38 @@ def count_scans(data: bytes, stop_after: int | None = None) -> int:
     return scans
 
 
+@dataclass(frozen=True)
+class ScanWalk:
+    """A progressive JPEG followed marker by marker to its EOI, or until it had more than `stop_after` scans."""
+
+    scans: int  # SOS segments walked: all of them, or stop_after + 1 where the walk stopped
+    subset: bytes | None  # the DC-scale subset, or None: past stop_after, or not the same pixels (docstring)
+
+
 def dc_scale_subset(data: bytes) -> bytes | None:
     """The progressive JPEG `data` with only the scans a 1/8-scale decode reads (module docstring), or None
     when `data` is not a progressive JPEG this parser follows to its end or the subset might not decode to
     the same pixels."""
+    walk = walk_scans(data)
+    return None if walk is None else walk.subset
+
+
+def walk_scans(data: bytes, stop_after: int | None = None,
+               check: Callable[[], None] | None = None) -> ScanWalk | None:
+    """Walk a progressive JPEG's segments once: its exact scan count and its DC-scale subset (module
+    docstring), so a caller that wants both reads the markers once; None when this parser cannot follow
+    `data` to its end (the caller then counts with `count_scans` and decodes the whole file). `check` runs
+    every 64 segments (a deadline: a file of a million empty segments is a Python loop of a million steps)."""
     if data[:2] != b"\xff\xd8":
         return None
-    kept, pos, n = [b"\xff\xd8"], 2, len(data)
+    kept, pos, n, steps = [b"\xff\xd8"], 2, len(data), 0
     frame: dict[int, bool] | None = None  # component id -> subsampled, once the SOF2 segment is read
     tables: dict[int, bytes] = {}  # AC Huffman table id -> its 16 code-length counts, as DHT segments define them
     scans: list[tuple[frozenset[int], int, int, bool]] = []  # (components, Ss, Ah, kept) in file order
     while True:
+        steps += 1
+        if check is not None and not steps & 63:
+            check()
         if pos + 2 > n or data[pos] != 0xFF:
             return None
         marker = data[pos + 1]
@@ -104,6 +128,8 @@ def dc_scale_subset(data: bytes) -> bytes | None:
             continue
         if frame is None:
             return None
+        if stop_after is not None and len(scans) >= stop_after:
+            return ScanWalk(len(scans) + 1, None)
         scan_end = _entropy_end(data, end)
         header = data[pos + 4:end]
         if scan_end is None or not header or len(header) != 1 + 2 * header[0] + 3:
@@ -118,10 +144,12 @@ def dc_scale_subset(data: bytes) -> bytes | None:
             kept.append(data[pos:scan_end])
         scans.append((components, ss, ah, keep))
         pos = scan_end
-    if frame is None or not _dc_never_smoothed(frame, scans):
+    if frame is None:
         return None
+    if not _dc_never_smoothed(frame, scans):
+        return ScanWalk(len(scans), None)
     kept.append(b"\xff\xd9")
-    return b"".join(kept)
+    return ScanWalk(len(scans), b"".join(kept))
 
 
 def _components(sof: bytes) -> dict[int, bool] | None:
