@@ -123,6 +123,7 @@ def child(mode: str, folder: Path) -> dict:
     from types import SimpleNamespace
 
     from consumer.core.fetch import FetchPolicy, ImageFetcher
+    from consumer.core.images import ImageDecoder
     from consumer.core.pipeline import ModerationPipeline, RawRecord, _Item
     from consumer.errors import InputError
     from consumer.settings import WorkerSettings
@@ -131,6 +132,7 @@ def child(mode: str, folder: Path) -> dict:
     blobs = [p.read_bytes() for p in sorted(folder.iterdir())]
     settings = WorkerSettings()
     fetcher = ImageFetcher(FetchPolicy.from_settings(settings))
+    decoder = ImageDecoder(fetcher.policy.decode)
     baseline = _rss_mb()
     t0 = time.perf_counter()
     outcomes: dict[str, int] = {}
@@ -155,10 +157,10 @@ def child(mode: str, folder: Path) -> dict:
 
         results = asyncio.run(old_stage())
     elif mode == "new-full-size":
-        results = asyncio.run(fetcher.decoder.decode_many(blobs, settings.max_image_pixels, None))
+        results = asyncio.run(decoder.decode_many(blobs, settings.max_image_pixels, None))
     else:
         runtime = SimpleNamespace(manifest=SimpleNamespace(image=ImagePreprocessing(size=224)))
-        pipe = ModerationPipeline(runtime=runtime, cache=None, fetcher=fetcher, decoder=fetcher.decoder, policy=None,
+        pipe = ModerationPipeline(runtime=runtime, cache=None, fetcher=fetcher, decoder=decoder, policy=None,
                                   max_event_bytes=settings.max_event_bytes, max_image_pixels=settings.max_image_pixels,
                                   enricher=(lambda image, text: None) if mode == "new-enrichment" else None)
         items = [_Item(RawRecord(None, b"{}", "bench", 0, n)) for n in range(len(blobs))]
@@ -171,11 +173,10 @@ def child(mode: str, folder: Path) -> dict:
     for r in results:
         count(r)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    budget = getattr(fetcher.decoder, "budget", None)
     return {"mode": mode, "peak_rss_mb": round(peak), "rss_before_decode_mb": round(baseline),
             "decode_added_mb": round(peak - baseline), "kept_pixels": kept_pixels, "wall_s": round(wall, 1),
             "outcomes": outcomes,
-            "budget_peak_pixels": budget.peak if budget is not None and mode != "old" else None}
+            "budget_peak_pixels": decoder.budget.peak if mode != "old" else None}
 
 
 def main() -> None:

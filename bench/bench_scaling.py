@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.bench_hotpath import output_stamps, rate, wait_committed
 from bench.common import bundle, dev_stack, event_records, flush_cache, produce, start_worker, table, write_result
-from consumer.core.fetch import FetchPolicy, ImageFetcher
+from consumer.core.images import DecodePolicy, ImageDecoder
 from consumer.core.runtime import BundleRuntime
 from consumer.kafka.topics import ensure_topics
 from consumer.settings import WorkerSettings
@@ -33,14 +33,11 @@ def inference_only(bundle_path: Path, n: int, batch: int) -> float:
     runtime = BundleRuntime.load(bundle_path, providers="cpu", intra_op_threads=0)
     runtime.warmup()
     settings = WorkerSettings()
-    decoder = ImageFetcher(FetchPolicy.from_settings(settings)).decoder
+    decoder = ImageDecoder(DecodePolicy.from_settings(settings))
     spec = runtime.manifest.image
     pool = memes()[:n]
     blobs = [m.image_path.read_bytes() for m in pool]
-    if hasattr(decoder, "decode_tensors"):  # what the worker feeds the model
-        inputs = asyncio.run(decoder.decode_tensors(blobs, settings.max_image_pixels, spec))
-    else:
-        inputs = asyncio.run(decoder.decode_many(blobs, settings.max_image_pixels, spec.size))
+    inputs = asyncio.run(decoder.decode_tensors(blobs, settings.max_image_pixels, spec))  # what the worker feeds the model
     texts = [m.text or "" for m in pool]
     start = time.perf_counter()
     for i in range(0, n, batch):

@@ -56,8 +56,24 @@ def bundle() -> tuple[Path, str]:
     return write_tiny_bundle(Path(tempfile.mkdtemp()) / "tiny", seed=0), "tiny (default bundle not built)"
 
 
+@dataclass(frozen=True)
+class RunningStack:
+    """A broker and a redis-server someone else started and stops (what a bench reads of a DevStack)."""
+
+    bootstrap: str
+    redis_url: str
+    broker: str
+
+
 @contextmanager
-def dev_stack() -> Iterator[DevStack]:
+def dev_stack() -> Iterator[DevStack | RunningStack]:
+    """An embedded broker and redis-server of the bench's own on free loopback ports, stopped afterwards; or
+    the pair MEMEGUARD_BENCH_BOOTSTRAP and MEMEGUARD_BENCH_REDIS_URL name, left running (the test suite's
+    session stack, for the GPU script's dry run: no second broker start)."""
+    bootstrap, redis_url = os.environ.get("MEMEGUARD_BENCH_BOOTSTRAP"), os.environ.get("MEMEGUARD_BENCH_REDIS_URL")
+    if bootstrap and redis_url:
+        yield RunningStack(bootstrap, redis_url, os.environ.get("MEMEGUARD_DEV_BROKER", "kafka"))
+        return
     stack = DevStack.at(Path(tempfile.mkdtemp(prefix="mg-bench-")), free_port(), free_port())
     stack.up()
     try:

@@ -53,7 +53,7 @@ def build_pipeline(tiny_bundle: Path, redis_url: str, root: Path, **overrides) -
     return ModerationPipeline(
         runtime=BundleRuntime.load(tiny_bundle, providers="cpu", intra_op_threads=1),
         cache=VerdictCache(redis_url, 7 * 24 * 3600, 1.0, 0.5),
-        fetcher=ImageFetcher(policy, resolver=fake_resolver, decoder=decoder),
+        fetcher=ImageFetcher(policy, resolver=fake_resolver),
         decoder=decoder,
         **{"policy": DecisionPolicy(), "max_event_bytes": 256 * 1024, "max_image_pixels": 4_000_000, **overrides},
     )

@@ -2,9 +2,8 @@
 
 `run.sh --dry-run --e2e` on the tests' tiny bundle: CPU provider at batches 1 and 2 (GPU providers, TensorRT and
 the fp16 bundle are recorded as skipped with a reason on a machine without them), CPU decode of 8 real memes in
-1 and 2 processes, and a tiny end-to-end stage (embedded broker + redis-server, one worker, 20 memes). About
-30 s on two shared cores, most of it the broker and the worker starting. Plus the carry path (pieces -> stash ->
-joined, sha256-checked, bundle unpacked) on small files.
+1 and 2 processes, and a tiny end-to-end stage (the session's broker + redis-server, one worker, 20 memes).
+Plus the carry path (pieces -> stash -> joined, sha256-checked, bundle unpacked) on small files.
 """
 
 import hashlib
@@ -35,14 +34,15 @@ def _skips(node, path="") -> list[tuple[str, object]]:
 
 
 @pytest.fixture(scope="module")
-def dry_run(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def dry_run(tiny_bundle: Path, stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("gpu-dry")
     out = tmp / "gpu.json"
     (tmp / "carry").mkdir()  # nothing carried: a wheel someone left in bench/gpu/wheels is not installed here
     env = {**os.environ, "PYTHON": sys.executable, "MEMEGUARD_GPU_STASH": str(tmp / "stash"),
            "MEMEGUARD_GPU_CARRY": str(tmp / "carry"),
-           # the broker the rest of the suite runs against (MEMEGUARD_TEST_BROKER), for the e2e stage's stack
-           "MEMEGUARD_DEV_BROKER": os.environ.get("MEMEGUARD_TEST_BROKER", os.environ.get("MEMEGUARD_DEV_BROKER", "kafka"))}
+           # the e2e stage runs on the session's broker and redis-server (one JVM start less)
+           "MEMEGUARD_BENCH_BOOTSTRAP": stack.bootstrap, "MEMEGUARD_BENCH_REDIS_URL": stack.redis_url,
+           "MEMEGUARD_DEV_BROKER": stack.broker}
     env.pop("OUT", None)  # measure.py copies its result into $OUT (the device tool's folder) when set
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu" / "run.sh"), "--dry-run", "--e2e",
                            "--bundle", str(tiny_bundle), "--out", str(out)],

@@ -434,7 +434,8 @@ def test_pipeline_decode_stage_uses_the_fetchers_decoder_and_the_models_input_si
     runtime = SimpleNamespace(manifest=SimpleNamespace(image=ImagePreprocessing(size=32)))
     fetcher = ImageFetcher(FetchPolicy(allowed_schemes=frozenset({"base64"}), file_root=tmp_path, max_bytes=10**7,
                                        timeout_s=1.0, max_redirects=0, decode=DecodePolicy(formats=("PNG",))))
-    pipe = ModerationPipeline(runtime=runtime, cache=None, fetcher=fetcher, decoder=fetcher.decoder, policy=None,
+    pipe = ModerationPipeline(runtime=runtime, cache=None, fetcher=fetcher, decoder=ImageDecoder(fetcher.policy.decode),
+                              policy=None,
                               max_event_bytes=10**6, max_image_pixels=10**7)
     big, jpeg = io.BytesIO(), io.BytesIO()
     Image.new("RGB", (640, 480), (9, 9, 9)).save(big, "PNG")

@@ -37,7 +37,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import httpcore
 import httpx
 
-from consumer.core.images import DecodePolicy, ImageDecoder
+from consumer.core.images import DecodePolicy
 from consumer.core.settings_groups import FetchSettingsGroup
 from consumer.errors import InputError
 from schemas import ErrorKind, MemeEvent
@@ -169,12 +169,9 @@ class _Hop:
 
 class ImageFetcher:
     def __init__(self, policy: FetchPolicy, resolver: Resolver | None = None,
-                 ssl_context: ssl.SSLContext | None = None, decoder: ImageDecoder | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.policy = policy
         self.resolver = resolver or system_resolver
-        # Not used by fetching: the decoder the pipeline is given (worker/assemble.py builds it and hands it to
-        # both), kept here for callers that still take `fetcher.decoder`; one of its own when none is given.
-        self.decoder = decoder if decoder is not None else ImageDecoder(policy.decode)
         self._root_prefix = os.path.join(str(policy.file_root), "")  # with its trailing separator
         self._ssl_context = ssl_context or httpx.create_ssl_context()  # certifi CAs, as httpx had
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -52,7 +52,7 @@ def build_pipeline(settings: WorkerSettings) -> ModerationPipeline:
         runtime=runtime,
         cache=VerdictCache(settings.redis_url, settings.cache_ttl_s, settings.redis_timeout_s,
                            settings.redis_retry_after_s),
-        fetcher=ImageFetcher(FetchPolicy.from_settings(settings), decoder=decoder),
+        fetcher=ImageFetcher(FetchPolicy.from_settings(settings)),
         decoder=decoder,
         policy=load_policy_file(settings.policy_file),
         max_event_bytes=settings.max_event_bytes,
