@@ -104,6 +104,18 @@ def test_the_deadline_covers_header_parsing_too():
     assert "exceeded its deadline of 50 ms" in str(error) and cpu < 0.5
 
 
+def test_the_deadline_covers_the_scan_walk_past_the_header():
+    """Empty segments between two scans, where Pillow's header parse never looks: at 1/8 scale the scan cap and
+    subset walk every marker in Python (jpeg_scans.walk_scans), and the deadline bounds that walk too, before
+    anything is decoded."""
+    meme = DEV_JPEGS[0]
+    second_scan = meme.index(b"\xff\xda", meme.index(b"\xff\xda") + 2)
+    padded = meme[:second_scan] + b"\xff\xe9\x00\x02" * 300_000 + meme[second_scan:]
+    error, cpu = _cpu(lambda: open_image(padded, MAX_PIXELS, target=32, gap=1, deadline_ms=50))
+    assert isinstance(error, InputError) and error.kind == ErrorKind.IMAGE_UNDECODABLE, error
+    assert "exceeded its deadline of 50 ms" in str(error) and cpu < 0.5
+
+
 def test_the_deadline_is_per_image_in_a_batch_and_a_setting():
     """One runaway image in a batch of the worker's decoder: it alone is image_undecodable, the others decode,
     and the lanes are free afterwards (no thread is left decoding it)."""
