@@ -331,11 +331,14 @@ def test_writes_refused_past_the_delivery_timeout_blame_no_record(healthy, scena
                                              config={"min.insync.replicas": "2"}) for t in (topics.output, topics.dlq)])
     for f in futures.values():
         f.result(30)
-    s = scenario("outage", seed=24, leader=1, restarts=20, n_events=120, create_topics=False,
+    s = scenario("outage", seed=24, leader=1, waves=2, restarts=20, n_events=120, create_topics=False,
                  MEMEGUARD_DELIVERY_TIMEOUT_S="2", MEMEGUARD_RESTART_BACKOFF_S="0.5")
     s.until_outputs(20)
     cluster.kill(2)
     try:
+        # Input that arrives only once the writes are refused: the worker may have finished the first wave
+        # before the kill, and then had nothing to write and no reason to exit (one CI run failed that way).
+        s.produce_next_wave()
         deadline = time.monotonic() + 90
         while len(s.exit_codes) < 3:  # the third attempt on a batch is the one the old breaker called poison
             assert time.monotonic() < deadline, f"exits so far {s.exit_codes}:\n{s.worker.log()}"

@@ -2,15 +2,19 @@
 Faust's, the app, the agent and its batches of events (`take_events`). A batch runs through the same core as
 the default loop (worker/batches.py, worker/in_flight.py) and publishes its verdicts, dead letters and
 explanations through the same librdkafka producers (worker/producer_config.py); an event is acked, so its offset
-may commit, only once its outputs are acknowledged. Kept because some of the teams this service is built for run
-Faust apps."""
+may commit, only once its outputs are acknowledged. Records faust-streaming skips around a rebalance are read
+back and moderated ahead of the batch (worker/offset_holes.py). Kept because some of the teams this service is
+built for run Faust apps."""
 
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import faust
+from faust.types.tuples import ConsumerMessage
 
 from consumer.core.pipeline import ModerationPipeline, Outcome, RawRecord
 from consumer.core.publish import OutcomePublisher
@@ -23,6 +27,7 @@ from consumer.worker.crash_guard import CrashLoopBreaker
 from consumer.worker.explanations import ExplanationPublisher
 from consumer.worker.hot_reload import BundleWatcher
 from consumer.worker.in_flight import InFlight
+from consumer.worker.offset_holes import HoleGuard, HoleReader
 from consumer.worker.producer_config import explanations_topic
 from consumer.worker.serving_model import swap_model_if_ready
 
@@ -75,7 +80,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         await publisher.publish(outcomes)
         after_publish(outcomes, pipeline, explanations, metrics, published, publisher.counts)
 
-    async def guarded(stream: faust.StreamT, events: list, records: list[RawRecord],
+    async def guarded(acks: list[Callable[[], Awaitable[object]]], records: list[RawRecord],
                       previous: asyncio.Future | None, suspect: bool) -> None:
         """Never raises: a batch that cannot be published ends the process uncommitted."""
         try:
@@ -84,8 +89,16 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
             raise
         except Exception as e:  # noqa: BLE001
             await give_up(breaker, records, e, "batch could not be published", settings.restart_backoff_s)
-        for event in events:  # in order, after the outputs are acknowledged: only now may the offsets commit
-            await stream.ack(event)
+        for ack in acks:  # in order, after the outputs are acknowledged: only now may the offsets commit
+            await ack()
+
+    async def submit(in_flight: InFlight, records: list[RawRecord], acks: list) -> None:
+        swap_model_if_ready(pipeline, watcher, metrics)
+        suspect = breaker is not None and await breaker.begin_batch(records)
+        if suspect:  # the one-by-one replay must be alone in flight: its verdict on a record depends on it
+            await in_flight.make_room(alone=True)
+        in_flight.add(guarded(acks, records, in_flight.last, suspect))
+        await in_flight.make_room(alone=suspect)
 
     @app.agent(source)
     async def moderate(stream: faust.StreamT) -> None:
@@ -94,18 +107,23 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         # batches are in flight and still commit only once published, in order. On a stop the batches in
         # flight get `shutdown_grace_s` to finish; otherwise the process exits at once without committing.
         in_flight = InFlight(settings.pipeline_depth)
+        holes = HoleGuard(HoleReader(settings.kafka_bootstrap, settings.group_id))
         try:
             async for events in stream.take_events(settings.max_batch, within=settings.max_wait_s):
                 for event in events:
                     event.message.incref()
                 records = [RawRecord(key=e.message.key, value=e.message.value, topic=e.message.topic,
                                      partition=e.message.partition, offset=e.message.offset) for e in events]
-                swap_model_if_ready(pipeline, watcher, metrics)
-                suspect = breaker is not None and await breaker.begin_batch(records)
-                if suspect:  # the one-by-one replay must be alone in flight: its verdict on a record depends on it
-                    await in_flight.make_room(alone=True)
-                in_flight.add(guarded(stream, list(events), records, in_flight.last, suspect))
-                await in_flight.make_room(alone=suspect)
+                generations = [e.message.generation_id for e in events]
+                try:
+                    skipped = await holes.skipped_before(records, generations)
+                except Exception as e:  # noqa: BLE001  the broker did not answer: no record's fault
+                    await give_up(breaker, records, e, "offsets faust skipped could not be read back",
+                                  settings.restart_backoff_s)
+                for start in range(0, len(skipped), settings.max_batch):
+                    chunk = skipped[start:start + settings.max_batch]
+                    await submit(in_flight, chunk, [partial(ack_read_back, app, r) for r in chunk])
+                await submit(in_flight, records, [partial(stream.ack, e) for e in events])
         except asyncio.CancelledError:
             await in_flight.finish(settings.shutdown_grace_s)
             raise
@@ -127,6 +145,15 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
             ready_file.touch()
 
     return app
+
+
+async def ack_read_back(app: faust.App, record: RawRecord) -> None:
+    """Acks a record read back from a hole (worker/offset_holes.py) as Faust acks an event, so the commit can
+    move past its offset."""
+    message = ConsumerMessage(record.topic, record.partition, record.offset, 0.0, 0, [], record.key, record.value,
+                              None)
+    message.tracked = True
+    app.consumer.ack(message)
 
 
 def consumer_lag(app: faust.App) -> dict[tuple[str, int], int]:
