@@ -112,3 +112,21 @@ def test_a_record_read_back_is_acked_as_faust_acks_an_event_so_the_commit_passes
         return app.consumer._new_offset(tp)  # what Faust commits next
 
     assert asyncio.run(acked_up_to()) == 8
+
+
+def test_guard_reads_back_a_tail_faust_skipped_once_it_stays_undelivered_for_two_checks(stack, topics, ten):
+    reader = HoleReader(stack.bootstrap, topics.group)
+    guard = HoleGuard(reader)
+    partition = [(ten, 0)]
+    try:
+        run = asyncio.run
+        assert run(guard.skipped_at_tail(partition, 1)) == []  # first sight of 0-9 undelivered: left to Faust
+        assert [r.offset for r in run(guard.skipped_at_tail(partition, 1))] == list(range(10))  # still: read back
+        assert run(guard.skipped_at_tail(partition, 1)) == []
+        produce_raw(stack.bootstrap, ten, [(None, b"v10")])
+        assert run(guard.skipped_at_tail(partition, 1)) == []  # just produced
+        assert run(guard.skipped_before([RawRecord(None, b"v10", ten, 0, 10)], [1])) == []  # Faust delivered it
+        assert run(guard.skipped_at_tail(partition, 1)) == []
+        assert guard.records_read_back == 10
+    finally:
+        reader.close()

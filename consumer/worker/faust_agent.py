@@ -33,6 +33,8 @@ from consumer.worker.serving_model import swap_model_if_ready
 
 log = logging.getLogger(__name__)
 
+TAIL_CHECK_S = 5.0  # how long the agent is handed nothing before the guard looks for skipped records at the tail
+
 
 def raw_topic(app: faust.App, name: str) -> faust.TopicT:
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -100,33 +102,53 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         in_flight.add(guarded(acks, records, in_flight.last, suspect))
         await in_flight.make_room(alone=suspect)
 
+    in_flight = InFlight(settings.pipeline_depth)
+    holes: HoleGuard | None = None  # made when the agent starts: its reader connects to the brokers
+    last_handed = time.monotonic()
+
+    async def read_back(skipped: list[RawRecord]) -> None:
+        for start in range(0, len(skipped), settings.max_batch):
+            chunk = skipped[start:start + settings.max_batch]
+            await submit(in_flight, chunk, [partial(ack_read_back, app, r) for r in chunk])
+
     @app.agent(source)
     async def moderate(stream: faust.StreamT) -> None:
         # take_events() acks a batch when this loop body is left; each event holds one more reference
         # (incref) until `guarded` acks it after its outputs are acknowledged, so up to `pipeline_depth`
         # batches are in flight and still commit only once published, in order. On a stop the batches in
         # flight get `shutdown_grace_s` to finish; otherwise the process exits at once without committing.
-        in_flight = InFlight(settings.pipeline_depth)
+        nonlocal holes, last_handed
         holes = HoleGuard(HoleReader(settings.kafka_bootstrap, settings.group_id))
         try:
             async for events in stream.take_events(settings.max_batch, within=settings.max_wait_s):
+                last_handed = time.monotonic()
                 for event in events:
                     event.message.incref()
                 records = [RawRecord(key=e.message.key, value=e.message.value, topic=e.message.topic,
                                      partition=e.message.partition, offset=e.message.offset) for e in events]
-                generations = [e.message.generation_id for e in events]
                 try:
-                    skipped = await holes.skipped_before(records, generations)
+                    skipped = await holes.skipped_before(records, [e.message.generation_id for e in events])
                 except Exception as e:  # noqa: BLE001  the broker did not answer: no record's fault
                     await give_up(breaker, records, e, "offsets faust skipped could not be read back",
                                   settings.restart_backoff_s)
-                for start in range(0, len(skipped), settings.max_batch):
-                    chunk = skipped[start:start + settings.max_batch]
-                    await submit(in_flight, chunk, [partial(ack_read_back, app, r) for r in chunk])
+                await read_back(skipped)
                 await submit(in_flight, records, [partial(stream.ack, e) for e in events])
         except asyncio.CancelledError:
             await in_flight.finish(settings.shutdown_grace_s)
             raise
+
+    @app.timer(TAIL_CHECK_S)
+    async def _holes_at_the_tail() -> None:
+        """Records Faust skipped with none after them never reach the agent: looked for once it is idle."""
+        if (holes is None or not in_flight.idle or app.rebalancing or not app.flow_control.is_active()
+                or time.monotonic() - last_handed < TAIL_CHECK_S):
+            return
+        partitions = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic == settings.input_topic]
+        try:
+            skipped = await holes.skipped_at_tail(partitions, app.consumer_generation_id)
+        except Exception as e:  # noqa: BLE001  the broker did not answer: no record's fault
+            await give_up(breaker, [], e, "offsets faust skipped could not be read back", settings.restart_backoff_s)
+        await read_back(skipped)
 
     if health is not None:
         @app.timer(1.0)

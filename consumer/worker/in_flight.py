@@ -22,6 +22,10 @@ class InFlight:
         """The batch the next one must wait for before publishing."""
         return self._batches[-1] if self._batches else None
 
+    @property
+    def idle(self) -> bool:
+        return all(batch.done() for batch in self._batches)
+
     def add(self, batch: Awaitable[None]) -> None:
         """`batch` never raises: it publishes and commits, or ends the process (batches.give_up)."""
         self._batches.append(asyncio.ensure_future(batch))

@@ -10,7 +10,9 @@ SIGKILL a worker went idle with records never moderated (docs/kafka.md).
 the partition arrives in a new generation, then one past the last record handed over. Records that start past
 it leave a hole; `HoleReader` reads the hole's records back from the broker and the agent moderates and acks
 them ahead of the batch, so the commit passes them only once their outputs are published. A hole the broker
-holds no records for (transaction markers, a log start that retention moved) reads back empty."""
+holds no records for (transaction markers, a log start that retention moved) reads back empty. A hole with no
+record after it (Faust dropped a partition's last records) is found by `skipped_at_tail` once the agent has
+been handed nothing for a while."""
 
 import asyncio
 import logging
@@ -40,11 +42,23 @@ class HoleReader:
 
     def committed(self, topic: str, partition: int) -> int:
         """Where the group resumes this partition: its committed offset, else the log start."""
-        [tp] = self._consumer.committed([TopicPartition(topic, partition)], timeout=self.timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                [tp] = self._consumer.committed([TopicPartition(topic, partition)], timeout=self.timeout_s)
+                break
+            except KafkaException as e:  # e.g. NOT_COORDINATOR while the group's coordinator moves or loads
+                if not e.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         if tp.offset != OFFSET_INVALID:
             return tp.offset
         low, _ = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout_s)
         return low
+
+    def end(self, topic: str, partition: int) -> int:
+        """The offset the next record produced to the partition gets (its high watermark)."""
+        return self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout_s)[1]
 
     def read(self, topic: str, partition: int, start: int, end: int) -> list[RawRecord]:
         """The records at offsets [start, end). Raises KafkaException (infrastructure) if the broker does not
@@ -78,6 +92,7 @@ class HoleGuard:
     def __init__(self, reader: HoleReader) -> None:
         self.reader = reader
         self._next: dict[tuple[str, int], tuple[int, int]] = {}  # (topic, partition) -> (generation, next offset)
+        self._tail_seen: dict[tuple[str, int], int] = {}  # partitions whose log ran past the next offset last check
         self.records_read_back = 0
 
     async def skipped_before(self, records: list[RawRecord], generations: list[int]) -> list[RawRecord]:
@@ -86,17 +101,43 @@ class HoleGuard:
         skipped: list[RawRecord] = []
         for record, generation in zip(records, generations, strict=True):
             key = (record.topic, record.partition)
-            known = self._next.get(key)
-            if known is not None and known[0] == generation:
-                expected = known[1]
-            else:  # a new generation: Faust resumes the partition at the group's committed offset
-                expected = await asyncio.to_thread(self.reader.committed, *key)
+            expected = await self._expected(key, generation)
             if record.offset > expected:
-                found = await asyncio.to_thread(self.reader.read, *key, expected, record.offset)
-                log.warning("faust skipped offsets of a partition; reading them back", extra={
-                    "origin": f"{record.topic}/{record.partition}@{expected}", "hole_end": record.offset,
-                    "generation": generation, "records": len(found)})
-                skipped += found
-                self.records_read_back += len(found)
+                skipped += await self._read_back(key, generation, expected, record.offset)
             self._next[key] = (generation, max(expected, record.offset + 1))
         return skipped
+
+    async def skipped_at_tail(self, partitions: list[tuple[str, int]], generation: int) -> list[RawRecord]:
+        """For an agent handed nothing for a while: the records of `partitions` (assigned in `generation`) that
+        Faust skipped with no record after them for `skipped_before` to notice. A partition counts only once
+        its log has run past the next offset at two checks in a row, so a record just produced is left to
+        Faust."""
+        skipped: list[RawRecord] = []
+        for key in partitions:
+            expected = await self._expected(key, generation)
+            end = await asyncio.to_thread(self.reader.end, *key)
+            if end <= expected:
+                self._tail_seen.pop(key, None)
+            elif self._tail_seen.get(key) != expected:
+                self._tail_seen[key] = expected
+            else:
+                del self._tail_seen[key]
+                skipped += await self._read_back(key, generation, expected, end)
+                self._next[key] = (generation, end)
+        return skipped
+
+    async def _expected(self, key: tuple[str, int], generation: int) -> int:
+        known = self._next.get(key)
+        if known is not None and known[0] == generation:
+            return known[1]
+        # A new generation: Faust resumes the partition at the group's committed offset.
+        expected = await asyncio.to_thread(self.reader.committed, *key)
+        self._next[key] = (generation, expected)
+        return expected
+
+    async def _read_back(self, key: tuple[str, int], generation: int, start: int, end: int) -> list[RawRecord]:
+        found = await asyncio.to_thread(self.reader.read, *key, start, end)
+        log.warning("faust skipped offsets of a partition; reading them back", extra={
+            "origin": f"{key[0]}/{key[1]}@{start}", "hole_end": end, "generation": generation, "records": len(found)})
+        self.records_read_back += len(found)
+        return found
