@@ -172,10 +172,8 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
 async def ack_read_back(app: faust.App, record: RawRecord) -> None:
     """Acks a record read back from a hole (worker/offset_holes.py) as Faust acks an event, so the commit can
     move past its offset."""
-    message = ConsumerMessage(record.topic, record.partition, record.offset, 0.0, 0, [], record.key, record.value,
-                              None)
-    message.tracked = True
-    app.consumer.ack(message)
+    app.consumer.ack(ConsumerMessage(record.topic, record.partition, record.offset, 0.0, 0, [], record.key,
+                                     record.value, None))
 
 
 def consumer_lag(app: faust.App) -> dict[tuple[str, int], int]:
