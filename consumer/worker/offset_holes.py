@@ -3,8 +3,9 @@
 Around a rebalance faust-streaming can skip records of a partition: flow resumes before the partitions are
 sought to their committed offsets, and a prefetched batch moves its read offset past records it then drops
 as already read (faust-streaming#216, #221). It takes such a hole for transaction markers, fills it and
-commits past it. Two CI runs lost records that way: 408 of 1,500 in a rebalance, and in a restart after a
-SIGKILL a worker went idle with records never moderated (docs/kafka.md).
+commits past it. Two CI runs lost records, by all the evidence that way (the race could not be reproduced on
+demand): 408 of 1,500 in a rebalance, and in a restart after a SIGKILL a worker went idle with records never
+moderated (docs/kafka.md).
 
 `HoleGuard` knows, per partition, the next offset the agent must be handed: the group's committed offset when
 the partition arrives in a new generation, then one past the last record handed over. Records that start past
