@@ -130,3 +130,21 @@ def test_guard_reads_back_a_tail_faust_skipped_once_it_stays_undelivered_for_two
         assert guard.records_read_back == 10
     finally:
         reader.close()
+
+
+def test_a_hole_holding_a_tombstone_and_a_binary_key_reads_back_as_faust_would_hand_them(stack, topics):
+    """What an adversary may write: a null value (dead-lettered as invalid_json downstream) and a key that is
+    not text. They come back byte for byte, and the tombstone as a None value, not as b""."""
+    ensure_topics(stack.bootstrap, [topics.input], 1)
+    producer = Producer({"bootstrap.servers": stack.bootstrap})
+    producer.produce(topics.input, value=b"before", partition=0)
+    producer.produce(topics.input, key=b"\xff\x00\xfe", value=None, partition=0)
+    producer.produce(topics.input, key=b"\x00" * 3, value=b"\x80\x81not json", partition=0)
+    assert producer.flush(30) == 0
+    reader = HoleReader(stack.bootstrap, topics.group)
+    try:
+        records = reader.read(topics.input, 0, 1, 3)
+        assert [(r.offset, r.key, r.value) for r in records] == [(1, b"\xff\x00\xfe", None),
+                                                                  (2, b"\x00\x00\x00", b"\x80\x81not json")]
+    finally:
+        reader.close()

@@ -82,6 +82,10 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         await publisher.publish(outcomes)
         after_publish(outcomes, pipeline, explanations, metrics, published, publisher.counts)
 
+    in_flight = InFlight(settings.pipeline_depth)
+    holes: HoleGuard | None = None  # made when the agent starts: its reader connects to the brokers
+    last_handed = time.monotonic()
+
     async def guarded(acks: list[Callable[[], Awaitable[object]]], records: list[RawRecord],
                       previous: asyncio.Future | None, suspect: bool) -> None:
         """Never raises: a batch that cannot be published ends the process uncommitted."""
@@ -94,7 +98,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         for ack in acks:  # in order, after the outputs are acknowledged: only now may the offsets commit
             await ack()
 
-    async def submit(in_flight: InFlight, records: list[RawRecord], acks: list) -> None:
+    async def submit(records: list[RawRecord], acks: list) -> None:
         swap_model_if_ready(pipeline, watcher, metrics)
         suspect = breaker is not None and await breaker.begin_batch(records)
         if suspect:  # the one-by-one replay must be alone in flight: its verdict on a record depends on it
@@ -102,14 +106,17 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
         in_flight.add(guarded(acks, records, in_flight.last, suspect))
         await in_flight.make_room(alone=suspect)
 
-    in_flight = InFlight(settings.pipeline_depth)
-    holes: HoleGuard | None = None  # made when the agent starts: its reader connects to the brokers
-    last_handed = time.monotonic()
-
-    async def read_back(skipped: list[RawRecord]) -> None:
+    async def read_back(lookup: Awaitable[list[RawRecord]], records: list[RawRecord]) -> None:
+        """Moderates the records `lookup` finds Faust skipped (ahead of `records`), in batches."""
+        try:
+            skipped = await lookup
+        except Exception as e:  # noqa: BLE001  the broker did not answer: no record's fault
+            await give_up(breaker, records, e, "offsets faust skipped could not be read back",
+                          settings.restart_backoff_s)
+            return
         for start in range(0, len(skipped), settings.max_batch):
             chunk = skipped[start:start + settings.max_batch]
-            await submit(in_flight, chunk, [partial(ack_read_back, app, r) for r in chunk])
+            await submit(chunk, [partial(ack_read_back, app, r) for r in chunk])
 
     @app.agent(source)
     async def moderate(stream: faust.StreamT) -> None:
@@ -126,13 +133,8 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
                     event.message.incref()
                 records = [RawRecord(key=e.message.key, value=e.message.value, topic=e.message.topic,
                                      partition=e.message.partition, offset=e.message.offset) for e in events]
-                try:
-                    skipped = await holes.skipped_before(records, [e.message.generation_id for e in events])
-                except Exception as e:  # noqa: BLE001  the broker did not answer: no record's fault
-                    await give_up(breaker, records, e, "offsets faust skipped could not be read back",
-                                  settings.restart_backoff_s)
-                await read_back(skipped)
-                await submit(in_flight, records, [partial(stream.ack, e) for e in events])
+                await read_back(holes.skipped_before(records, [e.message.generation_id for e in events]), records)
+                await submit(records, [partial(stream.ack, e) for e in events])
         except asyncio.CancelledError:
             await in_flight.finish(settings.shutdown_grace_s)
             raise
@@ -144,11 +146,7 @@ def create_app(settings: WorkerSettings, pipeline: ModerationPipeline,
                 or time.monotonic() - last_handed < TAIL_CHECK_S):
             return
         partitions = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic == settings.input_topic]
-        try:
-            skipped = await holes.skipped_at_tail(partitions, app.consumer_generation_id)
-        except Exception as e:  # noqa: BLE001  the broker did not answer: no record's fault
-            await give_up(breaker, [], e, "offsets faust skipped could not be read back", settings.restart_backoff_s)
-        await read_back(skipped)
+        await read_back(holes.skipped_at_tail(partitions, app.consumer_generation_id), [])
 
     if health is not None:
         @app.timer(1.0)

@@ -46,7 +46,8 @@ class HoleReader:
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
-                [tp] = self._consumer.committed([TopicPartition(topic, partition)], timeout=self.timeout_s)
+                [tp] = self._consumer.committed([TopicPartition(topic, partition)],
+                                                timeout=max(0.1, deadline - time.monotonic()))
                 break
             except KafkaException as e:  # e.g. NOT_COORDINATOR while the group's coordinator moves or loads
                 if not e.args[0].retriable() or time.monotonic() > deadline:
